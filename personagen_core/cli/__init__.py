@@ -1,0 +1,51 @@
+"""The ``personagen`` command line: one typer sub-module per command group."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from personagen_core.errors import PersonaGenError
+
+app = typer.Typer(
+    name="personagen",
+    help="Persona-based synthetic emotion data: sample personas, generate texts, evaluate them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Each module registers its commands on ``app`` when imported. A module that is not there yet is skipped
+# so that the rest of the CLI still works.
+_COMMAND_MODULES = ("spec_cmds", "generate_cmds", "evaluate_cmds", "local_cmds", "app_cmd")
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"{__name__}.{_name}").register(app)
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while a command group is missing
+        if exc.name != f"{__name__}.{_name}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``personagen`` script: errors on bad input print one paragraph, exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except PersonaGenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+__all__ = ["app", "main"]

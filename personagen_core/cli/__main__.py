@@ -1,0 +1,3 @@
+from personagen_core.cli import main
+
+main()

@@ -1,0 +1,34 @@
+"""Session-wide test settings: offline, and every PersonaGen write goes to a temporary home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing may be fetched from a model hub; the embedding model ships in a package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests must never pick up a developer's real endpoint or key.
+os.environ.pop("OPENAI_API_KEY", None)
+os.environ.pop("OPENAI_BASE_URL", None)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CARER_DIR = REPO_ROOT.parent / "shared" / "data" / "carer"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _personagen_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point PERSONAGEN_HOME (run store, caches) at a per-session temporary folder."""
+    home = tmp_path_factory.mktemp("personagen_home")
+    os.environ["PERSONAGEN_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture
+def carer_dir() -> Path:
+    """The real CARER gold data beside the repo; tests that need it skip when it is absent."""
+    if not (CARER_DIR / "test.txt").exists():
+        pytest.skip(f"CARER gold data not found at {CARER_DIR} (see ../shared/data/carer/README.md)")
+    return CARER_DIR
