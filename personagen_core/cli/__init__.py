@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -17,6 +18,21 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Persona-based synthetic emotion data: sample personas, generate texts, evaluate them."""
+
+
+@app.command()
+def version() -> None:
+    """Print the installed PersonaGen version."""
+    from importlib.metadata import version as _version
+
+    typer.echo(_version("personagen"))
+
+
 # Each module registers its commands on ``app`` when imported. A module that is not there yet is skipped
 # so that the rest of the CLI still works.
 _COMMAND_MODULES = ("spec_cmds", "generate_cmds", "evaluate_cmds", "local_cmds", "app_cmd")
@@ -30,22 +46,13 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``personagen`` script: errors on bad input print one paragraph, exit code 2."""
+    # Models ship inside packages: never reach for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="personagen")
     except PersonaGenError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 __all__ = ["app", "main"]
