@@ -1,0 +1,668 @@
+"""One async client layer over the ``openai`` SDK for any OpenAI-compatible endpoint.
+
+OpenAI itself, vLLM, Ollama, a llama.cpp server, the loopback :mod:`personagen_core.fake_openai` server or
+the embedded :mod:`personagen_core.local_llm` transport. The layer adds what the pipeline needs on top of the
+SDK: a concurrency limit, retries with exponential back-off and jitter (429, 5xx, timeouts, dropped
+connections, malformed JSON) honouring ``Retry-After``, a requests/tokens-per-minute limiter, and structured
+outputs with a fallback chain ``json_schema`` -> ``json_object`` -> ``prompt`` remembered per endpoint and model.
+
+The SDK's own retries are disabled (``max_retries=0``) so every HTTP attempt goes through this module and is
+reported to ``on_call``. The API key lives only in a :class:`pydantic.SecretStr` and the SDK client; it is
+excluded from ``model_dump``, hidden in ``repr`` and scrubbed from every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Self, cast
+
+import httpx
+import jsonschema
+import openai
+from openai.types.chat import ChatCompletion
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, LLMResponseError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LOCAL_BASE_URL",
+    "ROLES",
+    "CallRecord",
+    "Completion",
+    "LLMClient",
+    "LLMSettings",
+    "StructuredMode",
+    "estimate_tokens",
+    "parse_json_text",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
+LOCAL_BASE_URL = "http://local.invalid/v1"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+ROLES = ("validator", "generator", "judge")
+
+Role = Literal["validator", "generator", "judge"]
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+_MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
+# Words in an error body that show the endpoint rejected the response_format itself, not the request.
+_FORMAT_ERROR_RE = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.IGNORECASE)
+_KEY_LIKE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count of ``text`` (about four characters per token for English)."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class LLMSettings(BaseModel):
+    """Where and how to call the LLM. The API key is a secret: excluded from ``model_dump``, hidden in repr.
+
+    ``backend`` is ``"openai"`` (any OpenAI-compatible HTTP endpoint) or ``"local"`` (the embedded GGUF model
+    of :mod:`personagen_core.local_llm`); when not given it is ``"openai"`` if a base URL or key is given,
+    else ``"local"``. ``models`` overrides ``model`` per role (``validator``, ``generator``, ``judge``).
+    ``rpm``/``tpm`` cap requests and tokens per minute with token buckets
+    holding 10 seconds' worth (a call reserves ~chars/4 prompt tokens + ``max_tokens``, corrected to the
+    reported usage when it returns). ``backoff_base`` is the first retry delay
+    in seconds (doubling each retry, capped at ``backoff_max``, with jitter); ``retry_after_max`` caps a
+    server's ``Retry-After``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    backend: Literal["openai", "local"] = "local"
+    base_url: str | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    model: str = DEFAULT_MODEL
+    models: dict[Role, str] = Field(default_factory=dict)
+    local_model: str = DEFAULT_LOCAL_MODEL
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    max_retries: int = Field(default=6, ge=0, le=100)
+    timeout: float = Field(default=60.0, gt=0)
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+    retry_after_max: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("backend") is None:
+            data = dict(data)
+            data["backend"] = "openai" if data.get("base_url") or data.get("api_key") else "local"
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL such as http://localhost:8000/v1")
+        return value.rstrip("/") if value is not None else None
+
+    @model_validator(mode="after")
+    def _local_model_name(self) -> LLMSettings:
+        # For the embedded backend the model name is the local model unless one was set explicitly.
+        if self.backend == "local" and "model" not in self.model_fields_set:
+            object.__setattr__(self, "model", self.local_model)
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> LLMSettings:
+        """Settings from ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` (``env`` defaults to ``os.environ``).
+
+        ``overrides`` win over the environment; ``None`` values are ignored, so CLI flags that were not given
+        can be passed straight through. The backend is ``"local"`` when neither a key nor a base URL is set.
+        Invalid values raise :class:`LLMError` naming the field (never echoing the key).
+        """
+        source = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        if source.get("OPENAI_API_KEY"):
+            data["api_key"] = source["OPENAI_API_KEY"]
+        if source.get("OPENAI_BASE_URL"):
+            data["base_url"] = source["OPENAI_BASE_URL"]
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            # Pydantic's own message echoes input values; list only the fields and reasons.
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+            )
+            raise LLMError(f"invalid LLM settings: {problems}") from None
+
+    def model_for(self, role: str) -> str:
+        """The model name used for ``role`` (a per-role override, else ``model``)."""
+        if role not in ROLES:
+            raise LLMError(f"unknown LLM role {role!r}; expected one of {', '.join(ROLES)}")
+        return self.models.get(role, self.model)  # type: ignore[call-overload]
+
+    @property
+    def effective_base_url(self) -> str:
+        """The base URL requests go to (the OpenAI API when none is set; a placeholder for ``local``)."""
+        if self.backend == "local":
+            return LOCAL_BASE_URL
+        return (self.base_url or OPENAI_BASE_URL).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful completion. ``data`` is the parsed, schema-checked JSON when a schema was given.
+
+    ``mode`` is the structured-output mode that produced it, or ``"text"`` without a schema. Token counts are
+    the endpoint's ``usage`` (estimated from characters if the endpoint sent none: ``usage_estimated``).
+    ``attempts`` counts HTTP attempts including retries and format fallbacks.
+    """
+
+    text: str
+    data: Any
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    mode: str
+    attempts: int
+    finish_reason: str | None = None
+    usage_estimated: bool = False
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One HTTP attempt, passed to ``on_call``. ``status`` is ``"ok"``, ``"retry"`` (a fault that will be
+    retried, or a format fallback) or ``"error"`` (final). ``error`` never contains the API key."""
+
+    role: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    status: Literal["ok", "retry", "error"]
+    error: str | None
+    attempt: int
+    mode: str
+    http_status: int | None = None
+
+
+class _Fault(Exception):
+    """A failed attempt. ``kind``: ``auth``, ``fatal`` (not retried), ``http`` (429/408/5xx), ``timeout``,
+    ``connection`` or ``malformed``. ``delay`` is a server-requested wait (Retry-After); ``usage`` the tokens
+    billed for the attempt (a malformed answer was still generated)."""
+
+    def __init__(self, message: str, *, kind: str, http_status: int | None = None, delay: float | None = None,
+                 usage: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.http_status = http_status
+        self.delay = delay
+        self.usage = usage
+
+
+@dataclass
+class _Call:
+    """State shared by the attempts of one ``complete()`` call."""
+
+    role: str
+    model: str
+    schema: Mapping[str, Any] | None
+    validator: jsonschema.Draft202012Validator | None
+    name: str
+    prompt_estimate: int
+    timeout: float
+    attempt: int = 0
+    failures: int = 0
+    consecutive_5xx: int = 0
+
+
+class _TokenBucket:
+    """A token bucket refilled at ``per_minute / 60`` per second holding at most 10 seconds' worth.
+
+    A request costing more than the bucket holds waits for a full bucket and then leaves it in debt, so
+    large requests are throttled rather than starved.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute / 6.0)
+        self.level = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._refunded = asyncio.Event()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    async def acquire(self, amount: float) -> None:
+        need = min(amount, self.capacity)
+        async with self._lock:  # FIFO: one waiter at a time keeps the order fair
+            self._refill()
+            while self.level < need:
+                # Wake early when a finished call refunds its unused reservation.
+                self._refunded.clear()
+                try:
+                    await asyncio.wait_for(self._refunded.wait(), timeout=(need - self.level) / self.rate)
+                except TimeoutError:
+                    pass
+                self._refill()
+            self.level -= amount
+
+    def refund(self, amount: float) -> None:
+        """Give back (or, if negative, charge) tokens once the true usage is known."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+        if amount > 0:
+            self._refunded.set()
+
+
+def parse_json_text(text: str) -> Any:
+    """Parse JSON from a model's answer: the whole text, a fenced block, or the first object/array in it.
+
+    Raises ``ValueError`` when no JSON value can be found.
+    """
+    stripped = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", stripped, re.DOTALL)
+    if fence:
+        stripped = fence.group(1).strip()
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"[\[{]", stripped):
+        try:
+            value, _ = decoder.raw_decode(stripped, match.start())
+        except ValueError:
+            continue
+        return value
+    raise ValueError("no JSON object found in the answer")
+
+
+def _schema_instruction(schema: Mapping[str, Any]) -> str:
+    return (
+        "\n\nRespond with only a JSON object (no prose, no code fences) that conforms to this JSON schema:\n"
+        + json.dumps(schema, ensure_ascii=False)
+    )
+
+
+def _with_instruction(messages: Sequence[Mapping[str, Any]], instruction: str) -> list[dict[str, Any]]:
+    """Append ``instruction`` to the last user message (or add one)."""
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            message["content"] = message["content"] + instruction
+            return out
+    out.append({"role": "user", "content": instruction.strip()})
+    return out
+
+
+def _parse_retry_after(headers: Mapping[str, str] | httpx.Headers | Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date), or None."""
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000.0)
+        value = headers.get("retry-after")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_body_text(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner.get("message"))
+        return json.dumps(body)[:500]
+    return str(body or exc.message)[:500]
+
+
+class LLMClient:
+    """Async client for chat completions with limits, retries and structured outputs.
+
+    ``http_client`` (an ``httpx.AsyncClient``, e.g. over ``httpx.MockTransport``) replaces the network; the
+    caller keeps ownership of it. ``on_call`` receives a :class:`CallRecord` after every HTTP attempt.
+    ``random_state`` seeds the back-off jitter (an int or a ``random.Random``); it is stored unchanged.
+    """
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        on_call: Callable[[CallRecord], None] | None = None,
+        random_state: int | random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_call = on_call
+        self.random_state = random_state
+        self._rng = random_state if isinstance(random_state, random.Random) else random.Random(random_state)
+        self._base_url = settings.effective_base_url
+        self._owned_http: httpx.AsyncClient | None = None
+        self._caller_http = http_client is not None
+        if http_client is None and settings.backend == "local":
+            from personagen_core import local_llm  # lazy: pulls in llama-cpp only when used
+
+            self._owned_http = httpx.AsyncClient(transport=local_llm.local_transport(settings.local_model))
+            http_client = self._owned_http
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else "not-needed"
+        self._secret = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        self._client = openai.AsyncOpenAI(
+            api_key=key,
+            base_url=self._base_url,
+            max_retries=0,  # retries happen here, so every attempt is seen and reported
+            timeout=settings.timeout,
+            # The SDK is typed for httpx2 but accepts an ``httpx.AsyncClient`` too (MockTransport, local model).
+            http_client=cast(Any, http_client),
+        )
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._rpm = _TokenBucket(settings.rpm) if settings.rpm else None
+        self._tpm = _TokenBucket(settings.tpm) if settings.tpm else None
+        self._modes: dict[tuple[str, str], StructuredMode] = {}
+        self._confirmed: set[tuple[str, str]] = set()
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+        self._pause_until = 0.0  # monotonic time before which no attempt starts (set by Retry-After)
+
+    def __repr__(self) -> str:
+        return f"LLMClient(base_url={self._base_url!r}, model={self.settings.model!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint's base URL."""
+        return self._base_url
+
+    @property
+    def structured_modes(self) -> dict[tuple[str, str], str]:
+        """Structured-output mode accepted per ``(base_url, model)`` so far (a copy)."""
+        return {k: v for k, v in self._modes.items() if k in self._confirmed}
+
+    async def aclose(self) -> None:
+        """Close the connections this client opened; a caller's ``http_client`` stays open."""
+        if not self._caller_http:
+            await self._client.close()  # also closes the embedded transport's client
+        if self._owned_http is not None:
+            await self._owned_http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        """Remove the API key (and anything key-shaped) from a message."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        text = re.sub(r"//[^/@\s]*@", "//***@", text)  # credentials inside URLs
+        return _KEY_LIKE_RE.sub("sk-***", text)
+
+    def _where(self, model: str) -> str:
+        return self._scrub(f"{self._base_url} (model {model})")
+
+    def _report(self, record: CallRecord) -> None:
+        if record.status != "ok":
+            _log.info("LLM call %s attempt %d: %s", record.status, record.attempt, record.error)
+        if self.on_call is not None:
+            self.on_call(record)
+
+    async def _wait_for_pause(self) -> None:
+        while (remaining := self._pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(remaining)
+
+    def _backoff(self, failures: int) -> float:
+        """Exponential back-off with equal jitter: half the delay fixed, half random."""
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_base * (2 ** max(0, failures - 1)))
+        return delay / 2 + self._rng.uniform(0, delay / 2)
+
+    # -- the call ----------------------------------------------------------------------------------------------
+    async def complete(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        role: str,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        schema: Mapping[str, Any] | None = None,
+        schema_name: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        """One chat completion for ``role`` with retries; with ``schema``, parsed and checked JSON in ``data``.
+
+        The schema's top level must be an object (what OpenAI's structured outputs and JSON mode accept); for
+        ``json_schema`` mode on OpenAI it must also be strict-compatible (every object lists all its properties
+        in ``required`` and sets ``additionalProperties: false``), else OpenAI's 400 makes the client fall back
+        to ``json_object``. ``timeout`` overrides ``settings.timeout`` for this call (per attempt). A
+        ``Retry-After`` pauses the new attempts of every call of this client, not only the one that got it.
+
+        Raises :class:`LLMAuthError` (401/403), :class:`LLMConnectionError` (unreachable after retries) or
+        :class:`LLMResponseError` (other HTTP errors, or malformed / non-conforming JSON after retries).
+        """
+        if not messages:
+            raise LLMError("complete() needs at least one message")
+        call = _Call(
+            role=role,
+            model=self.settings.model_for(role),
+            schema=schema,
+            validator=self._validator(schema) if schema is not None else None,
+            name=re.sub(r"[^A-Za-z0-9_-]", "_", schema_name or "answer")[:64],
+            prompt_estimate=estimate_tokens(" ".join(str(m.get("content", "")) for m in messages)),
+            timeout=timeout if timeout is not None else self.settings.timeout,
+        )
+        endpoint = (self._base_url, call.model)
+        options = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        reserved = call.prompt_estimate + (max_tokens or 0)
+        while True:
+            call.attempt += 1
+            mode = self._modes.get(endpoint, "json_schema") if schema is not None else "text"
+            request = self._request(messages, call, mode, options)
+            if self._rpm is not None:
+                await self._rpm.acquire(1)
+            if self._tpm is not None:
+                await self._tpm.acquire(reserved)
+            started = time.monotonic()
+            try:
+                async with self._semaphore:
+                    await self._wait_for_pause()  # after queueing, right before sending
+                    started = time.monotonic()
+                    response = await self._send(request, call)
+                result = self._accept(response, call, mode, time.monotonic() - started)
+            except _Fault as fault:
+                if self._tpm is not None:
+                    self._tpm.refund(reserved - sum(fault.usage))
+                await self._handle_fault(fault, call, endpoint, mode, time.monotonic() - started)
+                continue
+            if schema is not None and endpoint not in self._confirmed:
+                self._modes[endpoint] = mode  # type: ignore[assignment]
+                self._confirmed.add(endpoint)
+            if self._tpm is not None:
+                self._tpm.refund(reserved - result.prompt_tokens - result.completion_tokens)
+            return result
+
+    def _request(
+        self, messages: Sequence[Mapping[str, Any]], call: _Call, mode: str, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The JSON body of ``POST /chat/completions`` for one attempt in ``mode``."""
+        body: dict[str, Any] = {"model": call.model, "messages": [dict(m) for m in messages]}
+        body.update({k: v for k, v in options.items() if v is not None})
+        if mode == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": call.name, "schema": dict(call.schema or {}), "strict": True},
+            }
+        elif mode in ("json_object", "prompt"):
+            body["messages"] = _with_instruction(messages, _schema_instruction(call.schema or {}))
+            if mode == "json_object":
+                body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def _send(self, body: dict[str, Any], call: _Call) -> ChatCompletion:
+        """Send one request; every SDK failure becomes a :class:`_Fault` with a key-free message."""
+        try:
+            # The SDK's documented low-level ``post`` (its "undocumented endpoints" API) with the typed
+            # response: it skips the per-call TypedDict transform of ``chat.completions.create``, which costs
+            # about a third of the client's CPU per call and caps throughput at high concurrency.
+            return await self._client.post(
+                "/chat/completions", cast_to=ChatCompletion, body=body, options={"timeout": call.timeout}
+            )
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            detail = self._scrub(_error_body_text(exc))
+            if status in (401, 403):
+                raise _Fault(f"HTTP {status}", kind="auth", http_status=status) from None
+            retryable = status in (408, 429) or status >= 500
+            raise _Fault(f"HTTP {status}: {detail}", kind="http" if retryable else "fatal", http_status=status,
+                         delay=_parse_retry_after(exc.response.headers)) from None
+        except openai.APITimeoutError:
+            raise _Fault(f"timed out after {call.timeout:g} s", kind="timeout") from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise _Fault(f"connection failed: {self._scrub(f'{type(cause).__name__}: {cause}')}",
+                         kind="connection") from None
+        except openai.APIError as exc:  # e.g. a body that is not a chat completion at all
+            raise _Fault(f"unusable answer: {self._scrub(str(exc))}", kind="fatal") from None
+
+    async def _handle_fault(
+        self, fault: _Fault, call: _Call, endpoint: tuple[str, str], mode: str, latency: float
+    ) -> None:
+        """Report a failed attempt, then return to retry (after back-off or a format fallback) or raise."""
+        def record(status: Literal["retry", "error"], error: str) -> CallRecord:
+            return CallRecord(call.role, call.model, fault.usage[0], fault.usage[1], latency, status, error,
+                              call.attempt, mode, fault.http_status)
+
+        if fault.kind == "auth":
+            self._report(record("error", str(fault)))
+            problem = "rejected the API key" if self._secret else "needs an API key and none was given"
+            raise LLMAuthError(
+                f"the endpoint {self._where(call.model)} {problem} (HTTP {fault.http_status}); set "
+                "OPENAI_API_KEY or give the key in the settings"
+            ) from None
+        status = fault.http_status
+        if (status is not None and call.schema is not None and mode in ("json_schema", "json_object")
+                and self._is_format_rejection(endpoint, status, str(fault), call.consecutive_5xx)):
+            next_mode = _MODES[_MODES.index(mode) + 1]  # type: ignore[arg-type]
+            self._modes[endpoint] = next_mode
+            self._confirmed.discard(endpoint)
+            call.consecutive_5xx = 0
+            self._report(record("retry", f"{mode} not accepted, falling back to {next_mode}: {fault}"))
+            return
+        if fault.kind == "fatal":
+            self._report(record("error", str(fault)))
+            raise LLMResponseError(f"the endpoint {self._where(call.model)} failed: {fault}") from None
+        call.consecutive_5xx = call.consecutive_5xx + 1 if (status or 0) >= 500 else 0
+        call.failures += 1
+        if call.failures > self.settings.max_retries:
+            self._report(record("error", str(fault)))
+            after = f"after {call.attempt} attempt{'s' if call.attempt != 1 else ''}"
+            if fault.kind in ("timeout", "connection"):
+                raise LLMConnectionError(f"cannot reach {self._where(call.model)} {after}: {fault}") from None
+            raise LLMResponseError(f"no usable answer from {self._where(call.model)} {after}: {fault}") from None
+        self._report(record("retry", str(fault)))
+        delay = self._backoff(call.failures)
+        if fault.delay is not None:
+            delay = max(delay, min(fault.delay, self.settings.retry_after_max))
+            # The server asked everyone to wait: hold back new attempts of other calls too.
+            self._pause_until = max(self._pause_until, time.monotonic() + delay)
+        await asyncio.sleep(delay)
+
+    def _validator(self, schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
+        """A checked validator for ``schema``, cached: checking a schema costs more than the HTTP call."""
+        key = json.dumps(schema, sort_keys=True, default=str)
+        validator = self._validators.get(key)
+        if validator is None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(dict(schema))
+            except jsonschema.SchemaError as exc:
+                raise LLMError(f"invalid JSON schema passed to complete(): {exc.message}") from None
+            if len(self._validators) >= 256:
+                self._validators.pop(next(iter(self._validators)))
+            validator = self._validators[key] = jsonschema.Draft202012Validator(dict(schema))
+        return validator
+
+    def _is_format_rejection(self, endpoint: tuple[str, str], status: int, detail: str, consecutive_5xx: int) -> bool:
+        """Did the endpoint reject the response_format (rather than fail transiently)?
+
+        An error that names the format is a rejection. On an endpoint whose mode is not yet confirmed, a
+        400/404/415/422 is too, and so is a second 5xx in a row (one 5xx may be transient, and is retried).
+        """
+        if status in (400, 404, 415, 422, 500, 501) and _FORMAT_ERROR_RE.search(detail):
+            return True
+        if endpoint in self._confirmed:
+            return False
+        if status in (400, 404, 415, 422):
+            return True
+        return status >= 500 and consecutive_5xx >= 1
+
+    def _accept(self, response: Any, call: _Call, mode: str, latency: float) -> Completion:
+        """Turn an SDK response into a Completion, or raise a ``malformed`` _Fault for unusable JSON."""
+        choice = response.choices[0] if getattr(response, "choices", None) else None
+        if choice is None:
+            raise _Fault("the answer has no choices", kind="malformed", http_status=200)
+        message = choice.message
+        refusal = getattr(message, "refusal", None)
+        text = message.content if message.content is not None else (refusal or "")
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(usage.prompt_tokens) if usage is not None else call.prompt_estimate
+        completion_tokens = int(usage.completion_tokens) if usage is not None else estimate_tokens(text)
+        data = None
+        if call.validator is not None:
+            try:
+                if refusal and message.content is None:
+                    raise ValueError(f"the model refused: {refusal}")
+                data = parse_json_text(text)
+                errors = sorted(call.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+                if errors:
+                    where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+                    raise ValueError(f"JSON does not match the schema at {where}: {errors[0].message}")
+            except ValueError as exc:
+                # The answer was generated, so its tokens were billed: keep them on the record.
+                raise _Fault(f"malformed JSON answer: {self._scrub(str(exc))}", kind="malformed", http_status=200,
+                             usage=(prompt_tokens, completion_tokens)) from None
+        self._report(CallRecord(call.role, call.model, prompt_tokens, completion_tokens, latency, "ok", None,
+                                call.attempt, mode, 200))
+        return Completion(
+            text=text,
+            data=data,
+            model=str(getattr(response, "model", None) or call.model),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=latency,
+            mode=mode,
+            attempts=call.attempt,
+            finish_reason=getattr(choice, "finish_reason", None),
+            usage_estimated=usage is None,
+        )
