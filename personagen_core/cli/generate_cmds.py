@@ -1,0 +1,433 @@
+"""``personagen generate``, ``runs list|show`` and ``export``: the generation pipeline from the shell."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from personagen_core.errors import PersonaGenError
+
+if TYPE_CHECKING:
+    from personagen_core.pipeline import ProgressEvent, RunSummary
+    from personagen_core.spec import Spec
+    from personagen_core.store import RunStore
+
+__all__ = ["register"]
+
+runs_app = typer.Typer(help="List and inspect generation runs.", no_args_is_help=True)
+
+_DbOpt = Annotated[
+    Path | None, typer.Option("--db", help="Run store (default $PERSONAGEN_HOME/runs.sqlite).")
+]
+
+
+class _Method(StrEnum):
+    personagen = "personagen"
+    attrprompt = "attrprompt"
+    priorwork = "priorwork"
+
+
+class _Stages(StrEnum):
+    s1 = "1"
+    s12 = "12"
+    s123 = "123"
+
+
+class _Backend(StrEnum):
+    openai = "openai"
+    local = "local"
+
+
+class _Format(StrEnum):
+    csv = "csv"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    hf = "hf"
+
+
+def _store(db: Path | None) -> RunStore:
+    from personagen_core.store import RunStore
+
+    return RunStore(db)
+
+
+def _load_spec(spec_file: Path | None, pack: str | None) -> Spec:
+    from personagen_core.spec import DEFAULT_PACK, load_pack, load_spec
+
+    if spec_file is not None and pack is not None:
+        raise typer.BadParameter("give --spec or --pack, not both")
+    return load_spec(spec_file) if spec_file is not None else load_pack(pack or DEFAULT_PACK)
+
+
+def _llm_overrides(
+    backend: _Backend | None,
+    base_url: str | None,
+    model: str | None,
+    local_model: str | None,
+    validator_model: str | None,
+    generator_model: str | None,
+    concurrency: int | None,
+) -> dict[str, Any]:
+    models = {k: v for k, v in (("validator", validator_model), ("generator", generator_model)) if v}
+    out: dict[str, Any] = {
+        "backend": backend.value if backend else None,
+        "base_url": base_url,
+        "model": model,
+        "local_model": local_model,
+        "concurrency": concurrency,
+    }
+    if models:
+        out["models"] = models
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
+
+
+def _run_with_progress(start: Any, target: dict[str, int]) -> RunSummary:
+    """Run ``start(on_event, cancel)`` in a worker thread with a live progress display; Ctrl-C cancels."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console(stderr=True)
+    latest: dict[str, ProgressEvent] = {}
+    result: dict[str, Any] = {}
+    cancel = threading.Event()
+
+    def worker() -> None:
+        try:
+            result["summary"] = start(lambda ev: latest.__setitem__("ev", ev), cancel)
+        except BaseException as exc:  # surfaced in the main thread
+            result["error"] = exc
+
+    progress = Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    tasks = {e: progress.add_task(e, total=n, info="") for e, n in target.items()}
+    total = progress.add_task("total", total=sum(target.values()), info="")
+    thread = threading.Thread(target=worker, name="personagen-generate", daemon=True)
+    with progress:
+        thread.start()
+        while thread.is_alive():
+            try:
+                thread.join(timeout=0.2)
+            except KeyboardInterrupt:
+                console.print("cancelling: waiting for calls in flight ...")
+                cancel.set()
+            ev = latest.get("ev")
+            if ev is None:
+                continue
+            for e, task in tasks.items():
+                progress.update(task, completed=ev.accepted.get(e, 0))
+            rej = sum(ev.rejections.values())
+            progress.update(
+                total,
+                completed=sum(ev.accepted.values()),
+                info=f"rejected {rej} | {ev.tokens:,} tok | ${ev.cost:.4f} | "
+                f"{_fmt_s(ev.elapsed_s)} elapsed, ETA {_fmt_s(ev.eta_s)}",
+            )
+        ev = latest.get("ev")
+        if ev is not None:
+            for e, task in tasks.items():
+                progress.update(task, completed=ev.accepted.get(e, 0))
+            progress.update(total, completed=sum(ev.accepted.values()))
+    if "error" in result:
+        raise result["error"]
+    return result["summary"]
+
+
+def _finish(summary: RunSummary) -> None:
+    acc = sum(summary.accepted.values())
+    tgt = sum(summary.target.values())
+    typer.echo(
+        f"run {summary.run_id}: {summary.state} - {acc}/{tgt} texts, {summary.calls} calls, "
+        f"{summary.tokens:,} tokens, ${summary.cost:.4f}"
+    )
+    if summary.unpriced_models:
+        typer.echo(f"note: no price for {', '.join(summary.unpriced_models)}; their cost counts as 0")
+    if summary.rejections:
+        typer.echo(
+            "rejections: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary.rejections.items(), key=lambda kv: -kv[1]))
+        )
+    if summary.state == "failed":
+        raise PersonaGenError(
+            f"run {summary.run_id} failed: {summary.message}; fix the cause and resume with "
+            f"--resume {summary.run_id}"
+        )
+    if summary.state != "done":
+        typer.echo(
+            f"{summary.message or summary.state}. Resume with: personagen generate --resume {summary.run_id}",
+            err=True,
+        )
+        raise typer.Exit(3)
+
+
+def generate(
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Spec YAML file.")] = None,
+    pack: Annotated[str | None, typer.Option("--pack", help="Shipped pack (default: japan).")] = None,
+    emotions: Annotated[
+        str | None, typer.Option("--emotions", help="Comma-separated subset of the spec's emotions.")
+    ] = None,
+    per_emotion: Annotated[
+        int | None, typer.Option("--per-emotion", min=1, help="Texts per emotion (exact).")
+    ] = None,
+    method: Annotated[_Method, typer.Option("--method", help="Generation method.")] = _Method.personagen,
+    stages: Annotated[
+        _Stages, typer.Option("--stages", help="Ablation: condition on stage 1, 1+2 or 1+2+3.")
+    ] = _Stages.s123,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Skip the stage 1-3 LLM validation.")
+    ] = False,
+    backend: Annotated[
+        _Backend | None,
+        typer.Option("--backend", help="openai (any compatible endpoint) or local (embedded model)."),
+    ] = None,
+    local_model: Annotated[
+        str | None, typer.Option("--local-model", help="Embedded model name or GGUF path.")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model for every role.")] = None,
+    validator_model: Annotated[
+        str | None, typer.Option("--validator-model", help="Model for stages 1-3.")
+    ] = None,
+    generator_model: Annotated[
+        str | None, typer.Option("--generator-model", help="Model for stage 4.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Parallel LLM calls (default 16).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
+    db: _DbOpt = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue this run id to its quotas.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Stop (resumable) at this cost in USD.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Stop (resumable) at this many tokens.")
+    ] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", help="Stop after this many accepted + rejected candidates/outputs."),
+    ] = None,
+) -> None:
+    """Generate emotion texts with exact quotas into the run store, with a live progress bar.
+
+    The API key is read from $OPENAI_API_KEY and never stored.
+
+    Exit code: 0 when every quota is met, 3 when it stopped resumable (budget, attempts, Ctrl-C), 2 on errors.
+    """
+    from personagen_core.llm import LLMSettings
+    from personagen_core.pipeline import GenerationConfig, estimate_cost, resume_generation, run_generation
+    from personagen_core.store import new_run_id
+
+    store = _store(db)
+    llm_over = _llm_overrides(
+        backend, base_url, model, local_model, validator_model, generator_model, concurrency
+    )
+    if resume is not None:
+        info = store.run(resume)
+        if info["status"] == "done":
+            typer.echo(f"run {resume} is already complete")
+            return
+        llm = LLMSettings.from_env(**{**(info["config"].get("llm") or {}), **llm_over})
+        typer.echo(f"resuming run {resume} ({info['method']}, spec {info['spec_name']}) at {store.path}")
+        summary = _run_with_progress(
+            lambda on_event, cancel: resume_generation(
+                store,
+                resume,
+                llm=llm,
+                on_event=on_event,
+                cancel=cancel,
+                max_cost=max_cost,
+                max_tokens=max_tokens,
+                max_attempts=max_attempts,
+            ),
+            info["target"],
+        )
+        _finish(summary)
+        return
+    if per_emotion is None:
+        raise typer.BadParameter("--per-emotion is required for a new run", param_hint="--per-emotion")
+    spec = _load_spec(spec_file, pack)
+    config = GenerationConfig(
+        method=method.value,
+        per_emotion=per_emotion,
+        seed=seed,
+        stages=stages.value,
+        validate=not no_validate,
+        emotions=[e.strip() for e in emotions.split(",") if e.strip()] if emotions else None,
+        max_cost=max_cost,
+        max_tokens=max_tokens,
+        max_attempts=max_attempts,
+        llm=LLMSettings.from_env(**llm_over),
+    )
+    est = estimate_cost(spec, config)
+    where = config.llm.effective_base_url
+    price = (
+        f"${est.total_usd:.4f}"
+        if est.total_usd is not None
+        else f"unknown (no price for {', '.join(est.unknown_models)})"
+    )
+    typer.echo(
+        f"estimate: ~{int(est.prompt_tokens + est.completion_tokens):,} tokens, cost {price} "
+        f"({config.method}, {where}, model {config.llm.model_for('generator')})"
+    )
+    run_id = new_run_id()
+    typer.echo(f"run {run_id} -> {store.path}")
+    names = config.emotions or spec.emotion_names
+    summary = _run_with_progress(
+        lambda on_event, cancel: run_generation(
+            spec, config, store, on_event=on_event, cancel=cancel, run_id=run_id
+        ),
+        {e: per_emotion for e in names},
+    )
+    _finish(summary)
+
+
+def _ts(t: float | None) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%d %H:%M") if t else ""
+
+
+@runs_app.command("list")
+def runs_list(db: _DbOpt = None) -> None:
+    """List runs, newest first: status, method, spec, accepted/target, tokens, cost."""
+    from rich.console import Console
+    from rich.table import Table
+
+    runs = _store(db).list_runs()
+    if runs.empty:
+        typer.echo("no runs yet")
+        return
+    table = Table("run id", "created (UTC)", "status", "method", "spec", "texts", "tokens", "cost (USD)")
+    for _, r in runs.iterrows():
+        status = r["status"] + (f" ({r['stop_reason']})" if r["stop_reason"] else "")
+        table.add_row(
+            r["run_id"],
+            _ts(r["created_at"]),
+            status,
+            r["method"],
+            str(r["spec_name"]),
+            f"{r['accepted']}/{r['target']}",
+            f"{int(r['tokens']):,}",
+            f"{float(r['cost']):.4f}",
+        )
+    Console(width=160).print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt = None) -> None:
+    """Show one run: settings, texts per emotion, funnel, rejections by reason, usage and cost per stage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _store(db)
+    info = store.run(run_id)
+    console = Console(width=160)
+    llm = info["config"].get("llm") or {}
+    console.print(
+        f"[bold]run {run_id}[/bold]: {info['status']}"
+        + (f" ({info['stop_reason']}: {info['message']})" if info["stop_reason"] else "")
+    )
+    console.print(
+        f"method {info['method']}, spec {info['spec_name']} (sha256 {str(info['spec_hash'])[:12]}), "
+        f"backend {llm.get('backend')}, model {llm.get('model')}"
+        + (f", per role {llm.get('models')}" if llm.get("models") else "")
+        + f", sessions {info['sessions']}, created {_ts(info['created_at'])} UTC"
+    )
+    counts = store.accepted_counts(run_id)
+    t = Table("emotion", "accepted", "target", title="texts")
+    for e, n in info["target"].items():
+        t.add_row(e, str(counts.get(e, 0)), str(n))
+    console.print(t)
+    funnel = store.funnel(run_id)
+    f = Table("step", "natural", "rare but plausible", "implausible", "error", "cached", title="funnel")
+    f.add_row("sampled (passed rules)", str(funnel["sampled"]), "", "", "", "")
+    for stage, v in funnel["stages"].items():
+        f.add_row(
+            f"stage {stage}",
+            *(str(v.get(k, 0)) for k in ("natural", "rare but plausible", "implausible", "error", "cached")),
+        )
+    f.add_row("stage 4 outputs", f"{funnel['accepted']} accepted of {funnel['generated']}", "", "", "", "")
+    console.print(f)
+    rej = store.rejection_counts(run_id)
+    r = Table("reason", "count", title="rejections")
+    for k, v in rej.items():
+        r.add_row(k, str(v))
+    console.print(r if rej else "rejections: none")
+    usage = store.usage(run_id)
+    u = Table(
+        "stage",
+        "role",
+        "model",
+        "calls",
+        "failed",
+        "prompt tok",
+        "completion tok",
+        "mean latency s",
+        "cost (USD)",
+        title="usage",
+    )
+    for _, row in usage.iterrows():
+        u.add_row(
+            str(row["stage"]),
+            str(row["role"]),
+            str(row["model"]),
+            str(row["calls"]),
+            str(row["failed"]),
+            f"{int(row['prompt_tokens']):,}",
+            f"{int(row['completion_tokens']):,}",
+            f"{float(row['mean_latency_s'] or 0):.3f}",
+            f"{float(row['cost']):.4f}",
+        )
+    console.print(u)
+    tot = store.totals(run_id)
+    console.print(
+        f"total: {tot['calls']} calls ({tot['failed_calls']} failed attempts), {tot['tokens']:,} tokens, "
+        f"${tot['cost']:.4f}"
+    )
+
+
+def export(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    fmt: Annotated[_Format, typer.Option("--format", help="Output format.")] = _Format.csv,
+    output: Annotated[Path, typer.Option("-o", "--output", help="File (or folder for hf) to write.")] = Path(
+        "texts.csv"
+    ),
+    db: _DbOpt = None,
+) -> None:
+    """Export a run's texts with emotion, persona and scenario columns (hf: a datasets folder + card)."""
+    from personagen_core.export import export_run
+
+    store = _store(db)
+    path = export_run(store, run_id, fmt.value, output)
+    typer.echo(f"wrote {sum(store.accepted_counts(run_id).values())} texts to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``generate``, ``runs list|show`` and ``export`` to the ``personagen`` app."""
+    app.command("generate")(generate)
+    app.add_typer(runs_app, name="runs")
+    app.command("export")(export)

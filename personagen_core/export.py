@@ -1,0 +1,175 @@
+"""Export a run's accepted texts: CSV, JSON lines, Parquet, or a Hugging Face ``datasets`` folder with a card.
+
+Every format has the same columns: ``text_id, run_id, method, emotion, label`` (= emotion, the column the
+evaluation reads), ``text``, ``model``, ``persona_id``, the rendered ``persona`` and ``scenario`` and one
+column per sampled attribute. Nothing secret is in a run, so nothing secret can be exported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from personagen_core.errors import PersonaGenError
+from personagen_core.store import RunStore
+
+__all__ = ["FORMATS", "dataset_card", "export_run", "export_frame"]
+
+ExportFormat = Literal["csv", "jsonl", "parquet", "hf"]
+FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet", "hf")
+
+
+def export_frame(store: RunStore, run_id: str) -> pd.DataFrame:
+    """The exported table of a run (see the module docstring for its columns)."""
+    df = store.texts(run_id)
+    df.insert(df.columns.get_loc("emotion") + 1, "label", df["emotion"])
+    return df
+
+
+def export_run(store: RunStore, run_id: str, fmt: str, path: str | Path) -> Path:
+    """Write run ``run_id`` to ``path`` in format ``fmt`` (``csv``, ``jsonl``, ``parquet`` or ``hf``).
+
+    ``hf`` writes a ``datasets.Dataset.save_to_disk`` folder plus a ``README.md`` dataset card. Parent
+    folders are created. Returns the path written.
+    """
+    if fmt not in FORMATS:
+        raise PersonaGenError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    df = export_frame(store, run_id)
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "csv":
+            df.to_csv(out, index=False)
+        elif fmt == "jsonl":
+            df.to_json(out, orient="records", lines=True, force_ascii=False)
+        elif fmt == "parquet":
+            df.to_parquet(out, index=False)
+        else:
+            import datasets  # heavy: only for this format
+
+            datasets.Dataset.from_pandas(df, preserve_index=False).save_to_disk(str(out))
+            (out / "README.md").write_text(dataset_card(store, run_id), encoding="utf-8")
+    except OSError as exc:
+        raise PersonaGenError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _size_category(n: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def dataset_card(store: RunStore, run_id: str) -> str:
+    """A Hugging Face dataset card (README.md) for a run: spec, models, method, counts, funnel, usage."""
+    info = store.run(run_id)
+    cfg = info["config"]
+    llm = cfg.get("llm") or {}
+    counts = store.accepted_counts(run_id)
+    funnel = store.funnel(run_id)
+    totals = store.totals(run_id)
+    usage = store.usage(run_id)
+    models = sorted({m for m in usage["model"].dropna()}) if len(usage) else [llm.get("model", "?")]
+    n = sum(counts.values())
+    header = "\n".join(
+        [
+            "---",
+            "task_categories:",
+            "- text-classification",
+            "task_ids:",
+            "- multi-class-classification",
+            "tags:",
+            "- synthetic",
+            "- emotion",
+            "- personagen",
+            "size_categories:",
+            f"- {_size_category(n)}",
+            "---",
+        ]
+    )
+    stage_rows = [
+        (
+            s,
+            v.get("natural", 0),
+            v.get("rare but plausible", 0),
+            v.get("implausible", 0),
+            v.get("error", 0),
+            v.get("cached", 0),
+        )
+        for s, v in funnel["stages"].items()
+    ]
+    rej = store.rejection_counts(run_id)
+    usage_rows = [
+        (
+            r["stage"],
+            r["role"],
+            r["model"],
+            r["calls"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            f"{r['cost']:.4f}",
+        )
+        for _, r in usage.iterrows()
+    ]
+    config_public = {k: v for k, v in cfg.items() if k != "llm"}
+    config_public["llm"] = {
+        k: llm.get(k) for k in ("backend", "model", "models", "local_model", "concurrency") if k in llm
+    }
+    parts = [
+        header,
+        f"# PersonaGen synthetic emotion texts: run `{run_id}`",
+        "Synthetic short texts, each written by an LLM to express one target emotion, conditioned on a "
+        "persona and a scene (PersonaGen, after Inoshita & Harada, *Persona-Based Synthetic Data Generation "
+        "Using Multi-Stage Conditioning with Large Language Models for Emotion Recognition*). "
+        "These texts are machine-generated, not real posts.",
+        "## Provenance",
+        _table(
+            [
+                ("method", info["method"]),
+                ("spec", f"{info['spec_name']} (sha256 {info['spec_hash']})"),
+                ("models", ", ".join(models)),
+                ("status", info["status"]),
+                ("texts", n),
+                ("LLM calls", totals["calls"]),
+                ("tokens", totals["tokens"]),
+                ("cost (USD)", f"{totals['cost']:.4f}"),
+            ],
+            ("field", "value"),
+        ),
+        "## Texts per emotion",
+        _table(sorted(counts.items()), ("emotion", "texts")),
+        "## Funnel",
+        f"Candidates sampled: {funnel['sampled']} (all satisfy the spec's whitelist rules). "
+        f"Outputs generated: {funnel['generated']}, accepted: {funnel['accepted']}.",
+        _table(stage_rows, ("stage", "natural", "rare but plausible", "implausible", "error", "cached"))
+        if stage_rows
+        else "No LLM validation in this run.",
+        "## Rejections",
+        _table(sorted(rej.items(), key=lambda kv: -kv[1]), ("reason", "count")) if rej else "None.",
+        "## Usage",
+        _table(usage_rows, ("stage", "role", "model", "calls", "prompt tokens", "completion tokens", "cost"))
+        if usage_rows
+        else "No calls recorded.",
+        "## Configuration",
+        "```json\n" + json.dumps(config_public, indent=2, sort_keys=True) + "\n```",
+        "## Columns",
+        "`text`, `emotion` and `label` (the same value), `method`, `run_id`, `text_id`, `model`, "
+        "`persona_id`, "
+        "`persona` and `scenario` (the descriptions the generator saw) and one column per sampled attribute.",
+    ]
+    return "\n\n".join(parts) + "\n"

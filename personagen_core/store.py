@@ -1,0 +1,762 @@
+"""SQLite run store (WAL): runs, personas, verdicts, texts, rejections, usage, judge scores, events.
+
+Everything a run pays for is committed as soon as it arrives, so a process killed with ``kill -9`` loses at
+most the calls that were in flight. Accepted texts are protected twice: a ``UNIQUE(run_id, text_norm)``
+constraint (no duplicate text in a run) and a quota guard inside the ``INSERT`` (never more than the target
+per emotion, even with several writers).
+
+One connection per thread (``sqlite3`` connections are not shared across threads); the dashboard can read
+a run from its own thread or process while the pipeline writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from personagen_core.errors import StoreError
+
+__all__ = [
+    "CallRow",
+    "RunStore",
+    "default_db_path",
+    "new_run_id",
+    "text_hash",
+    "verdict_key",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    method TEXT NOT NULL,
+    spec_name TEXT,
+    spec_hash TEXT,
+    spec_yaml TEXT,
+    config_json TEXT NOT NULL,
+    target_json TEXT NOT NULL,
+    sessions INTEGER NOT NULL DEFAULT 0,
+    stop_reason TEXT,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS personas (
+    run_id TEXT NOT NULL,
+    persona_id INTEGER NOT NULL,
+    session INTEGER NOT NULL,
+    attrs_json TEXT NOT NULL,
+    persona_text TEXT,
+    scenario_text TEXT,
+    status TEXT NOT NULL DEFAULT 'sampled',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, persona_id)
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    persona_id INTEGER NOT NULL,
+    stage INTEGER NOT NULL,
+    model TEXT,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    cached INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_run ON verdicts(run_id, stage);
+CREATE TABLE IF NOT EXISTS verdict_cache (
+    stage INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (stage, model, key)
+);
+CREATE TABLE IF NOT EXISTS texts (
+    text_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    emotion TEXT NOT NULL,
+    text TEXT NOT NULL,
+    text_norm TEXT NOT NULL,
+    persona_id INTEGER,
+    model TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, text_norm)
+);
+CREATE INDEX IF NOT EXISTS texts_run_emotion ON texts(run_id, emotion);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    stage INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    emotion TEXT,
+    persona_id INTEGER,
+    text TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejections_run ON rejections(run_id);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    stage INTEGER,
+    role TEXT,
+    model TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    latency_s REAL,
+    status TEXT,
+    error TEXT,
+    mode TEXT,
+    cost REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id);
+CREATE TABLE IF NOT EXISTS judge_scores (
+    run_id TEXT NOT NULL,
+    text_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    scores_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, text_id, model)
+);
+CREATE TABLE IF NOT EXISTS judge_cache (
+    model TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    scores_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (model, text_hash)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    payload_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+"""
+
+
+def default_db_path() -> Path:
+    """``$PERSONAGEN_HOME/runs.sqlite`` (``PERSONAGEN_HOME`` defaults to ``~/.personagen``)."""
+    home = os.environ.get("PERSONAGEN_HOME") or str(Path.home() / ".personagen")
+    return Path(home) / "runs.sqlite"
+
+
+def new_run_id() -> str:
+    """A short, sortable, unique run id such as ``20261124-011502-3f9a1c``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def verdict_key(attrs: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """The exact attribute tuple of ``columns`` (in that order) as canonical JSON: the verdict cache key."""
+    return json.dumps([[c, str(attrs[c])] for c in columns], ensure_ascii=False, separators=(",", ":"))
+
+
+def text_hash(text: str) -> str:
+    """sha256 hex of a text (the judge cache key)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """One LLM call (HTTP attempt) as stored in ``calls``."""
+
+    stage: int | None
+    role: str | None
+    model: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float | None = None
+    status: str | None = None
+    error: str | None = None
+    mode: str | None = None
+    cost: float = 0.0
+
+
+class RunStore:
+    """SQLite run store at ``path`` (created with its folders when missing), WAL journal."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._pending: list[tuple[str, list[Sequence[Any]]]] = []
+        self._buffering = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
+
+    # -- connection -------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); a power cut may lose the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' connections close when they are collected)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tx(
+        self, sql: str | None = None, params: Sequence[Any] = (), many: list[Sequence[Any]] | None = None
+    ) -> sqlite3.Cursor | None:
+        """One transaction: the deferred writes, then ``sql`` (if any). An IntegrityError of ``sql`` is
+        re-raised after the deferred writes are committed."""
+        conn = self._conn()
+        with self._lock:
+            pending, self._pending = self._pending, []
+            if sql is None and not pending:
+                return None
+            integrity: sqlite3.IntegrityError | None = None
+            cur = None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for stmt, rows in pending:
+                    conn.executemany(stmt, rows)
+                if sql is not None:
+                    try:
+                        cur = conn.executemany(sql, many) if many is not None else conn.execute(sql, params)
+                    except sqlite3.IntegrityError as exc:  # only this statement is undone
+                        integrity = exc
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"run store {self.path}: {exc}") from exc
+        if integrity is not None:
+            raise integrity
+        return cur
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        cur = self._tx(sql, params)
+        assert cur is not None
+        return cur
+
+    def _writemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._tx(sql, many=list(rows))
+
+    def _defer(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Write now, or with the next transaction while :meth:`write_behind` is active."""
+        if self._buffering:
+            with self._lock:
+                self._pending.append((sql, list(rows)))
+        else:
+            self._writemany(sql, rows)
+
+    def flush(self) -> None:
+        """Commit the deferred writes (see :meth:`write_behind`)."""
+        self._tx()
+
+    @contextmanager
+    def write_behind(self) -> Iterator[None]:
+        """Defer bookkeeping writes (personas, verdicts, rejections, calls, events) and commit them with the
+        next accepted text, the next read or :meth:`flush`, whichever comes first; flushed on exit.
+
+        Accepted texts are still committed immediately, together with everything deferred before them (so a
+        text's persona row is always on disk with it). A crash loses at most the bookkeeping since the last
+        commit, which the pipeline bounds by flushing a few times a second.
+        """
+        with self._lock:
+            self._buffering += 1  # a count: two runs may share one store (e.g. the dashboard's)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._buffering -= 1
+            self.flush()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        if self._pending:
+            self.flush()  # read your own deferred writes
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"run store {self.path}: {exc}") from exc
+
+    # -- runs -------------------------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        method: str,
+        config: Mapping[str, Any],
+        target: Mapping[str, int],
+        spec_yaml: str | None,
+        spec_hash: str | None,
+        spec_name: str | None,
+        run_id: str | None = None,
+    ) -> str:
+        """Insert a new run (status ``created``) and return its id. ``config`` must hold no secret."""
+        run_id = run_id or new_run_id()
+        now = time.time()
+        try:
+            self._write(
+                "INSERT INTO runs(run_id, created_at, updated_at, status, method, spec_name, spec_hash,"
+                " spec_yaml,"
+                " config_json, target_json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    now,
+                    now,
+                    "created",
+                    method,
+                    spec_name,
+                    spec_hash,
+                    spec_yaml,
+                    json.dumps(dict(config), sort_keys=True),
+                    json.dumps(dict(target)),
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"run {run_id!r} already exists in {self.path}") from exc
+        return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """The run's row as a dict (``config`` and ``target`` decoded); StoreError when it does not exist."""
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise StoreError(f"no run {run_id!r} in the run store {self.path}")
+        out = dict(rows[0])
+        out["config"] = json.loads(out.pop("config_json"))
+        out["target"] = json.loads(out.pop("target_json"))
+        return out
+
+    def start_session(self, run_id: str) -> int:
+        """Mark the run ``running`` and return the new session number (0 for the first start, then 1, ...)."""
+        self.run(run_id)
+        self._write(
+            "UPDATE runs SET sessions = sessions + 1, status = 'running', stop_reason = NULL, message = NULL,"
+            " updated_at = ? WHERE run_id = ?",
+            (time.time(), run_id),
+        )
+        return int(self._query("SELECT sessions FROM runs WHERE run_id = ?", (run_id,))[0][0]) - 1
+
+    def set_status(
+        self, run_id: str, status: str, *, stop_reason: str | None = None, message: str | None = None
+    ) -> None:
+        """Set the run's status (``running|done|stopped|failed|cancelled``) and why it stopped."""
+        self._write(
+            "UPDATE runs SET status = ?, stop_reason = ?, message = ?, updated_at = ? WHERE run_id = ?",
+            (status, stop_reason, message, time.time(), run_id),
+        )
+
+    def list_runs(self) -> pd.DataFrame:
+        """One row per run, newest first: id, times, status, method, spec, target, accepted, tokens, cost."""
+        rows = self._query(
+            """SELECT r.run_id, r.created_at, r.updated_at, r.status, r.stop_reason, r.method, r.spec_name,
+                      r.spec_hash, r.target_json,
+                      (SELECT COUNT(*) FROM texts t WHERE t.run_id = r.run_id) AS accepted,
+                      (SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM calls c
+                         WHERE c.run_id = r.run_id) AS tokens,
+                      (SELECT COALESCE(SUM(cost), 0) FROM calls c WHERE c.run_id = r.run_id) AS cost
+               FROM runs r ORDER BY r.created_at DESC, r.run_id DESC"""
+        )
+        cols = [
+            "run_id",
+            "created_at",
+            "updated_at",
+            "status",
+            "stop_reason",
+            "method",
+            "spec_name",
+            "spec_hash",
+            "target",
+            "accepted",
+            "tokens",
+            "cost",
+        ]
+        data = []
+        for r in rows:
+            d = dict(r)
+            d["target"] = sum(json.loads(d.pop("target_json")).values())
+            data.append(d)
+        return pd.DataFrame(data, columns=cols)
+
+    # -- personas and verdicts ---------------------------------------------------------------------------
+    def next_persona_id(self, run_id: str) -> int:
+        """The next free persona id of a run (ids are never reused, also across resumed sessions)."""
+        row = self._query("SELECT COALESCE(MAX(persona_id), -1) FROM personas WHERE run_id = ?", (run_id,))
+        return int(row[0][0]) + 1
+
+    def add_personas(
+        self, run_id: str, session: int, rows: Sequence[tuple[int, Mapping[str, Any], str, str]]
+    ) -> None:
+        """Record sampled candidates: ``(persona_id, attributes, persona_text, scenario_text)`` tuples."""
+        now = time.time()
+        self._defer(
+            "INSERT INTO personas(run_id, persona_id, session, attrs_json, persona_text, scenario_text,"
+            " status,"
+            " created_at) VALUES (?,?,?,?,?,?,'sampled',?)",
+            [
+                (run_id, pid, session, json.dumps(dict(a), ensure_ascii=False), pt, st, now)
+                for pid, a, pt, st in rows
+            ],
+        )
+
+    def set_persona_status(self, run_id: str, persona_ids: Sequence[int], status: str) -> None:
+        """Set the funnel status of candidates (``passed``, ``rejected_s1`` ...)."""
+        self._defer(
+            "UPDATE personas SET status = ? WHERE run_id = ? AND persona_id = ?",
+            [(status, run_id, pid) for pid in persona_ids],
+        )
+
+    def add_verdicts(self, run_id: str, rows: Sequence[tuple[int, int, str | None, str, str, bool]]) -> None:
+        """Record verdicts: ``(persona_id, stage, model, verdict, reason, cached)`` tuples."""
+        now = time.time()
+        self._defer(
+            "INSERT INTO verdicts(run_id, persona_id, stage, model, verdict, reason, cached, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            [(run_id, pid, st, m, v, r, int(c), now) for pid, st, m, v, r, c in rows],
+        )
+
+    def cached_verdicts(self, stage: int, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Cross-run verdict cache lookup: ``{key: (verdict, reason)}`` for the keys already validated."""
+        out: dict[str, tuple[str, str]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._query(
+                "SELECT key, verdict, reason FROM verdict_cache WHERE stage = ? AND model = ?"
+                f" AND key IN ({marks})",
+                (stage, model, *chunk),
+            ):
+                out[r["key"]] = (r["verdict"], r["reason"])
+        return out
+
+    def cache_verdicts(self, stage: int, model: str, items: Mapping[str, tuple[str, str]]) -> None:
+        """Store fresh verdicts in the cross-run cache (first answer wins)."""
+        now = time.time()
+        self._defer(
+            "INSERT OR IGNORE INTO verdict_cache(stage, model, key, verdict, reason, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [(stage, model, k, v, r, now) for k, (v, r) in items.items()],
+        )
+
+    # -- texts and rejections ------------------------------------------------------------------------------
+    def add_text(
+        self,
+        run_id: str,
+        *,
+        emotion: str,
+        text: str,
+        text_norm: str,
+        persona_id: int | None,
+        model: str | None,
+        quota: int,
+    ) -> str:
+        """Commit an accepted text unless it would exceed ``quota`` for its emotion or duplicate one.
+
+        Returns ``"accepted"``, ``"duplicate"`` (same normalised text already in the run) or ``"quota_full"``.
+        """
+        try:
+            cur = self._write(
+                "INSERT INTO texts(run_id, emotion, text, text_norm, persona_id, model, created_at)"
+                " SELECT ?,?,?,?,?,?,?"
+                " WHERE (SELECT COUNT(*) FROM texts WHERE run_id = ? AND emotion = ?) < ?",
+                (run_id, emotion, text, text_norm, persona_id, model, time.time(), run_id, emotion, quota),
+            )
+        except sqlite3.IntegrityError:
+            return "duplicate"
+        return "accepted" if cur.rowcount == 1 else "quota_full"
+
+    def accepted_counts(self, run_id: str) -> dict[str, int]:
+        """Accepted texts per emotion."""
+        return {
+            r[0]: int(r[1])
+            for r in self._query(
+                "SELECT emotion, COUNT(*) FROM texts WHERE run_id = ? GROUP BY emotion", (run_id,)
+            )
+        }
+
+    def accepted_texts(self, run_id: str) -> list[str]:
+        """The accepted texts of a run in commit order (to rebuild the near-duplicate index on resume)."""
+        return [
+            r[0] for r in self._query("SELECT text FROM texts WHERE run_id = ? ORDER BY text_id", (run_id,))
+        ]
+
+    def add_rejection(
+        self,
+        run_id: str,
+        *,
+        stage: int,
+        reason: str,
+        detail: str | None = None,
+        emotion: str | None = None,
+        persona_id: int | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Record why a candidate (stages 1-3) or an output (stage 4) was rejected."""
+        self._defer(
+            "INSERT INTO rejections(run_id, stage, reason, detail, emotion, persona_id, text, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            [(run_id, stage, reason, detail, emotion, persona_id, text, time.time())],
+        )
+
+    def rejection_counts(self, run_id: str) -> dict[str, int]:
+        """Rejections per reason."""
+        return {
+            r[0]: int(r[1])
+            for r in self._query(
+                "SELECT reason, COUNT(*) FROM rejections WHERE run_id = ? GROUP BY reason ORDER BY 2 DESC",
+                (run_id,),
+            )
+        }
+
+    def rejections(self, run_id: str) -> pd.DataFrame:
+        """Every rejection of a run (stage, reason, detail, emotion, persona id, text)."""
+        rows = self._query(
+            "SELECT stage, reason, detail, emotion, persona_id, text, created_at FROM rejections"
+            " WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return pd.DataFrame(
+            [dict(r) for r in rows],
+            columns=["stage", "reason", "detail", "emotion", "persona_id", "text", "created_at"],
+        )
+
+    def texts(self, run_id: str) -> pd.DataFrame:
+        """One row per accepted text: ``text_id, run_id, method, emotion, text``, the persona and scenario
+        descriptions, ``persona_id`` and one column per sampled attribute."""
+        run = self.run(run_id)
+        rows = self._query(
+            """SELECT t.text_id, t.run_id, t.emotion, t.text, t.model, t.persona_id, p.attrs_json,
+                      p.persona_text, p.scenario_text
+               FROM texts t LEFT JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id
+               WHERE t.run_id = ? ORDER BY t.text_id""",
+            (run_id,),
+        )
+        base = [
+            "text_id",
+            "run_id",
+            "method",
+            "emotion",
+            "text",
+            "model",
+            "persona_id",
+            "persona",
+            "scenario",
+        ]
+        data: list[dict[str, Any]] = []
+        attr_cols: dict[str, None] = {}
+        for r in rows:
+            attrs = json.loads(r["attrs_json"]) if r["attrs_json"] else {}
+            attr_cols.update(dict.fromkeys(attrs))
+            data.append(
+                {
+                    "text_id": r["text_id"],
+                    "run_id": r["run_id"],
+                    "method": run["method"],
+                    "emotion": r["emotion"],
+                    "text": r["text"],
+                    "model": r["model"],
+                    "persona_id": r["persona_id"],
+                    "persona": r["persona_text"],
+                    "scenario": r["scenario_text"],
+                    **attrs,
+                }
+            )
+        return pd.DataFrame(data, columns=base + [c for c in attr_cols if c not in base])
+
+    # -- usage ----------------------------------------------------------------------------------------------
+    def add_calls(self, run_id: str, calls: Sequence[CallRow]) -> None:
+        """Record LLM calls (one row per HTTP attempt, failed ones included)."""
+        now = time.time()
+        self._defer(
+            "INSERT INTO calls(run_id, stage, role, model, prompt_tokens, completion_tokens, latency_s,"
+            " status,"
+            " error, mode, cost, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    run_id,
+                    c.stage,
+                    c.role,
+                    c.model,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    c.latency_s,
+                    c.status,
+                    c.error,
+                    c.mode,
+                    c.cost,
+                    now,
+                )
+                for c in calls
+            ],
+        )
+
+    def usage(self, run_id: str) -> pd.DataFrame:
+        """Usage per stage and model: calls, failed calls, prompt/completion tokens, latency, cost."""
+        rows = self._query(
+            """SELECT stage, role, model, COUNT(*) AS calls,
+                      SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS failed,
+                      SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
+                      AVG(latency_s) AS mean_latency_s, SUM(cost) AS cost
+               FROM calls WHERE run_id = ? GROUP BY stage, role, model ORDER BY stage, role, model""",
+            (run_id,),
+        )
+        return pd.DataFrame(
+            [dict(r) for r in rows],
+            columns=[
+                "stage",
+                "role",
+                "model",
+                "calls",
+                "failed",
+                "prompt_tokens",
+                "completion_tokens",
+                "mean_latency_s",
+                "cost",
+            ],
+        )
+
+    def totals(self, run_id: str) -> dict[str, float]:
+        """Run-wide totals: ``calls``, ``failed_calls``, ``prompt_tokens``, ``completion_tokens``, ``tokens``,
+        ``cost``."""
+        r = self._query(
+            """SELECT COUNT(*), COALESCE(SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END), 0),
+                      COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                      COALESCE(SUM(cost), 0)
+               FROM calls WHERE run_id = ?""",
+            (run_id,),
+        )[0]
+        return {
+            "calls": int(r[0]),
+            "failed_calls": int(r[1]),
+            "prompt_tokens": int(r[2]),
+            "completion_tokens": int(r[3]),
+            "tokens": int(r[2]) + int(r[3]),
+            "cost": float(r[4]),
+        }
+
+    def funnel(self, run_id: str) -> dict[str, Any]:
+        """The run's funnel: candidates sampled, verdicts per stage, outputs generated/accepted/rejected."""
+        sampled = int(self._query("SELECT COUNT(*) FROM personas WHERE run_id = ?", (run_id,))[0][0])
+        stages: dict[int, dict[str, int]] = {}
+        for r in self._query(
+            "SELECT stage, verdict, COUNT(*), SUM(cached) FROM verdicts WHERE run_id = ?"
+            " GROUP BY stage, verdict",
+            (run_id,),
+        ):
+            st = stages.setdefault(
+                int(r[0]), {"natural": 0, "rare but plausible": 0, "implausible": 0, "error": 0, "cached": 0}
+            )
+            st[r[1]] = st.get(r[1], 0) + int(r[2])
+            st["cached"] += int(r[3] or 0)
+        out_rej = {
+            r[0]: int(r[1])
+            for r in self._query(
+                "SELECT reason, COUNT(*) FROM rejections WHERE run_id = ? AND stage = 4 GROUP BY reason",
+                (run_id,),
+            )
+        }
+        accepted = int(self._query("SELECT COUNT(*) FROM texts WHERE run_id = ?", (run_id,))[0][0])
+        return {
+            # The sampler only emits rows that satisfy the whitelist rules, so every sampled row passed them.
+            "sampled": sampled,
+            "passed_rules": sampled,
+            "stages": {str(k): v for k, v in sorted(stages.items())},
+            "generated": accepted + sum(v for k, v in out_rej.items() if k != "quota_full"),
+            "accepted": accepted,
+            "output_rejections": out_rej,
+        }
+
+    # -- events ---------------------------------------------------------------------------------------------
+    def add_event(self, run_id: str, state: str, payload: Mapping[str, Any]) -> None:
+        """Append a progress event (JSON payload) so another thread or process can follow the run."""
+        self._defer(
+            "INSERT INTO events(run_id, ts, state, payload_json) VALUES (?,?,?,?)",
+            [(run_id, time.time(), state, json.dumps(dict(payload), default=str))],
+        )
+
+    def latest_event(self, run_id: str) -> dict[str, Any] | None:
+        """The last progress event of a run (decoded payload), or None."""
+        rows = self._query(
+            "SELECT payload_json FROM events WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    def events(self, run_id: str, *, after_id: int = 0) -> list[dict[str, Any]]:
+        """Progress events of a run with an id greater than ``after_id`` (each has ``id`` and ``ts``)."""
+        rows = self._query(
+            "SELECT id, ts, payload_json FROM events WHERE run_id = ? AND id > ? ORDER BY id",
+            (run_id, after_id),
+        )
+        return [{"id": r[0], "ts": r[1], **json.loads(r[2])} for r in rows]
+
+    # -- judge scores (evaluation) ----------------------------------------------------------------------
+    def get_judge_scores(self, model: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Judge cache lookup by (judge model, key), the key being a text hash: ``{key: scores}`` found."""
+        out: dict[str, dict[str, Any]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._query(
+                f"SELECT text_hash, scores_json FROM judge_cache WHERE model = ? AND text_hash IN ({marks})",
+                (model, *chunk),
+            ):
+                out[r[0]] = json.loads(r[1])
+        return out
+
+    def put_judge_scores(self, model: str, scores: Mapping[str, Mapping[str, Any]]) -> None:
+        """Fill the judge cache: ``{key: scores}`` for one judge model (a later answer replaces one)."""
+        now = time.time()
+        self._writemany(
+            "INSERT OR REPLACE INTO judge_cache(model, text_hash, scores_json, created_at) VALUES (?,?,?,?)",
+            [(model, k, json.dumps(dict(v), sort_keys=True), now) for k, v in scores.items()],
+        )
+
+    def save_judge_scores(
+        self, run_id: str, model: str, scores: Sequence[tuple[int, str, Mapping[str, Any]]]
+    ) -> None:
+        """Store a run's judge scores: ``(text_id, key, scores)`` tuples (key: the judge cache key)."""
+        self.run(run_id)
+        now = time.time()
+        self._writemany(
+            "INSERT OR REPLACE INTO judge_scores(run_id, text_id, model, text_hash, scores_json,"
+            " created_at) VALUES (?,?,?,?,?,?)",
+            [(run_id, tid, model, k, json.dumps(dict(s), sort_keys=True), now) for tid, k, s in scores],
+        )
+        self.put_judge_scores(model, {k: s for _, k, s in scores})
+
+    def judge_scores(self, run_id: str) -> pd.DataFrame:
+        """A run's judge scores: ``text_id, model`` and one column per criterion."""
+        rows = self._query(
+            "SELECT text_id, model, scores_json FROM judge_scores WHERE run_id = ? ORDER BY text_id",
+            (run_id,),
+        )
+        return pd.DataFrame([{"text_id": r[0], "model": r[1], **json.loads(r[2])} for r in rows])

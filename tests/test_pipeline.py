@@ -1,0 +1,421 @@
+"""Generation pipeline over real HTTP (FakeOpenAIServer on loopback): quotas, faults, caches, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from personagen_core.errors import SpecError
+from personagen_core.fake_openai import REFUSAL_TEXT, DefaultResponder, FakeOpenAIServer
+from personagen_core.llm import LLMClient, LLMSettings
+from personagen_core.pipeline import (
+    GenerationConfig,
+    ProgressEvent,
+    estimate_cost,
+    resume_generation,
+    run_generation,
+)
+from personagen_core.spec import Spec, load_pack
+from personagen_core.store import RunStore
+from personagen_core.validation import Validator
+
+KEY = "sk-test-DO-NOT-STORE-0123456789abcdef"
+EMOTIONS = ["joy", "fear", "anger"]
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_pack("japan")
+
+
+def _settings(srv: FakeOpenAIServer, **kw: Any) -> LLMSettings:
+    base = {
+        "base_url": srv.base_url,
+        "api_key": KEY,
+        "model": "fake-model",
+        "concurrency": 4,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "retry_after_max": 0.2,
+        "timeout": 5.0,
+    }
+    return LLMSettings(**{**base, **kw})
+
+
+def _config(srv: FakeOpenAIServer, **kw: Any) -> GenerationConfig:
+    llm = kw.pop("llm", None) or _settings(srv)
+    return GenerationConfig(**{"emotions": EMOTIONS, "per_emotion": 3, "llm": llm, **kw})
+
+
+def _is_generation(body: dict[str, Any]) -> bool:
+    return "response_format" not in body and "Target emotion" in str(body.get("messages"))
+
+
+class ScriptedResponder:
+    """The default answers, except that chosen generation requests (by their order) get a refusal or a
+    copy of the first generated text, and verdicts are drawn from ``verdicts``."""
+
+    def __init__(
+        self,
+        *,
+        refusals: set[int] = frozenset(),
+        duplicates: set[int] = frozenset(),  # type: ignore[assignment]
+        verdicts: list[str] | None = None,
+        always_refuse: bool = False,
+    ) -> None:
+        self.base = DefaultResponder(seed=3, choices={"verdict": verdicts or ["natural"]})
+        self.refusals, self.duplicates, self.always_refuse = refusals, duplicates, always_refuse
+        self.lock = threading.Lock()
+        self.n_gen = 0
+        self.first: str | None = None
+
+    def __call__(self, body: dict[str, Any]) -> Any:
+        if not _is_generation(body):
+            return self.base(body)
+        with self.lock:
+            i = self.n_gen
+            self.n_gen += 1
+            if self.always_refuse or i in self.refusals:
+                return REFUSAL_TEXT
+            if i in self.duplicates and self.first is not None:
+                return self.first
+        text = self.base(body)
+        with self.lock:
+            self.first = self.first or text
+        return text
+
+
+def _assert_exact(store: RunStore, run_id: str, n: int, emotions: list[str] = EMOTIONS) -> None:
+    texts = store.texts(run_id)
+    assert texts.groupby("emotion").size().to_dict() == dict.fromkeys(emotions, n)
+    assert texts["text"].is_unique
+
+
+def test_run_reaches_exact_quotas_and_records_everything(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    events: list[ProgressEvent] = []
+    with FakeOpenAIServer(api_key=KEY, latency=0.01) as srv:
+        summary = run_generation(spec, _config(srv), store, on_event=events.append)
+        n_requests = len(srv.chat_requests)
+    assert summary.state == "done" and summary.complete
+    _assert_exact(store, summary.run_id, 3)
+    # every HTTP attempt is in the usage table, attributed to a stage
+    usage = store.usage(summary.run_id)
+    assert int(usage["calls"].sum()) == n_requests == summary.calls
+    assert set(usage["stage"]) == {1, 2, 3, 4}
+    assert summary.tokens == store.totals(summary.run_id)["tokens"] > 0
+    # the funnel: every sampled candidate has a stage-1 verdict
+    funnel = store.funnel(summary.run_id)
+    assert (
+        sum(funnel["stages"]["1"][v] for v in ("natural", "rare but plausible", "implausible", "error"))
+        == funnel["sampled"]
+    )
+    assert funnel["accepted"] == 9
+    # events: monotone progress, final state done with the full counts
+    assert events[-1].state == "done" and events[-1].accepted == dict.fromkeys(EMOTIONS, 3)
+    assert events[-1].eta_s == 0.0
+    totals = [sum(e.accepted.values()) for e in events]
+    assert totals == sorted(totals)
+    assert store.latest_event(summary.run_id)["state"] == "done"
+    info = store.run(summary.run_id)
+    assert info["status"] == "done" and info["spec_hash"] and "llm" in info["config"]
+    # the API key reached the server (it checks it) but never the database
+    store.close()
+    for f in tmp_path.iterdir():
+        assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_faults_are_retried_or_recorded_and_quotas_stay_exact(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    responder = ScriptedResponder(
+        refusals={1, 2},
+        duplicates={3, 4},
+        verdicts=["natural", "natural", "rare but plausible", "implausible"],
+    )
+    transport = {1: "429", 3: "500", 5: "drop", 7: "timeout"}
+    faults: dict[int, str] = {0: "malformed_json", **transport}  # request 0 is a (JSON) stage-1 validation
+    with FakeOpenAIServer(responder, faults=faults, retry_after=0.05, timeout_sleep=1.5, latency=0.01) as srv:
+        cfg = _config(srv, llm=_settings(srv, timeout=0.5))
+        summary = run_generation(spec, cfg, store)
+        n_requests = len(srv.chat_requests)
+    assert summary.state == "done"
+    _assert_exact(store, summary.run_id, 3)
+    totals = store.totals(summary.run_id)
+    assert totals["calls"] == n_requests  # every attempt, failed ones included, is recorded
+    assert totals["failed_calls"] == len(faults)  # each fault cost exactly one retried attempt
+    rej = store.rejection_counts(summary.run_id)
+    assert rej["refusal"] == 2 and rej["duplicate"] == 2
+    assert (
+        rej.get("stage1_implausible", 0) + rej.get("stage2_implausible", 0) + rej.get("stage3_implausible", 0)
+        > 0
+    )
+    details = store.rejections(summary.run_id)
+    assert set(details.loc[details["reason"] == "refusal", "text"]) == {REFUSAL_TEXT}
+
+
+def test_identical_tuples_are_validated_once_within_and_across_runs(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.005) as srv:
+        first = run_generation(spec, _config(srv, per_emotion=4), store)
+        asked: dict[str, list[str]] = {}
+        for r in srv.chat_requests:
+            if r.body and "response_format" in r.body:
+                system, user = (m["content"] for m in r.body["messages"])
+                lines = [re.sub(r"^\[\d+\] ", "", x) for x in user.splitlines()[1:]]
+                asked.setdefault(system, []).extend(lines)
+        n_before = len(srv.chat_requests)
+        # same seed and spec: the same candidates, every verdict now comes from the cross-run cache
+        second = run_generation(spec, _config(srv, per_emotion=4), RunStore(tmp_path / "runs.sqlite"))
+        new = srv.chat_requests[n_before:]
+    assert len(asked) == 3  # one system prompt per stage
+    for lines in asked.values():
+        assert len(lines) == len(set(lines))  # no tuple asked twice
+    assert first.state == second.state == "done"
+    assert all(r.body and "response_format" not in r.body for r in new)
+    funnel = store.funnel(second.run_id)
+    assert all(
+        st["cached"] == sum(st[v] for v in ("natural", "rare but plausible", "implausible"))
+        for st in funnel["stages"].values()
+    )
+
+
+def test_in_flight_identical_tuples_share_one_call(tmp_path: Path, spec: Spec) -> None:
+    row = {c: "x" for c in spec.stage_columns(1)}
+
+    async def go(srv: FakeOpenAIServer) -> list[Any]:
+        async with LLMClient(_settings(srv)) as client:
+            v = Validator(spec, RunStore(tmp_path / "s.sqlite"), client, batch_size=4)
+            return await asyncio.gather(v.verdicts(1, [row]), v.verdicts(1, [row, row]))
+
+    with FakeOpenAIServer(latency=0.2) as srv:
+        a, b = asyncio.run(go(srv))
+        assert len(srv.chat_requests) == 1
+    assert a[0].verdict == b[0].verdict == b[1].verdict == "natural"
+    assert not a[0].cached and b[0].cached and b[1].cached
+
+
+@pytest.mark.parametrize(
+    ("method", "stages", "validate"),
+    [
+        ("attrprompt", "123", True),
+        ("priorwork", "123", True),
+        ("personagen", "1", True),
+        ("personagen", "12", True),
+        ("personagen", "123", False),
+    ],
+)
+def test_methods_and_ablations(tmp_path: Path, spec: Spec, method: str, stages: str, validate: bool) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.002) as srv:
+        summary = run_generation(
+            spec, _config(srv, method=method, stages=stages, validate=validate, per_emotion=2), store
+        )
+        bodies = [r.body for r in srv.chat_requests if r.body]
+    assert summary.state == "done"
+    _assert_exact(store, summary.run_id, 2)
+    validations = [b for b in bodies if "response_format" in b]
+    generations = [b for b in bodies if "response_format" not in b]
+    texts = store.texts(summary.run_id)
+    assert set(texts["method"]) == {method}
+    if method != "personagen" or not validate:
+        assert validations == []
+    else:
+        n_stages = len(stages)
+        systems = {b["messages"][0]["content"] for b in validations}
+        assert len(systems) == n_stages
+    with_scene = [b for b in generations if "Scene:" in b["messages"][1]["content"]]
+    assert (len(with_scene) == len(generations)) == ("3" in stages)
+    attr_cols = set(texts.columns) - {
+        "text_id",
+        "run_id",
+        "method",
+        "emotion",
+        "text",
+        "model",
+        "persona_id",
+        "persona",
+        "scenario",
+    }
+    expected = {c for s in (1, 2, 3) if str(s) in stages for c in spec.stage_columns(s)}
+    assert attr_cols == expected
+
+
+def test_token_budget_stops_cleanly_and_resume_finishes(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.002) as srv:
+        cfg = _config(srv, max_tokens=4000, per_emotion=4)
+        first = run_generation(spec, cfg, store)
+        assert first.state == "stopped" and first.stop_reason == "max_tokens"
+        assert not first.complete and "resume" in (first.message or "")
+        assert store.run(first.run_id)["status"] == "stopped"
+        done_before = store.accepted_counts(first.run_id)
+        second = resume_generation(store, first.run_id, llm=_settings(srv), max_tokens=10**7)
+    assert second.state == "done" and second.run_id == first.run_id
+    _assert_exact(store, first.run_id, 4)
+    assert all(second.accepted[e] >= n for e, n in done_before.items())
+    assert store.run(first.run_id)["sessions"] == 2
+
+
+def test_cancel_from_another_thread_then_resume(tmp_path: Path, spec: Spec) -> None:
+    store_path = tmp_path / "runs.sqlite"
+    cancel = threading.Event()
+    result: dict[str, Any] = {}
+
+    def on_event(ev: ProgressEvent) -> None:
+        if sum(ev.accepted.values()) >= 1:
+            cancel.set()
+
+    with FakeOpenAIServer(latency=0.05) as srv:
+        cfg = _config(srv, per_emotion=6)
+        # run_generation owns its event loop, so it runs in a worker thread as the dashboard does
+        t = threading.Thread(
+            target=lambda: result.update(
+                s=run_generation(spec, cfg, RunStore(store_path), on_event=on_event, cancel=cancel)
+            )
+        )
+        t.start()
+        t.join(timeout=60)
+        summary = result["s"]
+        assert summary.state == "cancelled" and not summary.complete
+        store = RunStore(store_path)
+        assert store.run(summary.run_id)["status"] == "cancelled"
+        resumed = resume_generation(store, summary.run_id, llm=_settings(srv))
+    assert resumed.state == "done"
+    _assert_exact(store, summary.run_id, 6)
+
+
+def test_max_attempts_stops_with_reason(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(ScriptedResponder(always_refuse=True)) as srv:
+        summary = run_generation(spec, _config(srv, max_attempts=12), store)
+    assert summary.state == "stopped" and summary.stop_reason == "max_attempts"
+    assert store.accepted_counts(summary.run_id) == {}
+    assert store.rejection_counts(summary.run_id)["refusal"] <= 12
+
+
+def test_wrong_key_fails_without_leaking_it(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    wrong = "sk-wrong-key-aaaaaaaaaaaaaaaaaaaa"
+    with FakeOpenAIServer(api_key=KEY) as srv:
+        summary = run_generation(spec, _config(srv, llm=_settings(srv, api_key=wrong)), store)
+    assert summary.state == "failed" and "rejected the API key" in (summary.message or "")
+    assert wrong not in (summary.message or "")
+    store.close()
+    assert wrong.encode() not in (tmp_path / "runs.sqlite").read_bytes()
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path, spec: Spec) -> None:
+    with FakeOpenAIServer() as srv:
+        with pytest.raises(SpecError, match="unknown emotion.*'rage'"):
+            run_generation(spec, _config(srv, emotions=["joy", "rage"]), RunStore(tmp_path / "r.sqlite"))
+
+
+def test_cost_estimate_and_actual_cost(tmp_path: Path, spec: Spec) -> None:
+    cfg = GenerationConfig(per_emotion=100, llm=LLMSettings(base_url="http://x/v1", model="gpt-4.1-mini"))
+    est = estimate_cost(spec, cfg)
+    assert est.total_usd is not None and est.total_usd > 0
+    assert set(est.by_type) == {
+        "stage1 validation",
+        "stage2 validation",
+        "stage3 validation",
+        "stage4 generation",
+    }
+    cheaper = estimate_cost(spec, cfg.model_copy(update={"validate_": False}))
+    assert cheaper.total_usd is not None and cheaper.total_usd < est.total_usd
+    # a priced model name makes the run's actual cost positive and equal to the sum over calls
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer() as srv:
+        summary = run_generation(
+            spec, _config(srv, llm=_settings(srv, model="gpt-4.1-mini"), per_emotion=1), store
+        )
+    assert summary.cost > 0 and summary.cost == pytest.approx(
+        float(store.usage(summary.run_id)["cost"].sum())
+    )
+
+
+def test_texts_per_persona_reuses_each_validated_candidate(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.002) as srv:
+        summary = run_generation(spec, _config(srv, texts_per_persona=3, per_emotion=4), store)
+    assert summary.state == "done"
+    _assert_exact(store, summary.run_id, 4)
+    uses = store.texts(summary.run_id)["persona_id"].value_counts()
+    assert uses.max() <= 3 and (uses > 1).any()  # several texts per persona, never more than three
+    assert store.funnel(summary.run_id)["sampled"] < 12  # fewer candidates than texts
+
+
+def test_a_failing_progress_callback_does_not_stop_the_run(tmp_path: Path, spec: Spec) -> None:
+    calls: list[int] = []
+
+    def broken(ev: ProgressEvent) -> None:
+        calls.append(1)
+        raise ValueError("display crashed")
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer() as srv:
+        summary = run_generation(spec, _config(srv, per_emotion=1), store, on_event=broken)
+    assert summary.state == "done" and len(calls) >= 2
+    _assert_exact(store, summary.run_id, 1)
+
+
+def test_unusable_batch_answers_fall_back_to_one_call_per_candidate(tmp_path: Path, spec: Spec) -> None:
+    base = DefaultResponder(seed=1, choices={"verdict": "rare but plausible"})
+
+    def no_batches(body: dict[str, Any]) -> Any:
+        schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+        if "verdicts" in schema.get("properties", {}):
+            return {"verdicts": []}  # violates minItems: the client retries, then gives up
+        return base(body)
+
+    rows = [{c: f"v{i}" for c in spec.stage_columns(1)} for i in range(3)]
+
+    async def go(srv: FakeOpenAIServer) -> list[Any]:
+        async with LLMClient(_settings(srv, max_retries=1)) as client:
+            return await Validator(spec, RunStore(tmp_path / "s.sqlite"), client, batch_size=8).verdicts(
+                1, rows
+            )
+
+    with FakeOpenAIServer(no_batches) as srv:
+        verdicts = asyncio.run(go(srv))
+        schemas = [r.body["response_format"]["json_schema"]["schema"] for r in srv.chat_requests if r.body]
+    assert [v.verdict for v in verdicts] == ["rare but plausible"] * 3
+    assert sum("verdicts" in s["properties"] for s in schemas) == 2  # one batch call + one retry
+    assert sum("verdict" in s["properties"] for s in schemas) == 3  # then one call per candidate
+
+
+def test_cost_budget_stops_and_needs_a_price(tmp_path: Path, spec: Spec) -> None:
+    from personagen_core.errors import BudgetExceeded
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer() as srv:
+        priced = _settings(srv, model="gpt-4.1-mini")
+        summary = run_generation(spec, _config(srv, llm=priced, max_cost=0.002, per_emotion=20), store)
+        assert summary.state == "stopped" and summary.stop_reason == "max_cost"
+        assert 0.002 <= summary.cost < 0.01  # only the calls already in flight may go past the budget
+        unpriced = _settings(srv, model="my-own-model")
+        with pytest.raises(BudgetExceeded, match="needs a price for model 'my-own-model'"):
+            run_generation(spec, _config(srv, llm=unpriced, max_cost=1.0), store)
+
+
+def test_server_side_refusal_and_duplicate_faults(tmp_path: Path, spec: Spec) -> None:
+    """The server's own refusal/duplicate faults hit whatever request comes: on a validation call they are
+    malformed JSON (retried), on a generation call they are a rejected output. Either way nothing slips in."""
+    store = RunStore(tmp_path / "runs.sqlite")
+    faults = {i: ("refusal" if i % 2 else "duplicate") for i in range(2, 30, 3)}
+    with FakeOpenAIServer(faults=faults) as srv:
+        summary = run_generation(spec, _config(srv, per_emotion=4), store)
+        hit = [r for r in srv.chat_requests if r.fault == "refusal"]
+    assert summary.state == "done"
+    _assert_exact(store, summary.run_id, 4)
+    texts = store.texts(summary.run_id)["text"]
+    assert not texts.str.contains("I'm sorry").any() and not texts.str.startswith("{").any()
+    refused_generations = sum(1 for r in hit if r.body and "response_format" not in r.body)
+    assert store.rejection_counts(summary.run_id).get("refusal", 0) == refused_generations
+    usage = store.usage(summary.run_id)
+    failed_validations = int(usage.loc[usage["stage"].isin([1, 2, 3]), "failed"].sum())
+    assert failed_validations >= len(hit) - refused_generations  # each refused validation was retried

@@ -1,0 +1,222 @@
+"""Run store: schema, quota-guarded and duplicate-free text inserts, verdict and judge caches, usage."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from personagen_core.errors import StoreError
+from personagen_core.store import CallRow, RunStore, default_db_path, verdict_key
+
+
+def _run(store: RunStore, **kw: object) -> str:
+    return store.create_run(
+        method="personagen",
+        config={"per_emotion": 2},
+        target={"joy": 2, "fear": 2},
+        spec_yaml="name: x\n",
+        spec_hash="abc",
+        spec_name="x",
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_wal_mode_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore(tmp_path / "sub" / "runs.sqlite")
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path / "home"))
+    assert default_db_path() == tmp_path / "home" / "runs.sqlite"
+
+
+def test_run_lifecycle_and_missing_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store, run_id="r1")
+    info = store.run(run_id)
+    assert info["status"] == "created" and info["config"] == {"per_emotion": 2}
+    assert info["target"] == {"joy": 2, "fear": 2} and info["spec_hash"] == "abc"
+    assert store.start_session(run_id) == 0
+    assert store.start_session(run_id) == 1
+    store.set_status(run_id, "stopped", stop_reason="max_cost", message="budget")
+    info = store.run(run_id)
+    assert (info["status"], info["stop_reason"], info["sessions"]) == ("stopped", "max_cost", 2)
+    with pytest.raises(StoreError, match="already exists"):
+        _run(store, run_id="r1")
+    with pytest.raises(StoreError, match="no run 'nope'"):
+        store.run("nope")
+    runs = store.list_runs()
+    assert list(runs["run_id"]) == ["r1"] and int(runs["target"].iloc[0]) == 4
+
+
+def test_add_text_enforces_quota_and_uniqueness(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store)
+    kw = {"persona_id": None, "model": "m", "quota": 2}
+    assert store.add_text(run_id, emotion="joy", text="A!", text_norm="a", **kw) == "accepted"
+    assert store.add_text(run_id, emotion="joy", text="a", text_norm="a", **kw) == "duplicate"
+    assert store.add_text(run_id, emotion="fear", text="a.", text_norm="a", **kw) == "duplicate"
+    assert store.add_text(run_id, emotion="joy", text="B", text_norm="b", **kw) == "accepted"
+    assert store.add_text(run_id, emotion="joy", text="C", text_norm="c", **kw) == "quota_full"
+    assert store.accepted_counts(run_id) == {"joy": 2}
+    assert store.accepted_texts(run_id) == ["A!", "B"]
+    other = _run(store)  # the same text is fine in another run
+    assert store.add_text(other, emotion="joy", text="A!", text_norm="a", **kw) == "accepted"
+
+
+def test_quota_holds_with_concurrent_writers(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    run_id = _run(RunStore(path))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def writer(w: int) -> None:
+        store = RunStore(path)  # its own connection, like a second process
+        for i in range(15):
+            out = store.add_text(
+                run_id,
+                emotion="joy",
+                text=f"t{w}-{i}",
+                text_norm=f"t{w}-{i}",
+                persona_id=None,
+                model=None,
+                quota=20,
+            )
+            with lock:
+                outcomes.append(out)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("accepted") == 20 and outcomes.count("quota_full") == 40
+    assert RunStore(path).accepted_counts(run_id) == {"joy": 20}
+
+
+def test_verdict_cache_is_shared_across_store_instances(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    key = verdict_key({"age": "25-34", "gender": "female", "x": "ignored"}, ["age", "gender"])
+    assert key == '[["age","25-34"],["gender","female"]]'
+    RunStore(path).cache_verdicts(1, "m", {key: ("natural", "fine")})
+    RunStore(path).cache_verdicts(1, "m", {key: ("implausible", "second answer loses")})
+    store = RunStore(path)
+    assert store.cached_verdicts(1, "m", [key, "other"]) == {key: ("natural", "fine")}
+    assert store.cached_verdicts(2, "m", [key]) == {}  # keyed by stage
+    assert store.cached_verdicts(1, "other-model", [key]) == {}  # and by model
+
+
+def test_funnel_usage_rejections_and_texts(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store)
+    store.add_personas(
+        run_id,
+        0,
+        [(0, {"age": "6-12"}, "a child", "at school"), (1, {"age": "25-34"}, "an adult", "at work")],
+    )
+    store.add_verdicts(run_id, [(0, 1, "m", "implausible", "no", False), (1, 1, "m", "natural", "ok", True)])
+    store.add_rejection(run_id, stage=1, reason="stage1_implausible", detail="no", persona_id=0)
+    store.add_rejection(run_id, stage=4, reason="refusal", emotion="joy", persona_id=1, text="I'm sorry")
+    store.add_text(run_id, emotion="joy", text="Yay", text_norm="yay", persona_id=1, model="m", quota=2)
+    store.add_calls(
+        run_id,
+        [
+            CallRow(1, "validator", "m", 100, 10, 0.1, "ok", cost=0.5),
+            CallRow(4, "generator", "m", 50, 5, 0.2, "retry", error="HTTP 429", cost=0.25),
+        ],
+    )
+    funnel = store.funnel(run_id)
+    assert funnel["sampled"] == 2 and funnel["accepted"] == 1 and funnel["generated"] == 2
+    assert funnel["stages"]["1"]["implausible"] == 1 and funnel["stages"]["1"]["cached"] == 1
+    assert funnel["output_rejections"] == {"refusal": 1}
+    assert store.rejection_counts(run_id) == {"stage1_implausible": 1, "refusal": 1}
+    assert store.totals(run_id) == {
+        "calls": 2,
+        "failed_calls": 1,
+        "prompt_tokens": 150,
+        "completion_tokens": 15,
+        "tokens": 165,
+        "cost": 0.75,
+    }
+    usage = store.usage(run_id)
+    assert list(usage["stage"]) == [1, 4] and list(usage["failed"]) == [0, 1]
+    texts = store.texts(run_id)
+    row = texts.iloc[0]
+    assert (row["text"], row["emotion"], row["persona"], row["scenario"], row["age"], row["method"]) == (
+        "Yay",
+        "joy",
+        "an adult",
+        "at work",
+        "25-34",
+        "personagen",
+    )
+    assert store.next_persona_id(run_id) == 2
+    runs = store.list_runs()
+    assert int(runs["accepted"].iloc[0]) == 1 and float(runs["cost"].iloc[0]) == pytest.approx(0.75)
+
+
+def test_events_and_judge_cache(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store)
+    assert store.latest_event(run_id) is None
+    store.add_event(run_id, "running", {"accepted": {"joy": 1}})
+    store.add_event(run_id, "done", {"accepted": {"joy": 2}})
+    assert store.latest_event(run_id) == {"accepted": {"joy": 2}}
+    evs = store.events(run_id)
+    assert [e["accepted"]["joy"] for e in evs] == [1, 2]
+    assert store.events(run_id, after_id=evs[0]["id"])[0]["accepted"] == {"joy": 2}
+
+    scores = {"emotion_match": 5, "grammaticality": 4, "lexical_diversity": 3, "structure_logic": 4}
+    store.save_judge_scores(run_id, "judge-m", [(1, "hash1", scores)])
+    assert store.get_judge_scores("judge-m", ["hash1", "hash2"]) == {"hash1": scores}
+    assert store.get_judge_scores("other", ["hash1"]) == {}
+    store.put_judge_scores("other", {"hash2": scores})
+    assert RunStore(store.path).get_judge_scores("other", ["hash2"]) == {"hash2": scores}
+    table = store.judge_scores(run_id)
+    assert table.iloc[0]["text_id"] == 1 and table.iloc[0]["emotion_match"] == 5
+
+
+def test_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot open the run store"):
+        RunStore(blocker / "runs.sqlite")
+
+
+def test_write_behind_defers_bookkeeping_but_commits_it_with_each_text(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    reader = sqlite3.connect(path)  # another connection, like a dashboard or a crash survivor
+
+    def count(table: str) -> int:
+        return reader.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    with store.write_behind():
+        store.add_personas(run_id, 0, [(0, {"age": "6-12"}, "a child", "")])
+        store.add_calls(run_id, [CallRow(1, "validator", "m", 10, 1)])
+        store.add_rejection(run_id, stage=4, reason="refusal")
+        assert count("personas") == 0 and count("calls") == 0  # not yet committed
+        # an accepted text commits everything deferred before it, in the same transaction
+        assert (
+            store.add_text(
+                run_id, emotion="joy", text="Yay", text_norm="yay", persona_id=0, model="m", quota=2
+            )
+            == "accepted"
+        )
+        assert (count("personas"), count("calls"), count("rejections"), count("texts")) == (1, 1, 1, 1)
+        store.add_calls(run_id, [CallRow(4, "generator", "m", 10, 1)])
+        # a duplicate is refused but the deferred rows before it are still committed
+        assert (
+            store.add_text(
+                run_id, emotion="joy", text="yay!", text_norm="yay", persona_id=0, model="m", quota=2
+            )
+            == "duplicate"
+        )
+        assert count("calls") == 2
+        store.add_event(run_id, "running", {"n": 1})
+        assert store.latest_event(run_id) == {"n": 1}  # reads see deferred writes
+    store.add_calls(run_id, [CallRow(4, "generator", "m", 10, 1)])  # outside: written at once
+    assert count("calls") == 3 and count("events") == 1
