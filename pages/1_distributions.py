@@ -1,0 +1,73 @@
+"""Distributions: tune every attribute category with sliders; compare spec and sampled marginals."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+
+ui.page_title("Distributions")
+spec_mod = ui.core("spec", "load_pack", "list_packs", "parse_spec", "dump_spec", "DEFAULT_PACK")
+sampling = ui.core("sampling", "sample_personas", "marginal_summary")
+
+st.caption(
+    "Each slider is one item's probability. Moving it rescales the unlocked items of the category "
+    "so the distribution stays valid; lock an item to keep its value."
+)
+
+spec = ui.current_spec()
+
+# ---- pack / load / save ------------------------------------------------------------------------------
+c_pack, c_upload, c_save = st.columns([2, 3, 2])
+with c_pack:
+    packs = spec_mod.list_packs()
+    pack = st.selectbox(
+        "Pack", packs, index=packs.index(spec_mod.DEFAULT_PACK) if spec_mod.DEFAULT_PACK in packs else 0
+    )
+    if st.button("Load pack", icon=":material/inventory_2:"):
+        with ui.error_boundary("loading the pack"):
+            ui.set_spec(spec_mod.load_pack(pack), replace=True)
+            st.rerun()
+with c_upload:
+    upload = st.file_uploader("Load a spec (YAML)", type=["yaml", "yml"], key="spec_upload")
+    ui.handle_spec_upload(upload, spec_mod)
+with c_save:
+    # Deferred: the YAML is written only when the button is clicked.
+    st.download_button(
+        "Download spec (YAML)",
+        lambda: spec_mod.dump_spec(st.session_state["spec"]),
+        file_name=f"{spec.name}.yaml",
+        mime="application/x-yaml",
+        icon=":material/download:",
+    )
+    st.caption(f"Spec `{spec.name}` v{spec.version}")
+
+spec = ui.current_spec()
+categories = ui.category_options(spec)
+
+# ---- sliders of one category -------------------------------------------------------------------------
+left, right = st.columns([3, 4], gap="large")
+with left:
+    key = st.selectbox(
+        "Category", list(categories), format_func=lambda k: categories[k], key="keep_dist_category"
+    )
+    ui.category_editor(spec, key)
+    if ui.has_table(spec, key):
+        with st.expander("Conditional table"):
+            ui.table_editor(spec, key)
+
+# ---- spec vs sampled marginals -----------------------------------------------------------------------
+with right:
+    c_n, c_seed = st.columns(2)
+    ui.defaults(keep_dist_n=1000, keep_dist_seed=0)
+    n = c_n.number_input("Personas sampled", 100, 20_000, step=100, key="keep_dist_n")
+    seed = c_seed.number_input("Seed", 0, 2**31 - 1, key="keep_dist_seed")
+    with ui.error_boundary("sampling"):
+        df = ui.sampled(ui.current_spec(), int(n), int(seed))
+        summary = ui.marginals(ui.current_spec(), int(n), int(seed))
+        st.plotly_chart(ui.marginal_figure(summary, key, categories[key]), key="dist_chart")
+        st.caption("Sampled marginals are measured after conditional tables and whitelist rules.")
+        with st.expander("Preview of sampled personas", expanded=True):
+            st.dataframe(df.head(10), hide_index=True)
+
+ui.rules_editor(ui.current_spec())

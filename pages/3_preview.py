@@ -1,0 +1,45 @@
+"""Persona preview: sample personas, validate them with the LLM, and see each card and the funnel."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+
+ui.page_title("Persona preview")
+render = ui.core("render", "describe_persona", "describe_scenario")
+ui.core("sampling", "sample_personas")
+
+spec = ui.current_spec()
+c_n, c_seed, c_val = st.columns([1, 1, 2], vertical_alignment="bottom")
+ui.defaults(keep_preview_n=6, keep_preview_seed=0)
+n = c_n.number_input("Personas", 1, 50, key="keep_preview_n")
+seed = c_seed.number_input("Seed", 0, 2**31 - 1, key="keep_preview_seed")
+validate = c_val.button(
+    "Validate with the LLM",
+    icon=":material/fact_check:",
+    help="Runs the stage 1-3 plausibility checks with the backend set on the Generate page.",
+)
+
+with ui.error_boundary("sampling"):
+    df = ui.sampled(spec, int(n), int(seed))
+    key = (ui.spec_digest(spec), int(n), int(seed))
+    if validate:
+        with st.spinner("Asking the LLM…"), ui.error_boundary("validation"):
+            st.session_state["preview_verdicts"] = (key, ui.validate_preview(spec, df, ui.llm_settings()))
+    stored = st.session_state.get("preview_verdicts")
+    verdicts = stored[1] if stored and stored[0] == key else None
+    if verdicts is not None:
+        st.plotly_chart(ui.funnel_figure(verdicts, len(df)), key="preview_funnel")
+    else:
+        st.caption("Not validated yet: the cards show the sampled personas only.")
+    cols = st.columns(3)
+    for i, row in enumerate(df.to_dict("records")):
+        with cols[i % 3]:
+            ui.persona_card(
+                i,
+                row,
+                render.describe_persona(row, spec),
+                render.describe_scenario(row, spec),
+                verdicts[i] if verdicts is not None else None,
+            )

@@ -1,0 +1,90 @@
+"""Generate: choose the backend and settings, see the cost estimate, launch and follow a run."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+
+ui.page_title("Generate")
+pipeline = ui.core(
+    "pipeline", "GenerationConfig", "run_generation", "resume_generation", "estimate_cost", "METHODS"
+)
+ui.core("store", "RunStore")
+
+spec = ui.current_spec()
+left, right = st.columns([2, 3], gap="large")
+
+with left:
+    st.subheader("Backend")
+    with ui.error_boundary("LLM settings"):
+        llm = ui.llm_settings_form()
+    st.subheader("Run")
+    method = st.selectbox(
+        "Method",
+        list(pipeline.METHODS),
+        key="keep_method",
+        format_func={
+            "personagen": "PersonaGen (validated personas)",
+            "attrprompt": "AttrPrompt",
+            "priorwork": "Prior work (unvalidated personas)",
+        }.get,
+    )
+    c1, c2 = st.columns(2)
+    ui.defaults(
+        keep_per_emotion=10,
+        keep_gen_seed=0,
+        keep_temperature=float(spec.generation.temperature),
+        keep_concurrency=8,
+        keep_max_cost=0.0,
+        keep_emotions=spec.emotion_names,
+    )
+    per_emotion = c1.number_input("Texts per emotion", 1, 1_000_000, key="keep_per_emotion")
+    seed = c2.number_input("Seed", 0, 2**31 - 1, key="keep_gen_seed")
+    temperature = c1.slider("Temperature", 0.0, 2.0, step=0.05, key="keep_temperature")
+    c2.number_input("Concurrency", 1, 256, key="keep_concurrency")
+    max_cost = c1.number_input("Max cost (USD, 0 = none)", 0.0, 10_000.0, step=1.0, key="keep_max_cost")
+    if any(e not in spec.emotion_names for e in st.session_state["keep_emotions"]):  # the spec's set changed
+        st.session_state["keep_emotions"] = spec.emotion_names
+    emotions = c2.multiselect("Emotions", spec.emotion_names, key="keep_emotions")
+
+    ready = False
+    with ui.error_boundary("settings"):
+        llm = ui.llm_settings()
+        run_spec = spec.model_copy(deep=True)
+        run_spec.generation.temperature = float(temperature)
+        config = pipeline.GenerationConfig(
+            method=method,
+            per_emotion=int(per_emotion),
+            seed=int(seed),
+            emotions=[e for e in spec.emotion_names if e in emotions] or None,
+            max_cost=float(max_cost) or None,
+            llm=llm,
+        )
+        estimate = pipeline.estimate_cost(run_spec, config)
+        tokens = estimate.prompt_tokens + estimate.completion_tokens
+        if estimate.total_usd is not None:
+            st.info(f"Estimated cost: **${estimate.total_usd:.4f}** (~{tokens:,.0f} tokens).")
+        else:
+            st.info(
+                f"Estimated usage ~{tokens:,.0f} tokens; no price known for "
+                f"{', '.join(estimate.unknown_models)} (embedded or custom models cost nothing here)."
+            )
+        ready = True
+    if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=not ready):
+        with ui.error_boundary("launching"):
+            run_id = ui.start_generation(run_spec, config)
+            st.toast(f"Run {run_id} started.")
+
+with right:
+    st.subheader("Runs")
+
+    # Poll every second while a run of this server is active, else every 5 s (runs started elsewhere).
+    @st.fragment(run_every=1 if ui.any_run_active() else 5)
+    def monitor() -> None:
+        """Polls the run store, so a reload or another tab sees the same progress."""
+        with ui.error_boundary("reading the run store"):
+            run_id = ui.run_picker("Run", key="gen_run")
+            ui.show_run_progress(run_id)
+
+    monitor()

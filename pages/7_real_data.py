@@ -1,0 +1,53 @@
+"""Real data: compare runs with a gold dataset (Table VI) and train on synthetic, test on real (Table VII)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui
+
+ui.page_title("Real data")
+gold = ui.core("gold", "load_dataset", "DEFAULT_LABEL_MAP")
+evaluation = ui.core("evaluation", "evaluate", "EvaluationSettings")
+figures = ui.core("figures", "real_data_figure", "downstream_figure", "REAL_DATA_METRICS")
+ui.core("embeddings", "Embedder")
+ui.core("metrics", "diversity_table")
+ui.core("classify", "separability")
+ui.core("projection", "project")
+
+run_ids = ui.run_picker("Runs", key="real_runs", multiple=True)
+st.subheader("Gold dataset")
+train, test = ui.gold_inputs(gold)
+if test is None and train is None:
+    st.stop()
+
+st.subheader("Label mapping")
+run_labels = ui.run_labels(run_ids)
+gold_labels = sorted(set((test if test is not None else train)["label"].astype(str)))
+label_map = ui.label_map_editor(run_labels, gold_labels, gold.DEFAULT_LABEL_MAP)
+
+c1, c2, c3 = st.columns(3)
+max_gold = c1.number_input("Max gold test texts (0 = all)", 0, 1_000_000, 2000, step=500)
+per_class = c2.number_input(
+    "Gold training texts per class",
+    10,
+    100_000,
+    500,
+    step=50,
+    help="The paper's gold row trains on 500 texts per class.",
+)
+boot = c3.number_input("Bootstrap resamples", 0, 200, 20)
+if not run_ids:
+    st.info("Pick at least one run.")
+    st.stop()
+if st.button("Compare with real data", type="primary") or st.session_state.get("real_shown") == run_ids:
+    st.session_state["real_shown"] = list(run_ids)
+    with ui.error_boundary("comparison"):
+        settings = evaluation.EvaluationSettings(
+            projections=(), max_gold=int(max_gold) or None, bootstrap=int(boot), gold_per_class=int(per_class)
+        )
+        report = ui.evaluate_runs(
+            run_ids, settings, gold=(train, test), gold_key=ui.gold_key(train, test), label_map=label_map
+        )
+        st.session_state["last_report"] = report
+        ui.show_real_data(report, figures)

@@ -1,0 +1,415 @@
+"""Dashboard tests: ui.py's pure helpers, and every page through streamlit.testing.v1.AppTest."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ui  # noqa: E402
+import ui.spec_editor  # noqa: E402
+
+# --------------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------------
+
+_dists = (
+    hst.lists(hst.floats(0.0, 1.0), min_size=1, max_size=12)
+    .filter(lambda v: sum(v) > 1e-6)
+    .map(lambda v: [x / sum(v) for x in v])
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_dists, hst.data())
+def test_renormalise_keeps_a_distribution_and_locked_items(values: list[float], data: hst.DataObject) -> None:
+    n = len(values)
+    index = data.draw(hst.integers(0, n - 1))
+    locked = data.draw(hst.sets(hst.integers(0, n - 1), max_size=n))
+    new_value = data.draw(hst.floats(0.0, 1.0))
+    out = ui.renormalise(values, index, new_value, locked)
+    assert len(out) == n
+    assert math.isclose(sum(out), 1.0, abs_tol=1e-9)
+    assert all(v >= 0 for v in out)
+    for i in locked - {index}:
+        assert out[i] == pytest.approx(values[i])
+    # The edited item gets what was asked, unless the locked items leave less.
+    room = 1.0 - sum(values[i] for i in locked - {index})
+    if len(set(range(n)) - locked - {index}) > 0:
+        assert out[index] == pytest.approx(min(new_value, max(room, 0.0)), abs=1e-9)
+
+
+def test_renormalise_scales_others_proportionally() -> None:
+    out = ui.renormalise([0.5, 0.3, 0.2], 0, 0.0)
+    assert out == pytest.approx([0.0, 0.6, 0.4])
+    out = ui.renormalise([0.5, 0.3, 0.2], 0, 0.8, locked={1})
+    assert out == pytest.approx([0.7, 0.3, 0.0])  # clipped: item 1 is locked at 0.3
+    out = ui.renormalise([1.0, 0.0, 0.0], 0, 0.4)
+    assert out == pytest.approx([0.4, 0.3, 0.3])  # zeros share equally
+
+
+def test_add_and_remove_items_keep_a_distribution() -> None:
+    assert ui.add_item([0.5, 0.5], 0.2) == pytest.approx([0.4, 0.4, 0.2])
+    assert ui.add_item([], 0.3) == [1.0]
+    assert ui.remove_item([0.5, 0.3, 0.2], 0) == pytest.approx([0.6, 0.4])
+    assert ui.remove_item([0.5, 0.3, 0.2], 0, locked=[1]) == pytest.approx([0.3, 0.7])
+    with pytest.raises(ValueError):
+        ui.remove_item([1.0], 0)
+
+
+def test_filter_frame() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "text": ["I am Happy", "so angry", "happy again"],
+            "emotion": ["joy", "anger", "joy"],
+            "age": ["18-24", "25-34", "25-34"],
+            "judge_emotion_match": [5, 2, 4],
+        }
+    )
+    assert list(ui.filter_frame(df, query="happy")["text"]) == ["I am Happy", "happy again"]
+    assert list(ui.filter_frame(df, emotions=["anger"])["text"]) == ["so angry"]
+    assert list(
+        ui.filter_frame(df, values={"age": ["25-34"]}, ranges={"judge_emotion_match": (3, 5)})["text"]
+    ) == ["happy again"]
+
+
+def test_spec_error_field_and_redact() -> None:
+    assert ui.spec_error_field("attributes.age.items[3].p") == ("age", 3)
+    assert ui.spec_error_field("scenario.activity") == ("activity", None)
+    assert ui.spec_error_field("emotions[0].name") == (None, None)
+    assert ui.spec_error_field(None) == (None, None)
+    assert ui.redact("bad key sk-secret123 rejected", ["sk-secret123"]) == "bad key *** rejected"
+
+
+# --------------------------------------------------------------------------------------------------
+# Pages through AppTest
+# --------------------------------------------------------------------------------------------------
+
+APP = str(ROOT / "app.py")
+PAGES = [
+    "pages/1_distributions.py",
+    "pages/2_scenarios.py",
+    "pages/3_preview.py",
+    "pages/4_generate.py",
+    "pages/5_explore.py",
+    "pages/6_evaluate.py",
+    "pages/7_real_data.py",
+    "pages/8_report.py",
+]
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh PERSONAGEN_HOME, no OpenAI settings from the outside, and empty Streamlit caches."""
+    import streamlit as st
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+def _texts(at) -> str:
+    """Every text element of the page (markdown, captions, alerts) joined, for assertions."""
+    parts = []
+    for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "subheader"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def _open(at, page: str):
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_every_page_renders_without_a_run(home: Path) -> None:
+    at = _app().run()
+    assert not at.exception
+    for page in PAGES:
+        _open(at, page)
+        text = _texts(at)
+        assert at.title, f"{page} has no title"
+        if page in ("pages/5_explore.py", "pages/6_evaluate.py", "pages/7_real_data.py", "pages/8_report.py"):
+            assert "No runs in the run store yet" in text, page
+    # The Distributions page draws a slider per item of the selected category.
+    _open(at, "pages/1_distributions.py")
+    spec = at.session_state["spec"]
+    assert len(at.slider) >= len(spec.attributes["age"].items)
+
+
+def _sampled_bar(at, category: str) -> list[float]:
+    import json
+
+    chart = at.get("plotly_chart")[0]
+    fig = json.loads(chart.proto.spec)
+    trace = next(t for t in fig["data"] if t["name"] == "sampled")
+    return list(trace["y"])
+
+
+def test_slider_changes_spec_and_sampled_marginals(home: Path) -> None:
+    at = _open(_app().run(), "pages/1_distributions.py")
+    before_spec = list(at.session_state["spec"].attributes["age"].probs)
+    before_bar = _sampled_bar(at, "age")
+    key = next(s.key for s in at.slider if s.key.startswith("p:") and s.key.endswith("attributes.age:0"))
+    at.slider(key=key).set_value(0.6).run()
+    assert not at.exception
+    after = at.session_state["spec"].attributes["age"].probs
+    assert after[0] == pytest.approx(0.6)
+    assert sum(after) == pytest.approx(1.0)
+    # The other items were rescaled proportionally.
+    scale = (1 - 0.6) / (1 - before_spec[0])
+    assert after[1] == pytest.approx(before_spec[1] * scale)
+    after_bar = _sampled_bar(at, "age")
+    assert after_bar[0] > before_bar[0] + 0.2  # 1,000 samples: the share follows the new probability
+    assert after_bar[0] == pytest.approx(0.6, abs=0.06)
+
+
+def test_invalid_spec_upload_shows_an_error_not_a_traceback(home: Path) -> None:
+    from personagen_core.spec import dump_spec, load_pack
+
+    at = _open(_app().run(), "pages/1_distributions.py")
+    name_before = at.session_state["spec"].name
+    at.file_uploader(key="spec_upload").set_value(
+        ("broken.yaml", b"name: [unclosed", "application/x-yaml")
+    ).run()
+    assert not at.exception
+    assert any("broken.yaml is not a valid spec" in e.value for e in at.error)
+    # A well-formed YAML whose probabilities do not sum to 1: the error names the field at fault.
+    text = re.sub(r"p: [0-9.e-]+", "p: 0.9", dump_spec(load_pack("japan")), count=1)
+    at.file_uploader(key="spec_upload").set_value(("bad_sum.yaml", text.encode(), "application/x-yaml")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("bad_sum.yaml" in e and "items" in e for e in errors), errors
+    assert at.session_state["spec"].name == name_before  # the working spec was kept
+
+
+def _button(at, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def _wait_for_run(home: Path, *, timeout: float = 60.0) -> dict:
+    import time
+
+    from personagen_core.store import RunStore
+
+    store = RunStore(home / "runs.sqlite")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = store.list_runs()
+        if len(runs) and runs.iloc[0]["status"] in ("done", "failed", "stopped", "cancelled"):
+            return store.run(str(runs.iloc[0]["run_id"]))
+        time.sleep(0.2)
+    raise AssertionError("the generation did not finish in time")
+
+
+@pytest.mark.slow
+def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Path, monkeypatch) -> None:
+    from personagen_core.fake_openai import FakeOpenAIServer
+    from personagen_core.store import RunStore
+
+    with FakeOpenAIServer(api_key="sk-test-0123456789") as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+        at = _open(_app().run(), "pages/4_generate.py")
+        assert at.radio(key="keep_backend").value == "compatible"
+        at.number_input(key="keep_per_emotion").set_value(5)
+        at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
+        at.run()
+        assert any("Estimated" in i.value for i in at.info)
+        _button(at, "Launch").click().run()
+        assert not at.exception
+        run = _wait_for_run(home)
+        assert run["status"] == "done", run
+        texts = RunStore(home / "runs.sqlite").texts(run["run_id"])
+        assert len(texts) == 10 and set(texts["emotion"]) == {"joy", "anger"}
+        assert srv.chat_requests  # the texts came from the test server
+
+    at.run()
+    assert not at.exception
+    assert any("10 / 10 texts · done" in p.proto.text for p in at.get("progress"))
+
+    _open(at, "pages/5_explore.py")
+    shown = at.dataframe[0].value
+    assert set(shown["text"]) == set(texts["text"])
+    at.multiselect[0].set_value(["joy"]).run()
+    assert set(at.dataframe[0].value["text"]) == set(texts.loc[texts["emotion"] == "joy", "text"])
+
+    _open(at, "pages/6_evaluate.py")
+    _button(at, "Evaluate").click().run(timeout=120)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    report = at.session_state["last_report"]
+    assert report["datasets"][run["run_id"]]["n"] == 10
+    assert report["projections"][run["run_id"]]["text"]  # the scatter's hover texts are the run's texts
+    assert set(report["projections"][run["run_id"]]["text"]) == set(texts["text"])
+    assert at.get("plotly_chart"), "the evaluation draws figures"
+    # Coming back to the page shows the same evaluation again (memoised, not recomputed, no error).
+    _open(at, "pages/5_explore.py")
+    _open(at, "pages/6_evaluate.py")
+    assert not at.error and at.get("plotly_chart"), [e.value for e in at.error]
+
+    # Real data: a gold file with the wrong columns gets a clear message; a good one is read and mapped.
+    _open(at, "pages/7_real_data.py")
+    at.radio(key="keep_gold_kind").set_value("upload").run()
+    at.file_uploader(key="gold_test_upload").set_value(("gold.csv", b"foo,bar\n1,2\n", "text/csv")).run()
+    assert not at.exception
+    assert any("gold test data" in e.value and "gold.csv" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]
+    good = "text,label\n" + "\n".join(
+        f'"{t}",{e}' for t, e in zip(texts["text"], texts["emotion"], strict=True)
+    )
+    at.file_uploader(key="gold_test_upload").set_value(("gold.csv", good.encode(), "text/csv")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "10 texts, labels: anger, joy" in _texts(at)
+
+    _open(at, "pages/8_report.py")
+    assert {b.proto.label for b in at.get("download_button")} >= {
+        "Download CSV",
+        "Download JSONL",
+        "Download PARQUET",
+        "Download the HTML report",
+    }
+
+
+def test_wrong_api_key_shows_a_clear_error_without_the_key(home: Path, monkeypatch) -> None:
+    from personagen_core.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(api_key="sk-right-key-000") as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        at = _open(_app().run(), "pages/4_generate.py")
+        at.text_input(key="keep_api_key").set_value("sk-wrong-key-123")
+        at.number_input(key="keep_per_emotion").set_value(1)
+        at.run()
+        _button(at, "Launch").click().run()
+        run = _wait_for_run(home)
+    assert run["status"] == "failed"
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert errors and any("rejected" in e.lower() or "api key" in e.lower() or "401" in e for e in errors), (
+        errors
+    )
+    assert not any("sk-wrong-key-123" in e for e in errors)
+
+
+def test_locked_item_keeps_its_value(home: Path) -> None:
+    at = _open(_app().run(), "pages/1_distributions.py")
+    before = list(at.session_state["spec"].attributes["age"].probs)
+    lock = next(c.key for c in at.checkbox if c.key.endswith("attributes.age:1"))
+    at.checkbox(key=lock).check().run()
+    slider = next(s.key for s in at.slider if s.key.endswith("attributes.age:0"))
+    at.slider(key=slider).set_value(0.3).run()
+    after = at.session_state["spec"].attributes["age"].probs
+    assert after[1] == pytest.approx(before[1])
+    assert after[0] == pytest.approx(0.3)
+    assert sum(after) == pytest.approx(1.0)
+
+
+def test_conditions_tables_and_rules_round_trip() -> None:
+    from personagen_core.errors import SpecError
+    from personagen_core.spec import load_pack
+
+    assert ui.parse_conditions("age = 6-12 | 13-17; gender = female") == {
+        "age": ["6-12", "13-17"],
+        "gender": ["female"],
+    }
+    with pytest.raises(ValueError, match="category = item"):
+        ui.parse_conditions("age 6-12")
+    spec = load_pack("japan")
+    cat = spec.attributes["occupation"]
+    rows = ui.spec_editor._frame_to_table(ui.table_frame(cat), cat.names)
+    assert [r.model_dump() for r in rows] == [
+        {"when": r.when, "items": [i.model_dump() for i in r.items if i.p > 0]} for r in cat.table
+    ]
+    frame = ui.rules_frame(spec)
+    assert list(frame["when"])[0] == ui.format_conditions(spec.rules[0].when)
+    # A table row that no longer sums to 1 is refused with the path of the field at fault.
+    broken = spec.model_copy(deep=True)
+    broken.attributes["occupation"].table[0].items[0].p += 0.5
+    with pytest.raises(SpecError) as err:
+        ui.revalidate(broken)
+    assert err.value.path and err.value.path.startswith("attributes.occupation.table[0]")
+
+
+def test_scenario_filter_limits_the_sampled_scenarios(home: Path) -> None:
+    at = _open(_app().run(), "pages/2_scenarios.py")
+    spec = at.session_state["spec"]
+    activity = spec.scenario["activity"].names[0]
+    at.multiselect(key="filter:0:activity").set_value([activity]).run()
+    assert not at.exception
+    assert at.session_state["spec"].scenario_filters["activity"] == [activity]
+    next(s for s in at.selectbox if s.label == "Element").set_value("activity").run()
+    bar = _sampled_bar(at, "activity")
+    assert bar[0] == pytest.approx(1.0) and sum(bar[1:]) == 0  # every sampled scenario has that activity
+
+
+def test_preview_validates_personas_with_the_llm(home: Path, monkeypatch) -> None:
+    from personagen_core.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-preview")
+        at = _open(_app().run(), "pages/3_preview.py")
+        assert "Not validated yet" in _texts(at)
+        _button(at, "Validate with the LLM").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert srv.chat_requests
+    text = _texts(at)
+    assert "Stage 1:" in text and "Not validated yet" not in text
+    assert at.get("plotly_chart"), "the funnel is drawn"
+
+
+def test_app_command_runs_streamlit_on_the_repo_app() -> None:
+    from personagen_core.cli.app_cmd import app_path, build_command
+
+    assert app_path() == ROOT / "app.py"
+    cmd = build_command(8600)
+    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"] and str(ROOT / "app.py") in cmd
+    assert cmd[cmd.index("--server.port") + 1] == "8600"
+
+
+def test_add_and_remove_an_item(home: Path) -> None:
+    at = _open(_app().run(), "pages/1_distributions.py")
+    n = len(at.session_state["spec"].attributes["age"].items)
+    at.text_input(key="add_name:attributes.age").set_value("100+")
+    at.number_input(key="add_p:attributes.age").set_value(0.1)
+    next(b for b in at.button if b.key == "add:attributes.age").click().run()
+    assert not at.exception
+    cat = at.session_state["spec"].attributes["age"]
+    assert (
+        cat.names[-1] == "100+" and cat.probs[-1] == pytest.approx(0.1) and sum(cat.probs) == pytest.approx(1)
+    )
+    assert len(at.slider) >= n + 1
+    remove = next(
+        b for b in at.button if b.key and b.key.startswith("rm:") and b.key.endswith(f"attributes.age:{n}")
+    )
+    remove.click().run()
+    cat = at.session_state["spec"].attributes["age"]
+    assert "100+" not in cat.names and sum(cat.probs) == pytest.approx(1)
+    # A duplicate name is refused next to the category.
+    at.text_input(key="add_name:attributes.age").set_value(cat.names[0])
+    next(b for b in at.button if b.key == "add:attributes.age").click().run()
+    assert any("already exists" in e.value for e in at.error)

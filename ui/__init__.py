@@ -1,0 +1,37 @@
+"""Shared widgets and state plumbing for the PersonaGen dashboard (UI only; no business logic).
+
+``personagen_core`` stays free of Streamlit; the pages (``pages/*.py``) call the core and draw with the
+helpers re-exported here:
+
+* :mod:`ui.probabilities` – pure functions (no Streamlit) that keep a distribution valid while sliders
+  move, parse table cells, locate a ``SpecError`` field, redact secrets;
+* :mod:`ui.state` – the working spec, the run store, field errors, kept widget values, error boundary;
+* :mod:`ui.spec_editor` – sliders, tables, rules, filters and emotions of the spec, cached sampling;
+* :mod:`ui.runs` – run pickers, text filters, LLM backend settings, background generation, exports;
+* :mod:`ui.preview` – persona cards and stage verdicts;
+* :mod:`ui.evaluation_view` – memoised evaluation, its tables and figures, gold data inputs.
+"""
+
+from __future__ import annotations
+
+from ui.probabilities import *  # noqa: F403
+from ui.probabilities import __all__ as _probabilities_all
+from ui.state import *  # noqa: F403
+from ui.state import __all__ as _state_all
+from ui.spec_editor import *  # noqa: F403
+from ui.spec_editor import __all__ as _spec_editor_all
+from ui.runs import *  # noqa: F403
+from ui.runs import __all__ as _runs_all
+from ui.preview import *  # noqa: F403
+from ui.preview import __all__ as _preview_all
+from ui.evaluation_view import *  # noqa: F403
+from ui.evaluation_view import __all__ as _evaluation_view_all
+
+__all__ = [
+    *_probabilities_all,
+    *_state_all,
+    *_spec_editor_all,
+    *_runs_all,
+    *_preview_all,
+    *_evaluation_view_all,
+]

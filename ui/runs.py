@@ -1,0 +1,444 @@
+"""Runs in the run store: pickers, text tables and filters, LLM backend settings, background generation
+threads with live progress, and exports.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ui.probabilities import redact
+from ui.state import _store_for, error_boundary, get_store, home_dir, store_path
+
+__all__ = [
+    "BACKENDS",
+    "ROLES",
+    "RunHandle",
+    "any_run_active",
+    "attribute_filters",
+    "export_cached",
+    "filter_frame",
+    "http_client_for",
+    "llm_settings",
+    "llm_settings_form",
+    "local_pool",
+    "pd_series",
+    "resume_run",
+    "run_picker",
+    "run_registry",
+    "run_status",
+    "run_texts",
+    "show_run_progress",
+    "start_generation",
+    "text_card",
+    "texts_with_scores",
+]
+
+
+@dataclass
+class RunHandle:
+    """A generation running in a background thread of this server process."""
+
+    run_id: str
+    thread: threading.Thread
+    cancel: threading.Event
+    last_event: Any = None
+    error: str | None = None
+    summary: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread is still running."""
+        return self.thread.is_alive()
+
+
+@st.cache_resource(show_spinner=False)
+def run_registry() -> dict[str, RunHandle]:
+    """Process-wide registry of background runs keyed by run id (shared by every session and tab)."""
+    return {}
+
+
+def _run_label(row: Any) -> str:
+    """``run id · method · status · accepted/target texts``."""
+    parts = [str(row.get("run_id", ""))]
+    for col in ("method", "status"):
+        if row.get(col):
+            parts.append(str(row[col]))
+    if row.get("target") is not None:
+        parts.append(f"{int(row.get('accepted') or 0)}/{int(row['target'])} texts")
+    return " · ".join(parts)
+
+
+def run_picker(label: str = "Run", *, key: str = "run_pick", multiple: bool = False) -> Any:
+    """Select one run (or several) from the run store; stops the page with a hint when there is none."""
+    runs = get_store().list_runs()
+    if runs is None or len(runs) == 0:
+        st.info("No runs in the run store yet: launch a generation on the **Generate** page.")
+        st.stop()
+    labels = {str(r["run_id"]): _run_label(r) for r in runs.to_dict("records")}
+    ids = list(labels)
+    default = st.session_state.get("last_run_id")
+    if multiple:
+        pre = [default] if default in labels else ids[:1]
+        return st.multiselect(label, ids, default=pre, format_func=labels.get, key=key)
+    index = ids.index(default) if default in labels else 0
+    return st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, ttl=2)
+def _texts_cached(path: str, run_id: str) -> Any:
+    return _store_for(path).texts(run_id)
+
+
+def run_texts(run_id: str) -> Any:
+    """Accepted texts of a run (cached two seconds, so a running generation shows up as it grows)."""
+    get_store()
+    return _texts_cached(str(store_path()), run_id)
+
+
+def filter_frame(
+    df: Any,
+    *,
+    query: str = "",
+    emotions: Sequence[str] | None = None,
+    values: dict[str, Sequence[str]] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
+) -> Any:
+    """Rows of ``df`` whose text contains ``query`` (case-insensitive), whose emotion is in ``emotions``,
+    whose columns take one of ``values[column]`` and whose numeric columns lie within ``ranges[column]``."""
+    mask = df.index == df.index  # all True, same index
+    if query:
+        mask &= df["text"].astype(str).str.contains(query, case=False, regex=False).to_numpy()
+    if emotions is not None:
+        mask &= df["emotion"].astype(str).isin(list(emotions)).to_numpy()
+    for col, allowed in (values or {}).items():
+        mask &= df[col].astype(str).isin([str(a) for a in allowed]).to_numpy()
+    for col, (lo, hi) in (ranges or {}).items():
+        mask &= df[col].between(lo, hi).fillna(False).to_numpy()
+    return df[mask]
+
+
+_ID_COLUMNS = {"text_id", "run_id", "text", "emotion", "persona_id", "attempt"}
+
+
+def attribute_filters(df: Any) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+    """Widgets to filter ``df`` by any categorical column (attribute, scenario, verdict, method) or any
+    numeric column (judge scores); returns ``(values, ranges)`` for :func:`filter_frame`."""
+    import pandas as pd
+
+    categorical = [
+        c
+        for c in df.columns
+        if c not in _ID_COLUMNS and not pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique() <= 200
+    ]
+    numeric = [
+        c
+        for c in df.columns
+        if c not in _ID_COLUMNS
+        and pd.api.types.is_numeric_dtype(df[c])
+        and not pd.api.types.is_bool_dtype(df[c])
+    ]
+    values: dict[str, list[str]] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    with st.expander("Filter by attribute, verdict or score"):
+        for col in st.multiselect("Columns", categorical + numeric, key="filter_columns"):
+            if col in numeric:
+                lo, hi = float(df[col].min()), float(df[col].max())
+                if lo < hi:
+                    ranges[col] = st.slider(col, lo, hi, (lo, hi), key=f"filter_range_{col}")
+            else:
+                options = sorted(df[col].astype(str).unique())
+                values[col] = st.multiselect(col, options, default=options, key=f"filter_values_{col}")
+    return values, ranges
+
+
+BACKENDS = {"local": "Embedded local model", "openai": "OpenAI", "compatible": "OpenAI-compatible server"}
+
+
+ROLES = ("validator", "generator", "judge")
+
+
+def _default_backend() -> str:
+    if os.environ.get("OPENAI_BASE_URL"):
+        return "compatible"
+    if os.environ.get("OPENAI_API_KEY"):
+        return "openai"
+    return "local"
+
+
+def llm_settings() -> Any:
+    """``LLMSettings`` from the Generate page's widgets (or the environment when they were never shown).
+
+    The API key comes from this session's memory (``keep_api_key``) or ``OPENAI_API_KEY``; it is never
+    stored anywhere else.
+    """
+    from personagen_core.llm import LLMSettings
+
+    s = st.session_state
+    backend = s.get("keep_backend", _default_backend())
+    common: dict[str, Any] = {"concurrency": int(s.get("keep_concurrency", 8))}
+    models = {r: s[f"keep_model_{r}"].strip() for r in ROLES if str(s.get(f"keep_model_{r}") or "").strip()}
+    if backend == "local":
+        from personagen_core.local_llm import DEFAULT_MODEL as DEFAULT_LOCAL
+
+        return LLMSettings(
+            backend="local", local_model=s.get("keep_local_model", DEFAULT_LOCAL), models=models, **common
+        )
+    env = {"OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
+    base_url = None
+    if backend == "compatible":
+        base_url = (s.get("keep_base_url") or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+    model = str(s.get("keep_model") or "").strip() or None
+    return LLMSettings.from_env(
+        env,
+        backend="openai",
+        base_url=base_url,
+        api_key=s.get("keep_api_key") or None,
+        model=model,
+        models=models,
+        **common,
+    )
+
+
+def llm_settings_form() -> Any:
+    """Backend, endpoint, key and models; returns the resulting ``LLMSettings``."""
+    from personagen_core.local_llm import MODELS
+
+    s = st.session_state
+    s.setdefault("keep_backend", _default_backend())
+    backend = st.radio(
+        "Backend", list(BACKENDS), format_func=BACKENDS.get, horizontal=True, key="keep_backend"
+    )
+    if backend == "local":
+        st.selectbox(
+            "Embedded model", list(MODELS), format_func=lambda k: MODELS[k].label, key="keep_local_model"
+        )
+        st.caption("Runs in this process on the CPU; no network, no key, no cost.")
+    else:
+        if backend == "compatible":
+            s.setdefault("keep_base_url", os.environ.get("OPENAI_BASE_URL", ""))
+            st.text_input("Base URL", key="keep_base_url", placeholder="http://localhost:8000/v1")
+        s.setdefault("keep_model", "gpt-4.1-mini")
+        st.text_input("Model", key="keep_model")
+        env_key = (
+            " (leave empty to use OPENAI_API_KEY from the environment)"
+            if os.environ.get("OPENAI_API_KEY")
+            else ""
+        )
+        st.text_input(
+            f"API key{env_key}",
+            type="password",
+            key="keep_api_key",
+            help="Kept in this browser session's memory only: never saved, logged or exported.",
+        )
+    with st.expander("Model per stage (optional)"):
+        for role in ROLES:
+            st.text_input(f"{role.capitalize()} model", key=f"keep_model_{role}", placeholder="same as above")
+    return llm_settings()
+
+
+@st.cache_resource(show_spinner=False)
+def local_pool() -> Any:
+    """The embedded-model pool of this server process (models load once, on first use)."""
+    from personagen_core.local_llm import LocalModelPool
+
+    return LocalModelPool(home=home_dir())
+
+
+def http_client_for(settings: Any) -> Any:
+    """For the embedded backend, an ``httpx.AsyncClient`` over the process-wide model pool; else None."""
+    if settings.backend != "local":
+        return None
+    import httpx
+
+    return httpx.AsyncClient(transport=local_pool().transport(settings.local_model))
+
+
+def _run_in_thread(handle: RunHandle, call: Any, secrets: list[str]) -> None:
+    from personagen_core.errors import PersonaGenError
+
+    try:
+        handle.summary = call()
+    except PersonaGenError as exc:
+        handle.error = redact(str(exc), secrets)
+    except Exception as exc:  # shown on the page; the run stays in the store and can be resumed
+        handle.error = redact(f"unexpected error ({type(exc).__name__}): {exc}", secrets)
+
+
+def _secrets_of(settings: Any) -> list[str]:
+    key = getattr(settings, "api_key", None)
+    return [key.get_secret_value()] if key is not None else []
+
+
+def _start(run_id: str, call: Any, settings: Any, cancel: threading.Event) -> str:
+    handle = RunHandle(run_id=run_id, thread=threading.Thread(target=lambda: None), cancel=cancel)
+    handle.thread = threading.Thread(
+        target=_run_in_thread,
+        args=(handle, call, _secrets_of(settings)),
+        name=f"personagen-run-{run_id}",
+        daemon=True,
+    )
+    run_registry()[run_id] = handle
+    handle.thread.start()
+    st.session_state["last_run_id"] = run_id
+    return run_id
+
+
+def start_generation(spec: Any, config: Any) -> str:
+    """Start ``pipeline.run_generation`` in a background thread; returns the new run's id at once."""
+    from personagen_core.pipeline import run_generation
+    from personagen_core.store import new_run_id
+
+    store, run_id, cancel = get_store(), new_run_id(), threading.Event()
+
+    def call() -> Any:
+        return run_generation(
+            spec, config, store, cancel=cancel, run_id=run_id, http_client=http_client_for(config.llm)
+        )
+
+    return _start(run_id, call, config.llm, cancel)
+
+
+def resume_run(run_id: str, settings: Any) -> str:
+    """Resume an interrupted run in a background thread with this session's LLM settings."""
+    from personagen_core.pipeline import resume_generation
+
+    store, cancel = get_store(), threading.Event()
+
+    def call() -> Any:
+        return resume_generation(
+            store, run_id, llm=settings, cancel=cancel, http_client=http_client_for(settings)
+        )
+
+    return _start(run_id, call, settings, cancel)
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_status(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, RunHandle | None]:
+    """The run's store row, its latest progress event and this process's thread handle (if any)."""
+    store = get_store()
+    return store.run(run_id), store.latest_event(run_id), run_registry().get(run_id)
+
+
+_STALE_S = 30.0
+
+
+def show_run_progress(run_id: str) -> None:
+    """Progress of one run read from the run store: bar, per-emotion counts, rejections, usage, ETA;
+    cancel while it runs here, resume when it was interrupted."""
+    import time
+
+    import pandas as pd
+
+    info, event, handle = run_status(run_id)
+    store = get_store()
+    alive = handle is not None and handle.alive
+    accepted = store.accepted_counts(run_id)
+    target = info["target"]
+    done, total = sum(min(accepted.get(e, 0), n) for e, n in target.items()), sum(target.values())
+    status = info["status"]
+    # A run marked running that nobody updated for a while was interrupted (server restart, crash).
+    stale = status == "running" and not alive and time.time() - float(info["updated_at"]) > _STALE_S
+    shown = "interrupted" if stale else status
+    st.progress(done / total if total else 0.0, text=f"{done} / {total} texts · {shown}")
+    totals = store.totals(run_id)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Accepted", f"{done}/{total}")
+    c2.metric("Tokens", f"{totals['tokens']:,}")
+    c3.metric("Cost", f"${totals['cost']:.4f}")
+    c4.metric("ETA", _fmt_seconds(event.get("eta_s") if event and alive else None))
+    per = pd.DataFrame(
+        {"accepted": [accepted.get(e, 0) for e in target], "target": list(target.values())},
+        index=list(target),
+    )
+    rejections = store.rejection_counts(run_id)
+    left, right = st.columns(2)
+    left.caption("Per emotion")
+    left.dataframe(per, key=f"per_emotion_{run_id}")
+    right.caption("Rejections by reason")
+    if rejections:
+        right.dataframe(pd.Series(rejections, name="count"), key=f"rejections_{run_id}")
+    else:
+        right.write("none")
+    if handle is not None and handle.error:
+        st.error(f"The run stopped: {handle.error}")
+    elif status == "failed":
+        st.error(f"The run failed: {info.get('message') or info.get('stop_reason') or 'no reason recorded'}")
+    elif info.get("message") and status not in ("running", "done"):
+        st.warning(f"{status}: {info['message']}")
+    if alive:
+        if st.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop_circle:"):
+            handle.cancel.set()
+            st.toast("Cancelling: calls in flight finish, then the run stops (resumable).")
+    elif status in ("stopped", "failed", "cancelled") or stale:
+        if st.button("Resume", key=f"resume_{run_id}", icon=":material/play_arrow:"):
+            with error_boundary("resuming the run"):
+                resume_run(run_id, llm_settings())
+                st.rerun()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _export_cached(path: str, run_id: str, fmt: str, accepted: int) -> bytes:
+    import tempfile
+
+    from personagen_core.export import export_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = export_run(_store_for(path), run_id, fmt, Path(tmp) / f"{run_id}.{fmt}")
+        return out.read_bytes()
+
+
+def export_cached(run_id: str, fmt: str) -> bytes:
+    """The run's dataset in ``fmt`` (``csv``, ``jsonl`` or ``parquet``) as bytes (``export.export_run``)."""
+    counts = get_store().list_runs().set_index("run_id")["accepted"]
+    return _export_cached(str(store_path()), run_id, fmt, int(counts.get(run_id, 0)))
+
+
+def any_run_active() -> bool:
+    """Whether a generation thread of this server process is running."""
+    return any(h.alive for h in run_registry().values())
+
+
+def texts_with_scores(run_id: str) -> Any:
+    """The run's accepted texts with their judge scores (when the run was judged) as extra columns."""
+    texts = run_texts(run_id)
+    scores = get_store().judge_scores(run_id)
+    if len(scores) == 0 or len(texts) == 0:
+        return texts
+    scores = scores.drop(columns=[c for c in ("model",) if c in scores.columns])
+    scores = scores.rename(columns={c: f"judge_{c}" for c in scores.columns if c != "text_id"})
+    return texts.merge(scores.drop_duplicates("text_id"), on="text_id", how="left")
+
+
+def text_card(row: dict[str, Any]) -> None:
+    """One generated text with its emotion, persona, scenario and every attribute."""
+    with st.container(border=True):
+        st.markdown(f"**{row.get('emotion', '')}** · text {row.get('text_id', '')}")
+        st.markdown(f"> {row.get('text', '')}")
+        if row.get("persona"):
+            st.write(row["persona"])
+        if row.get("scenario"):
+            st.caption(str(row["scenario"]))
+        skip = {"text", "persona", "scenario", "emotion", "text_id", "run_id"}
+        attrs = {k: v for k, v in row.items() if k not in skip and v is not None and str(v) != "nan"}
+        st.dataframe(pd_series(attrs), key=f"card_{row.get('text_id')}")
+
+
+def pd_series(values: dict[str, Any]) -> Any:
+    """A one-column DataFrame of ``values`` (attribute → value), for compact display."""
+    import pandas as pd
+
+    return pd.DataFrame({"value": [str(v) for v in values.values()]}, index=list(values))

@@ -1,0 +1,455 @@
+"""Widgets that edit the working spec (Distributions and Scenarios pages) and the cached sampling behind
+their charts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import streamlit as st
+
+from ui.probabilities import (
+    add_item,
+    format_conditions,
+    parse_conditions,
+    remove_item,
+    renormalise,
+    spec_error_field,
+)
+from ui.state import _set_field_error, field_error, set_spec
+
+__all__ = [
+    "category_editor",
+    "category_options",
+    "emotion_editor",
+    "handle_spec_upload",
+    "has_table",
+    "marginal_figure",
+    "marginals",
+    "on_filter_change",
+    "revalidate",
+    "rules_editor",
+    "rules_frame",
+    "sampled",
+    "spec_digest",
+    "table_editor",
+    "table_frame",
+    "with_probs",
+]
+
+
+def category_options(spec: Any) -> dict[str, str]:
+    """Map ``section.key`` of every editable category to a display name, stage 1 and 2 then scenario."""
+    out: dict[str, str] = {}
+    for key, cat in spec.attributes.items():
+        out[f"attributes.{key}"] = f"Stage {cat.stage} · {cat.label}"
+    for key, cat in spec.scenario.items():
+        out[f"scenario.{key}"] = f"Stage 3 · {cat.label}"
+    return out
+
+
+def _category(spec: Any, qualified: str) -> Any:
+    section, key = qualified.split(".", 1)
+    return getattr(spec, section)[key]
+
+
+def _spec_hash(spec: Any) -> str:
+    # A cache key only (not the core's spec_hash, whose YAML dump takes ~0.1 s on a full pack): the JSON
+    # dump of the pydantic model is exact and takes about a millisecond.
+    import hashlib
+
+    return hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _sample_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
+    from personagen_core.sampling import sample_personas
+
+    return sample_personas(_spec, n, random_state=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _marginals_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
+    from personagen_core.sampling import marginal_summary
+
+    return marginal_summary(_spec, _sample_cached(digest, n, seed, _spec))
+
+
+def sampled(spec: Any, n: int, seed: int) -> Any:
+    """Personas sampled from ``spec`` (cached per spec hash, size and seed)."""
+    return _sample_cached(_spec_hash(spec), n, seed, spec)
+
+
+def marginals(spec: Any, n: int, seed: int) -> Any:
+    """``marginal_summary`` of :func:`sampled` (cached the same way)."""
+    return _marginals_cached(_spec_hash(spec), n, seed, spec)
+
+
+def marginal_figure(summary: Any, qualified: str, title: str) -> Any:
+    """Grouped bars: the spec's probability beside the sampled frequency of each item of one category."""
+    import plotly.graph_objects as go
+
+    key = qualified.split(".", 1)[1]
+    part = summary[summary["category"] == key]
+    fig = go.Figure()
+    fig.add_bar(x=part["item"].tolist(), y=part["spec_p"].tolist(), name="spec", marker_color="#9aa9d8")
+    fig.add_bar(x=part["item"].tolist(), y=part["sampled_p"].tolist(), name="sampled", marker_color="#3b5bdb")
+    fig.update_layout(
+        barmode="group",
+        title=title,
+        height=380,
+        margin=dict(l=10, r=10, t=40, b=10),
+        yaxis_title="probability",
+        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+    )
+    return fig
+
+
+def with_probs(spec: Any, qualified: str, probs: Sequence[float]) -> Any:
+    """A copy of ``spec`` where the items of category ``qualified`` (``section.key``) get ``probs``."""
+    from personagen_core.spec import Item
+
+    section, key = qualified.split(".", 1)
+    cat = getattr(spec, section)[key]
+    if len(probs) != len(cat.items):
+        raise ValueError(f"{qualified}: {len(probs)} probabilities for {len(cat.items)} items")
+    # Copy only what changes (a deep copy of a full pack costs ~30 ms per slider move).
+    new_cat = cat.model_copy(
+        update={"items": [Item(name=it.name, p=float(p)) for it, p in zip(cat.items, probs, strict=True)]}
+    )
+    return spec.model_copy(update={section: {**getattr(spec, section), key: new_cat}})
+
+
+def revalidate(spec: Any) -> Any:
+    """Validate an edited spec the way a file is validated (round trip through its canonical YAML).
+
+    Raises ``SpecError`` naming the field at fault.
+    """
+    from personagen_core.spec import dump_spec, parse_spec
+
+    return parse_spec(dump_spec(spec), source="the edited spec")
+
+
+def _slider_key(qualified: str, index: int) -> str:
+    return f"p:{st.session_state.get('spec_rev', 0)}:{qualified}:{index}"
+
+
+def _lock_key(qualified: str, index: int) -> str:
+    return f"lock:{st.session_state.get('spec_rev', 0)}:{qualified}:{index}"
+
+
+def _locked(qualified: str, n: int) -> list[int]:
+    return [j for j in range(n) if st.session_state.get(_lock_key(qualified, j))]
+
+
+def _on_slide(qualified: str, index: int) -> None:
+    spec = st.session_state["spec"]
+    cat = _category(spec, qualified)
+    n = len(cat.items)
+    probs = renormalise(
+        cat.probs, index, st.session_state[_slider_key(qualified, index)], _locked(qualified, n)
+    )
+    st.session_state["spec"] = with_probs(spec, qualified, probs)
+    for j, p in enumerate(probs):
+        st.session_state[_slider_key(qualified, j)] = p
+
+
+def _apply(new_spec: Any, field_key: str) -> bool:
+    """Validate ``new_spec``; adopt it (and reset the bound widgets) or record the error by field."""
+    from personagen_core.errors import SpecError
+
+    try:
+        valid = revalidate(new_spec)
+    except SpecError as exc:
+        category, _ = spec_error_field(exc.path)
+        _set_field_error(field_key, str(exc))
+        if category and category in new_spec.categories() and field_key != new_spec.category_path(category):
+            _set_field_error(new_spec.category_path(category), str(exc))  # also next to that category
+        return False
+    _set_field_error(field_key, None)
+    set_spec(valid, replace=True)
+    return True
+
+
+def _on_remove(qualified: str, index: int) -> None:
+    spec = st.session_state["spec"]
+    cat = _category(spec, qualified)
+    if len(cat.items) <= 1:
+        _set_field_error(qualified, "A category needs at least one item.")
+        return
+    name = cat.items[index].name
+    probs = remove_item(cat.probs, index, _locked(qualified, len(cat.items)))
+    new = spec.model_copy(deep=True)
+    ncat = _category(new, qualified)
+    ncat.items = [it for j, it in enumerate(ncat.items) if j != index]
+    for it, p in zip(ncat.items, probs, strict=True):
+        it.p = p
+    if not _apply(new, qualified):
+        _set_field_error(qualified, f"Cannot remove {name!r}: {st.session_state['field_errors'][qualified]}")
+
+
+def _on_add(qualified: str) -> None:
+    from personagen_core.spec import Item
+
+    spec = st.session_state["spec"]
+    cat = _category(spec, qualified)
+    name = str(st.session_state.get(f"add_name:{qualified}", "")).strip()
+    p = float(st.session_state.get(f"add_p:{qualified}", 0.0))
+    if not name:
+        _set_field_error(qualified, "Give the new item a name.")
+        return
+    if name in cat.names:
+        _set_field_error(qualified, f"{qualified}.items: an item named {name!r} already exists.")
+        return
+    probs = add_item(cat.probs, p, _locked(qualified, len(cat.items)))
+    new = spec.model_copy(deep=True)
+    ncat = _category(new, qualified)
+    ncat.items.append(Item(name=name, p=0.0))
+    for it, q in zip(ncat.items, probs, strict=True):
+        it.p = q
+    if _apply(new, qualified):
+        st.session_state[f"add_name:{qualified}"] = ""
+
+
+def category_editor(spec: Any, qualified: str) -> None:
+    """Sliders (one per item) with lock and remove, plus an "add item" row, for one category."""
+    cat = _category(spec, qualified)
+    if cat.source:
+        st.caption(f"Source: {cat.source}")
+    if cat.given:
+        st.caption(
+            f"Conditioned on {', '.join(cat.given)}: these sliders set the distribution used when no row "
+            "of the conditional table below matches."
+        )
+    field_error(qualified)
+    for i, item in enumerate(cat.items):
+        key = _slider_key(qualified, i)
+        if key not in st.session_state:
+            st.session_state[key] = float(item.p)
+        c_slider, c_lock, c_remove = st.columns([6, 2, 1], vertical_alignment="center")
+        c_slider.slider(
+            item.name, 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=_on_slide, args=(qualified, i)
+        )
+        c_lock.checkbox("lock", key=_lock_key(qualified, i))
+        c_remove.button(
+            "✕",
+            type="tertiary",
+            key=f"rm:{st.session_state.get('spec_rev', 0)}:{qualified}:{i}",
+            on_click=_on_remove,
+            args=(qualified, i),
+            help=f"Remove {item.name}",
+        )
+    c_name, c_p, c_add = st.columns([5, 3, 2], vertical_alignment="bottom")
+    c_name.text_input("New item", key=f"add_name:{qualified}", placeholder="name")
+    c_p.number_input("Probability", 0.0, 1.0, 0.0, step=0.01, key=f"add_p:{qualified}")
+    c_add.button("Add", key=f"add:{qualified}", on_click=_on_add, args=(qualified,), icon=":material/add:")
+
+
+def handle_spec_upload(upload: Any, spec_mod: ModuleType) -> None:
+    """Parse a newly uploaded spec file once; adopt it or show the error (with its field path) below."""
+    if upload is None:
+        st.session_state.pop("spec_upload_seen", None)
+        _set_field_error("upload", None)
+    elif st.session_state.get("spec_upload_seen") != upload.file_id:
+        st.session_state["spec_upload_seen"] = upload.file_id
+        try:
+            text = upload.getvalue().decode("utf-8")
+        except UnicodeDecodeError:
+            _set_field_error("upload", f"{upload.name} is not a UTF-8 text file, so it cannot be a spec.")
+        else:
+            from personagen_core.errors import SpecError
+
+            try:
+                spec = spec_mod.parse_spec(text, source=upload.name)
+            except SpecError as exc:
+                _set_field_error("upload", f"{upload.name} is not a valid spec: {exc}")
+            else:
+                _set_field_error("upload", None)
+                set_spec(spec, replace=True)
+                st.success(f"Loaded spec {spec.name!r} from {upload.name}.")
+    field_error("upload")
+
+
+def table_frame(cat: Any) -> Any:
+    """A category's conditional table as a wide DataFrame: ``when`` + one probability column per item."""
+    import pandas as pd
+
+    rows = [{"when": format_conditions(r.when), **{it.name: it.p for it in r.items}} for r in cat.table]
+    return pd.DataFrame(rows, columns=["when", *cat.names]).astype({n: "float64" for n in cat.names})
+
+
+def _frame_to_table(frame: Any, names: Sequence[str]) -> list[Any]:
+    from personagen_core.spec import TableRow
+
+    rows = []
+    for i, rec in enumerate(frame.to_dict("records")):
+        when = parse_conditions(str(rec.get("when") or ""))
+        items = [
+            {"name": n, "p": float(rec[n])}
+            for n in names
+            if rec.get(n) is not None and rec[n] == rec[n] and float(rec[n]) > 0
+        ]
+        if not when and not items:
+            continue  # an empty row added by the editor
+        if not items:
+            raise ValueError(f"row {i + 1} gives no probability")
+        rows.append(TableRow(when=when, items=items))
+    return rows
+
+
+def table_editor(spec: Any, qualified: str) -> None:
+    """Edit the conditional table of one category (rows matched in order, first match wins)."""
+    cat = _category(spec, qualified)
+    field_key = f"{qualified}.table"
+    if not cat.given:
+        st.caption("This category is not conditioned on another one (no `given`), so it has no table.")
+        return
+    st.caption(
+        f"P({qualified.split('.', 1)[1]} | {', '.join(cat.given)}). Each row: a condition such as "
+        f"`{cat.given[0]} = value | value`, then the probabilities (blank = 0); rows must sum to 1."
+    )
+    edited = st.data_editor(
+        table_frame(cat),
+        num_rows="dynamic",
+        hide_index=True,
+        key=f"table:{st.session_state.get('spec_rev', 0)}:{qualified}",
+    )
+    field_error(field_key)
+    if st.button("Apply table", key=f"apply_table:{qualified}"):
+        try:
+            rows = _frame_to_table(edited, cat.names)
+        except ValueError as exc:
+            _set_field_error(field_key, f"{field_key}: {exc}")
+            st.rerun()
+        new = spec.model_copy(deep=True)
+        _category(new, qualified).table = rows
+        if not _apply(new, field_key):
+            st.rerun()
+        st.rerun()
+
+
+def rules_frame(spec: Any) -> Any:
+    """The whitelist rules as a DataFrame of strings: ``name, when, allow, deny``."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "name": r.name,
+                "when": format_conditions(r.when),
+                "allow": format_conditions(r.allow),
+                "deny": format_conditions(r.deny),
+            }
+            for r in spec.rules
+        ],
+        columns=["name", "when", "allow", "deny"],
+    ).astype("object")
+
+
+def rules_editor(spec: Any) -> None:
+    """Edit the whitelist rules: when every `when` condition holds, keep only `allow`, remove `deny`."""
+    from personagen_core.spec import Rule
+
+    with st.expander(f"Whitelist rules ({len(spec.rules)})"):
+        st.caption(
+            "Conditions are written `category = item | item; category = item`. A rule applies when every "
+            "condition holds; `allow` keeps only the listed items, `deny` removes them."
+        )
+        edited = st.data_editor(
+            rules_frame(spec),
+            num_rows="dynamic",
+            hide_index=True,
+            key=f"rules:{st.session_state.get('spec_rev', 0)}",
+        )
+        field_error("rules")
+        if st.button("Apply rules", key="apply_rules"):
+            try:
+                rules = []
+                for i, rec in enumerate(edited.to_dict("records")):
+                    if not any(str(rec.get(c) or "").strip() for c in ("name", "when", "allow", "deny")):
+                        continue
+                    try:
+                        rules.append(
+                            Rule(
+                                name=str(rec.get("name") or ""),
+                                when=parse_conditions(str(rec.get("when") or "")),
+                                allow=parse_conditions(str(rec.get("allow") or "")),
+                                deny=parse_conditions(str(rec.get("deny") or "")),
+                            )
+                        )
+                    except ValueError as exc:
+                        raise ValueError(f"rules[{i}]: {exc}") from None
+            except ValueError as exc:
+                _set_field_error("rules", str(exc).splitlines()[0])
+                st.rerun()
+            new = spec.model_copy(deep=True)
+            new.rules = rules
+            _apply(new, "rules")
+            st.rerun()
+
+
+def on_filter_change(key: str) -> None:
+    """Callback of a scenario filter: adopt the new filter if the spec stays valid."""
+    spec = st.session_state["spec"]
+    values = list(st.session_state.get(f"filter:{st.session_state.get('spec_rev', 0)}:{key}") or [])
+    new = spec.model_copy(deep=True)
+    if values:
+        new.scenario_filters[key] = values
+    else:
+        new.scenario_filters.pop(key, None)
+    from personagen_core.errors import SpecError
+
+    try:
+        st.session_state["spec"] = revalidate(new)
+        _set_field_error(f"scenario_filters.{key}", None)
+    except SpecError as exc:
+        _set_field_error(f"scenario_filters.{key}", str(exc))
+
+
+def emotion_editor(spec: Any, presets: dict[str, Any]) -> None:
+    """Choose a preset emotion set or edit names and descriptions; applied after validation."""
+    import pandas as pd
+
+    current = next((name for name, emos in presets.items() if emos == spec.emotions), "custom")
+    options = [*presets, "custom"]
+    choice = st.segmented_control(
+        "Label set", options, default=current, key=f"emo_set:{st.session_state.get('spec_rev', 0)}"
+    )
+    base = presets.get(choice, spec.emotions) if choice else spec.emotions
+    frame = pd.DataFrame(
+        [{"name": e.name, "description": e.description} for e in base], columns=["name", "description"]
+    ).astype("object")
+    edited = st.data_editor(
+        frame,
+        num_rows="dynamic",
+        hide_index=True,
+        key=f"emotions:{st.session_state.get('spec_rev', 0)}:{choice}",
+    )
+    field_error("emotions")
+    if st.button("Apply emotions", key="apply_emotions"):
+        from personagen_core.spec import Emotion
+
+        rows = [r for r in edited.to_dict("records") if str(r.get("name") or "").strip()]
+        if not rows:
+            _set_field_error("emotions", "emotions: give at least one emotion.")
+            st.rerun()
+        new = spec.model_copy(deep=True)
+        new.emotions = [
+            Emotion(name=str(r["name"]).strip(), description=str(r.get("description") or "").strip())
+            for r in rows
+        ]
+        _apply(new, "emotions")
+        st.rerun()
+    st.caption(f"The spec currently has {len(spec.emotions)} emotions: {', '.join(spec.emotion_names)}.")
+
+
+def spec_digest(spec: Any) -> str:
+    """A fast sha256 of the spec's content (a cache key; the core's ``spec_hash`` is the stored identity)."""
+    return _spec_hash(spec)
+
+
+def has_table(spec: Any, qualified: str) -> bool:
+    """Whether the category is conditioned on others (so it has a conditional table to edit)."""
+    return bool(_category(spec, qualified).given)
