@@ -1,0 +1,226 @@
+"""``personagen evaluate``: evaluate runs and/or data files side by side into report.json + .html."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from personagen_core.errors import DataError
+
+__all__ = ["register", "run_evaluate"]
+
+
+def _progress_printer() -> Any:
+    last: dict[str, str] = {"stage": ""}
+
+    def on_event(stage: str, fraction: float) -> None:
+        if stage != last["stage"]:
+            last["stage"] = stage
+            typer.echo(f"[{fraction:4.0%}] {stage}", err=True)
+
+    return on_event
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name} ({i})", i + 1
+    taken.add(out)
+    return out
+
+
+def run_evaluate(
+    run_ids: list[str],
+    data_files: list[Path],
+    out_dir: Path,
+    *,
+    names: list[str] | None = None,
+    db: Path | None = None,
+    gold_train: Path | None = None,
+    gold_test: Path | None = None,
+    label_map: Path | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    judge: bool = False,
+    judge_model: str | None = None,
+    backend: str | None = None,
+    base_url: str | None = None,
+    projection: str = "both",
+    seed: int = 0,
+    max_texts: int | None = None,
+    bootstrap: int = 20,
+    prd_runs: int = 10,
+    use_cache: bool = True,
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report)."""
+    from personagen_core import evaluation, gold
+    from personagen_core.report import write_report
+
+    if not run_ids and not data_files:
+        raise DataError("nothing to evaluate: give one or more RUN_IDs and/or --data FILE")
+    if projection not in ("tsne", "umap", "both", "none"):
+        raise DataError(f"--projection must be tsne, umap, both or none (got {projection!r})")
+    if names and len(names) != len(run_ids) + len(data_files):
+        raise DataError(
+            f"--name was given {len(names)} times for {len(run_ids) + len(data_files)} datasets; "
+            "give one name per dataset (runs first, then data files) or none"
+        )
+
+    store = None
+    if run_ids or db is not None:
+        from personagen_core.store import RunStore
+
+        store = RunStore(db)
+    datasets: dict[str, Any] = {}
+    taken: set[str] = set()
+    for run_id in run_ids:
+        datasets[_unique(run_id, taken)] = evaluation.load_run_dataset(store, run_id)
+    for path in data_files:
+        frame = evaluation.load_data_file(path, text_col=text_col, label_col=label_col)
+        datasets[_unique(Path(path).stem, taken)] = frame
+    if names:
+        datasets = dict(zip(names, datasets.values(), strict=True))
+        if len(datasets) != len(names):
+            raise DataError(f"--name values must be distinct (got {names})")
+
+    train = evaluation.load_data_file(gold_train) if gold_train else None
+    test = evaluation.load_data_file(gold_test) if gold_test else None
+    mapping = gold.load_label_map(label_map) if label_map else None
+
+    methods: tuple[str, ...] = {"both": ("tsne", "umap"), "none": ()}.get(projection, (projection,))
+    settings = evaluation.EvaluationSettings(
+        projections=methods,
+        seed=seed,
+        judge=judge,
+        judge_model=judge_model,
+        max_texts=max_texts,
+        bootstrap=bootstrap,
+        prd_runs=prd_runs,
+        use_cache=use_cache,
+    )
+    llm_settings = None
+    if judge:
+        from personagen_core.llm import LLMSettings
+
+        overrides: dict[str, Any] = {"backend": backend, "base_url": base_url}
+        if judge_model:
+            overrides["models"] = {"judge": judge_model}
+        llm_settings = LLMSettings.from_env(**overrides)
+    report = evaluation.evaluate(
+        datasets,
+        gold_train=train,
+        gold_test=test,
+        label_map=mapping,
+        settings=settings,
+        llm_settings=llm_settings,
+        judge_store=store,
+        on_event=_progress_printer(),
+    )
+    json_path, html_path = write_report(report, out_dir)
+    return json_path, html_path, report
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few headline numbers per dataset for the terminal."""
+    lines = []
+    for name in report["datasets"]:
+        parts = [f"{report['datasets'][name]['n']} texts"]
+        sep = (report.get("separability") or {}).get("datasets", {}).get(name)
+        if sep:
+            parts.append(f"separability acc {sep['accuracy']:.3f}")
+        div = (report.get("diversity") or {}).get("datasets", {}).get(name, {}).get("overall", {})
+        if div.get("mean_cosine_distance") is not None:
+            parts.append(f"MCD {div['mean_cosine_distance']:.3f}")
+        real = (report.get("real_data") or {}).get("datasets", {}).get(name, {})
+        if (real.get("fid") or {}).get("value") is not None:
+            parts.append(f"FID {real['fid']['value']:.3f}")
+        row = (report.get("downstream") or {}).get("rows", {}).get(name)
+        if row and row.get("accuracy") is not None:
+            parts.append(f"gold-test acc {row['accuracy']:.3f}")
+        lines.append(f"  {name}: " + ", ".join(parts))
+    return lines
+
+
+def register(app: typer.Typer) -> None:
+    """Register the ``evaluate`` command on the ``personagen`` typer application."""
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        run_ids: list[str] | None = typer.Argument(None, help="Run ids in the run store to evaluate."),
+        data: list[Path] | None = typer.Option(
+            None,
+            "--data",
+            help="Data file(s) with text and label columns (CSV, TSV, JSONL, Parquet, text;label).",
+        ),
+        out: Path = typer.Option(
+            ..., "-o", "--out", help="Output directory for report.json and report.html."
+        ),
+        name: list[str] | None = typer.Option(
+            None, "--name", help="Display name per dataset, in order (runs first, then data files)."
+        ),
+        db: Path | None = typer.Option(
+            None, "--db", help="Run store (default $PERSONAGEN_HOME/runs.sqlite)."
+        ),
+        gold_train: Path | None = typer.Option(
+            None, "--gold-train", help="Gold training split (Table VII gold row)."
+        ),
+        gold_test: Path | None = typer.Option(
+            None, "--gold-test", help="Gold test split (Tables VI and VII)."
+        ),
+        label_map: Path | None = typer.Option(
+            None, "--label-map", help="YAML/JSON mapping synthetic label -> gold label (null = leave out)."
+        ),
+        text_col: str | None = typer.Option(None, "--text-col", help="Text column of the --data files."),
+        label_col: str | None = typer.Option(None, "--label-col", help="Label column of the --data files."),
+        judge: bool = typer.Option(False, "--judge/--no-judge", help="Score every text with the LLM judge."),
+        judge_model: str | None = typer.Option(None, "--judge-model", help="Model of the LLM judge."),
+        backend: str | None = typer.Option(
+            None, "--backend", help="LLM backend for the judge: openai or local."
+        ),
+        base_url: str | None = typer.Option(
+            None, "--base-url", help="OpenAI-compatible endpoint for the judge."
+        ),
+        projection: str = typer.Option("both", "--projection", help="tsne, umap, both or none."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
+        max_texts: int | None = typer.Option(
+            None, "--max-texts", help="Cap per dataset (stratified sample)."
+        ),
+        bootstrap: int = typer.Option(
+            20, "--bootstrap", help="Bootstrap resamples for confidence intervals."
+        ),
+        prd_runs: int = typer.Option(10, "--prd-runs", help="PRD clusterings averaged (the paper: 10)."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached results on disk."),
+    ) -> None:
+        """Evaluate runs and/or data files side by side (Tables IV-VII) and write an offline HTML report."""
+        json_path, html_path, report = run_evaluate(
+            list(run_ids or []),
+            list(data or []),
+            out,
+            names=list(name or []) or None,
+            db=db,
+            gold_train=gold_train,
+            gold_test=gold_test,
+            label_map=label_map,
+            text_col=text_col,
+            label_col=label_col,
+            judge=judge,
+            judge_model=judge_model,
+            backend=backend,
+            base_url=base_url,
+            projection=projection,
+            seed=seed,
+            max_texts=max_texts,
+            bootstrap=bootstrap,
+            prd_runs=prd_runs,
+            use_cache=cache,
+        )
+        for line in _summary_lines(report):
+            typer.echo(line)
+        for section, reason in report.get("skipped", {}).items():
+            typer.echo(f"  (skipped {section}: {reason})", err=True)
+        typer.echo(f"wrote {json_path}")
+        typer.echo(f"wrote {html_path}")
+        sys.stdout.flush()

@@ -1,0 +1,374 @@
+"""Writing an evaluation report to disk: ``report.json`` (every number) and ``report.html``.
+
+The HTML page is self-contained: plotly.js is inlined once in ``<head>``, figures and tables follow, and the
+page references nothing outside itself, so it works offline and can be sent to stakeholders as one file.
+Tables carry the paper's names (Table IV–VII) and every dataset of the report appears side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from personagen_core import figures
+from personagen_core.errors import PersonaGenError
+
+__all__ = ["render_html", "to_jsonable", "write_report"]
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1f2933;
+       background: #f7f8fa; line-height: 1.45; }
+main { max-width: 1280px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 40px; border-bottom: 2px solid #d9e2ec; padding-bottom: 4px; }
+.meta { color: #52606d; font-size: 0.92em; }
+table.data { border-collapse: collapse; margin: 12px 0 20px; font-size: 0.9em; background: #fff; }
+table.data th, table.data td { border: 1px solid #d9e2ec; padding: 4px 8px; text-align: right; }
+table.data th { background: #eef2f7; text-align: center; }
+table.data tbody th { text-align: left; }
+.caption { font-weight: 600; margin-top: 18px; }
+.note { color: #52606d; font-size: 0.88em; max-width: 1000px; }
+.figure { background: #fff; border: 1px solid #d9e2ec; margin: 12px 0; padding: 6px; }
+dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 0.9em; }
+dl.settings dt { font-weight: 600; } dl.settings dd { margin: 0; font-family: monospace; }
+nav a { margin-right: 14px; }
+"""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / pandas values to plain JSON types; non-finite floats become ``None`` (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``out_dir/report.json`` and ``out_dir/report.html``; returns both paths.
+
+    Raises :class:`PersonaGenError` when the directory cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        json_path = out / "report.json"
+        html_path = out / "report.html"
+        data = to_jsonable(report)
+        json_path.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
+        html_path.write_text(render_html(data), encoding="utf-8")
+    except OSError as exc:
+        raise PersonaGenError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
+    return json_path, html_path
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The whole report as one self-contained HTML page (plotly.js inlined once in ``<head>``)."""
+    names = list(report.get("datasets", {}))
+    sections: list[tuple[str, str, str]] = []  # (anchor, title, html)
+    sections.append(("datasets", "Datasets", _datasets_section(report)))
+    builders: list[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = [
+        ("projections", "Projections (Fig. 2)", _projections_section),
+        ("diversity", "Diversity (Table IV)", _diversity_section),
+        ("separability", "Separability (Table V, Fig. 3)", _separability_section),
+        ("judge", "LLM judge (Fig. 4)", _judge_section),
+        ("real_data", "Comparison with real data (Table VI)", _real_data_section),
+        ("downstream", "Downstream utility (Table VII)", _downstream_section),
+    ]
+    for key, title, build in builders:
+        if report.get(key):
+            sections.append((key, title, build(report)))
+        else:
+            reason = (report.get("skipped") or {}).get(key, "not computed")
+            sections.append((key, title, f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'))
+    sections.append(("settings", "Settings", _settings_section(report)))
+
+    nav = " ".join(f'<a href="#{a}">{html.escape(t.split(" (")[0])}</a>' for a, t, _ in sections)
+    body = "\n".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>\n{h}</section>' for a, t, h in sections)
+    title = "PersonaGen evaluation: " + ", ".join(names)
+    generated = html.escape(str(report.get("generated_at", "")))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body><main>\n'
+        f"<h1>{html.escape(title)}</h1>\n"
+        f'<p class="meta">Generated {generated} by PersonaGen; embedding model '
+        f"<code>{html.escape(str(report.get('settings', {}).get('embedding_model', '')))}</code>.</p>\n"
+        f"<nav>{nav}</nav>\n{body}\n</main></body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _fig(fig: go.Figure) -> str:
+    """A figure as a div; plotly.js itself is already in <head>."""
+    inner = fig.to_html(
+        full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}
+    )
+    return f'<div class="figure">{inner}</div>'
+
+
+def _table(frame: pd.DataFrame, caption: str, note: str | None = None) -> str:
+    """A DataFrame as an escaped HTML table with a caption (pandas escapes cell text)."""
+    table = frame.to_html(
+        classes="data", border=0, na_rep="–", float_format=lambda v: f"{v:.4f}", escape=True
+    )
+    out = f'<div class="caption">{html.escape(caption)}</div>\n{table}'
+    if note:
+        out += f'\n<p class="note">{html.escape(note)}</p>'
+    return out
+
+
+def _safe_figure(build: Callable[[], go.Figure]) -> str:
+    """Draw a figure; a figure that cannot be drawn from the data (e.g. empty) is left out with a note."""
+    try:
+        return _fig(build())
+    except (KeyError, ValueError) as exc:
+        return f'<p class="note">Figure not drawn: {html.escape(str(exc))}</p>'
+
+
+def _datasets_section(report: Mapping[str, Any]) -> str:
+    per_ds = report.get("datasets", {})
+    labels = sorted({lab for d in per_ds.values() for lab in d.get("labels", {})})
+    frame = pd.DataFrame(
+        {
+            name: [d.get("labels", {}).get(lab, 0) for lab in labels] + [d.get("n", 0)]
+            for name, d in per_ds.items()
+        },
+        index=[*labels, "total"],
+    )
+    sources = "; ".join(f"{n}: {d.get('source', '')}" for n, d in per_ds.items())
+    gold = report.get("gold") or {}
+    extra = ""
+    if gold:
+        gold_frame = pd.DataFrame(
+            {
+                split: [gold[split].get("labels", {}).get(lab, 0) for lab in labels]
+                + [gold[split].get("n", 0)]
+                for split in ("train", "test")
+                if gold.get(split)
+            },
+            index=[*labels, "total"],
+        )
+        extra = _table(gold_frame, "Gold data (after label mapping)", _label_map_note(report))
+    return _table(frame, "Texts per label", f"Sources: {sources}") + extra
+
+
+def _label_map_note(report: Mapping[str, Any]) -> str:
+    gold = report.get("gold") or {}
+    mapping = gold.get("label_map") or {}
+    dropped = gold.get("dropped_labels") or []
+    pairs = ", ".join(f"{k} → {v if v is not None else '(left out)'}" for k, v in mapping.items())
+    parts = [f"Label mapping (synthetic → gold): {pairs or 'identity'}."]
+    if dropped:
+        parts.append(f"Left out (no counterpart): {', '.join(map(str, dropped))}.")
+    return " ".join(parts)
+
+
+def _projections_section(report: Mapping[str, Any]) -> str:
+    proj = report["projections"]
+    methods = sorted({m for p in proj.values() for m in p.get("coords", {})})
+    if not methods:
+        reason = (report.get("skipped") or {}).get("projections", "no projection method selected")
+        return f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'
+    parts = []
+    for method in methods:
+        parts.append(_safe_figure(lambda m=method: figures.projection_figure_from_report(report, method=m)))
+    attrs = sorted({c for p in proj.values() for c in (p.get("attributes") or {})})
+    if attrs and methods:
+        # One attribute-coloured view as an example; the dashboard offers every attribute.
+        parts.append(
+            _safe_figure(
+                lambda: figures.projection_figure_from_report(report, method=methods[0], color_by=attrs[0])
+            )
+        )
+    return "\n".join(parts)
+
+
+def _diversity_section(report: Mapping[str, Any]) -> str:
+    div = report["diversity"]
+    per_ds = div["datasets"]
+    paper = ["mean_cosine_distance", "cluster_entropy", "centroid_distance"]
+    beyond = [m for m in figures.DIVERSITY_METRICS if m not in paper]
+    out = []
+    for caption, metrics in (
+        ("Table IV. Diversity per emotion", paper),
+        ("Table IV (b). Beyond the paper", beyond),
+    ):
+        columns: dict[tuple[str, str], list[Any]] = {}
+        emotions = sorted({e for d in per_ds.values() for e in d["per_emotion"]})
+        for name, d in per_ds.items():
+            for m in metrics:
+                if not any(m in d["per_emotion"].get(e, {}) for e in emotions) and m not in d.get(
+                    "overall", {}
+                ):
+                    continue
+                columns[(name, figures.DIVERSITY_METRICS[m])] = [
+                    *(d["per_emotion"].get(e, {}).get(m) for e in emotions),
+                    d.get("overall", {}).get(m),
+                ]
+        if columns:
+            frame = pd.DataFrame(columns, index=[*emotions, "overall"])
+            frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+            out.append(_table(frame, caption))
+    defs = div.get("definitions") or {}
+    out.append(_notes({figures.DIVERSITY_METRICS.get(k, k): v for k, v in defs.items()}))
+    if div.get("notes"):
+        out.append(f'<p class="note">{html.escape(str(div["notes"]))}</p>')
+    out.append(_safe_figure(lambda: figures.diversity_figure(report)))
+    return "\n".join(out)
+
+
+def _separability_section(report: Mapping[str, Any]) -> str:
+    sep = report["separability"]["datasets"]
+    labels = sorted({lab for d in sep.values() for lab in d["per_class"]})
+    rows = [*labels, "macro avg", "weighted avg"]
+    columns: dict[tuple[str, str], list[Any]] = {}
+    for name, d in sep.items():
+        for metric in ("precision", "recall", "f1", "support"):
+            columns[(name, metric)] = [
+                *(d["per_class"].get(lab, {}).get(metric) for lab in labels),
+                d["macro"].get(metric),
+                d["weighted"].get(metric),
+            ]
+    frame = pd.DataFrame(columns, index=rows)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    acc = pd.DataFrame({name: [d.get("accuracy")] for name, d in sep.items()}, index=["accuracy"])
+    settings = report["separability"].get("method", "")
+    out = [
+        _table(frame, "Table V. Per-class separability (LightGBM on embeddings)", settings),
+        _table(acc, "Accuracy"),
+    ]
+    matrices = {name: d["confusion"] for name, d in sep.items()}
+    out.append(
+        _safe_figure(lambda: figures.confusion_grid(matrices, normalised=False, title="Confusion (counts)"))
+    )
+    out.append(
+        _safe_figure(
+            lambda: figures.confusion_grid(matrices, normalised=True, title="Confusion (row-normalised)")
+        )
+    )
+    return "\n".join(out)
+
+
+def _judge_section(report: Mapping[str, Any]) -> str:
+    judge = report["judge"]
+    criteria = list(judge["criteria"])
+    per_ds = judge["datasets"]
+    frame = pd.DataFrame(
+        {
+            name: [d["mean"].get(c) for c in criteria] + [d.get("n_scored"), d.get("n_failed", 0)]
+            for name, d in per_ds.items()
+        },
+        index=[*(figures.JUDGE_CRITERIA_LABELS.get(c, c) for c in criteria), "texts scored", "texts failed"],
+    )
+    note = f"Judge model: {judge.get('model')}. Scores 1–5, constrained JSON output."
+    out = [_table(frame, "Mean judge score per criterion", note)]
+    out.append(_safe_figure(lambda: figures.judge_distribution_figure(report)))
+    out.append(_safe_figure(lambda: figures.judge_emotion_figure(report)))
+    return "\n".join(out)
+
+
+def _real_data_section(report: Mapping[str, Any]) -> str:
+    real = report["real_data"]
+    per_ds = real["datasets"]
+    metrics = [m for m in figures.REAL_DATA_METRICS if any(m in d for d in per_ds.values())]
+    columns: dict[tuple[str, str], list[Any]] = {}
+    for name, d in per_ds.items():
+        columns[(name, "value")] = [(d.get(m) or {}).get("value") for m in metrics]
+        columns[(name, "95% CI")] = [_ci_text((d.get(m) or {}).get("ci")) for m in metrics]
+    frame = pd.DataFrame(columns, index=[figures.REAL_DATA_METRICS[m] for m in metrics])
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    sizes = real.get("sample_size") or {}
+    caption = f"Table VI. Synthetic vs {real.get('reference', 'gold')} data"
+    if sizes:
+        caption += (
+            " (equal sample sizes: " + ", ".join(f"{n}: n = {s.get('n')}" for n, s in sizes.items()) + ")"
+        )
+    out = [_table(frame, caption), _notes(real.get("notes") or {})]
+    out.append(_safe_figure(lambda: figures.real_data_figure(report)))
+    if real.get("prd_curves"):
+        out.append(_safe_figure(lambda: figures.prd_curve_figure(report)))
+    return "\n".join(out)
+
+
+def _downstream_section(report: Mapping[str, Any]) -> str:
+    down = report["downstream"]
+    rows = down["rows"]
+    keys = {
+        "accuracy": "Accuracy",
+        "weighted_precision": "Precision (weighted)",
+        "weighted_recall": "Recall (weighted)",
+        "weighted_f1": "F1 (weighted)",
+        "macro_f1": "F1 (macro)",
+        "n_train": "training texts",
+    }
+    frame = pd.DataFrame(
+        {label: [r.get(k) for r in rows.values()] for k, label in keys.items()}, index=list(rows)
+    )
+    out = [
+        _table(
+            frame,
+            f"Table VII. Trained on each set, tested on {down.get('test', 'the gold test split')}",
+            down.get("method"),
+        )
+    ]
+    matrices = {name: r["confusion"] for name, r in rows.items() if r.get("confusion")}
+    if matrices:
+        out.append(
+            _safe_figure(
+                lambda: figures.confusion_grid(matrices, normalised=True, title="Confusion on gold test")
+            )
+        )
+    return "\n".join(out)
+
+
+def _settings_section(report: Mapping[str, Any]) -> str:
+    settings = report.get("settings", {})
+    items = "".join(
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(json.dumps(v, default=str))}</dd>"
+        for k, v in settings.items()
+    )
+    extra = ""
+    if report.get("timings"):
+        extra = _table(
+            pd.DataFrame({"seconds": list(report["timings"].values())}, index=list(report["timings"])),
+            "Time per stage (this run; cached stages are fast)",
+        )
+    return f'<dl class="settings">{items}</dl>{extra}'
+
+
+def _notes(notes: Mapping[str, Any]) -> str:
+    """A bulleted list of ``{topic: explanation}`` notes."""
+    if not notes:
+        return ""
+    items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in notes.items())
+    return f'<ul class="note">{items}</ul>'
+
+
+def _ci_text(ci: Any) -> str | None:
+    if not ci or any(v is None for v in ci):
+        return None
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
