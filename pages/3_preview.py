@@ -9,6 +9,7 @@ import ui
 ui.page_title("Persona preview")
 render = ui.core("render", "describe_persona", "describe_scenario")
 ui.core("sampling", "sample_personas")
+pipeline = ui.core("pipeline", "validate_personas", "funnel")
 
 spec = ui.current_spec()
 c_n, c_seed, c_val = st.columns([1, 1, 2], vertical_alignment="bottom")
@@ -28,18 +29,19 @@ with ui.error_boundary("sampling"):
         with st.spinner("Asking the LLM…"), ui.error_boundary("validation"):
             st.session_state["preview_verdicts"] = (key, ui.validate_preview(spec, df, ui.llm_settings()))
     stored = st.session_state.get("preview_verdicts")
-    verdicts = stored[1] if stored and stored[0] == key else None
-    if verdicts is not None:
-        st.plotly_chart(ui.funnel_figure(verdicts, len(df)), key="preview_funnel")
+    validated = stored[1] if stored and stored[0] == key else None
+    if validated is not None:
+        st.plotly_chart(ui.funnel_figure(pipeline.funnel(validated)), key="preview_funnel")
     else:
         st.caption("Not validated yet: the cards show the sampled personas only.")
     cols = st.columns(3)
-    for i, row in enumerate(df.to_dict("records")):
+    rows = (validated if validated is not None else df).to_dict("records")
+    for i, row in enumerate(rows):
         with cols[i % 3]:
             ui.persona_card(
                 i,
                 row,
                 render.describe_persona(row, spec),
                 render.describe_scenario(row, spec),
-                verdicts[i] if verdicts is not None else None,
+                validated is not None,
             )

@@ -20,8 +20,9 @@ query = c_search.text_input("Search the texts", placeholder="word or phrase")
 emotions = sorted(texts["emotion"].astype(str).unique())
 chosen = c_emotion.multiselect("Emotion", emotions, default=emotions)
 
+verdicts = ui.verdict_filters(texts)
 values, ranges = ui.attribute_filters(texts)
-view = ui.filter_frame(texts, query=query, emotions=chosen, values=values, ranges=ranges)
+view = ui.filter_frame(texts, query=query, emotions=chosen, values=values, ranges=ranges, verdicts=verdicts)
 st.caption(f"{len(view)} of {len(texts)} texts · select a row to see its persona card")
 event = st.dataframe(
     view, hide_index=True, on_select="rerun", selection_mode="single-row", key="explore_table"

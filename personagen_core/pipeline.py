@@ -16,6 +16,9 @@ Methods (same output schema):
   empty and exact-duplicate outputs rejected.
 * ``priorwork``: random personas drawn from the spec's distributions without LLM validation, with a basic
   threshold filter on outputs (empty, refusal, length, exact duplicates).
+
+:func:`validate_personas` runs stages 1-3 alone on given personas (the dashboard's preview): the same
+:class:`~personagen_core.validation.Validator`, prompts and cross-run verdict cache as a run, no stage 4.
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from personagen_core import pricing
-from personagen_core.errors import BudgetExceeded, StoreError
-from personagen_core.llm import LLMSettings, estimate_tokens
-from personagen_core.prompts import generation_messages, validation_messages
+from personagen_core.errors import BudgetExceeded, DataError, StoreError
+from personagen_core.llm import LLMClient, LLMSettings, estimate_tokens
+from personagen_core.prompts import generation_messages, validation_columns, validation_messages
 from personagen_core.render import describe_persona, describe_scenario
 from personagen_core.sampling import build_model
 from personagen_core.scheduler import METHODS, ProgressEvent, RunSession, RunSummary, emotions_of, stages_of
 from personagen_core.spec import Spec, dump_spec, parse_spec, spec_hash
 from personagen_core.store import RunStore
+from personagen_core.validation import Validator, Verdict
 
 __all__ = [
     "GenerationConfig",
@@ -44,11 +49,15 @@ __all__ = [
     "ProgressEvent",
     "RESUME_OVERRIDES",
     "RunSummary",
+    "VERDICTS",
     "arun_generation",
     "aresume_generation",
+    "avalidate_personas",
     "estimate_cost",
+    "funnel",
     "resume_generation",
     "run_generation",
+    "validate_personas",
 ]
 
 Method = Literal["personagen", "attrprompt", "priorwork"]
@@ -247,3 +256,172 @@ def estimate_cost(
             )
             candidates *= stage_survival
     return pricing.estimate_run_cost(est, table=table)
+
+
+#: Verdict values of stages 1-3 (``"error"``: the endpoint gave no usable answer; the persona is dropped).
+VERDICTS = ("natural", "rare but plausible", "implausible", "error")
+
+
+def _wanted_stages(spec: Spec, stages: Any, personas: pd.DataFrame) -> list[int]:
+    bad = [s for s in stages if s not in (1, 2, 3)]
+    if bad:
+        raise DataError(f"stages: validation stages are 1, 2 and 3, got {bad}")
+    wanted = [s for s in sorted(set(stages)) if validation_columns(spec, s)]
+    for stage in wanted:
+        missing = [c for c in validation_columns(spec, stage) if c not in personas.columns]
+        if missing:
+            raise DataError(
+                f"personas: stage {stage} needs column(s) {', '.join(missing)}, "
+                f"found {', '.join(map(str, personas.columns))}"
+            )
+    return wanted
+
+
+async def avalidate_personas(
+    spec: Spec,
+    personas: pd.DataFrame,
+    llm_settings: LLMSettings,
+    *,
+    store: RunStore | None = None,
+    stages: Any = (1, 2, 3),
+    on_event: Callable[[int, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    http_client: Any = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Stage 1-3 verdicts for ``personas``; see :func:`validate_personas`."""
+    wanted = _wanted_stages(spec, stages, personas)
+    rows = [{k: str(v) for k, v in r.items()} for r in personas.to_dict("records")]
+    got: dict[int, list[Verdict | None]] = {s: [None] * len(rows) for s in wanted}
+    alive = list(range(len(rows)))
+    dropped: list[int | None] = [None] * len(rows)
+    cancelled = False
+    batch = max(1, int(batch_size))
+    async with LLMClient(llm_settings, http_client=http_client) as client:
+        validator = Validator(spec, store, client, batch_size=batch)
+        # Chunks run concurrently (the client bounds the HTTP concurrency); the semaphore only keeps
+        # chunks not started yet cancellable.
+        gate = asyncio.Semaphore(max(1, llm_settings.concurrency))
+        for stage in wanted:
+            done = 0
+
+            async def chunk(idx: list[int], stage: int = stage) -> None:
+                nonlocal done
+                async with gate:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    verdicts = await validator.verdicts(stage, [rows[i] for i in idx])
+                for i, v in zip(idx, verdicts, strict=True):
+                    got[stage][i] = v
+                done += len(idx)
+                if on_event is not None:
+                    try:
+                        on_event(stage, done, len(alive))
+                    except Exception:  # noqa: BLE001 - a broken progress display must not lose the verdicts
+                        pass
+
+            tasks = [asyncio.create_task(chunk(alive[i : i + batch])) for i in range(0, len(alive), batch)]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+            for i in alive:
+                v = got[stage][i]
+                if v is not None and not v.kept:
+                    dropped[i] = stage
+            alive = [i for i in alive if (v := got[stage][i]) is not None and v.kept]
+            if cancelled:
+                break
+        model = validator.model
+        asked = validator.llm_verdicts
+    out = personas.copy()
+    for stage in wanted:
+        vs = got[stage]
+        out[f"verdict_stage{stage}"] = [v.verdict if v else None for v in vs]
+        out[f"reason_stage{stage}"] = [v.reason if v else None for v in vs]
+        out[f"cached_stage{stage}"] = pd.array([v.cached if v else None for v in vs], dtype="boolean")
+    # kept: passed every stage; False once dropped; <NA> when a cancel stopped its validation early.
+    last = wanted[-1] if wanted else None
+    kept = [
+        False if d is not None else (True if last is None or got[last][i] is not None else None)
+        for i, d in enumerate(dropped)
+    ]
+    out["kept"] = pd.array(kept, dtype="boolean")
+    out["dropped_stage"] = pd.array(dropped, dtype="Int64")
+    out.attrs["validation"] = {
+        "stages": wanted,
+        "model": model,
+        "llm_verdicts": asked,
+        "cancelled": cancelled,
+    }
+    return out
+
+
+def validate_personas(
+    spec: Spec,
+    personas: pd.DataFrame,
+    llm_settings: LLMSettings,
+    *,
+    store: RunStore | None = None,
+    stages: Any = (1, 2, 3),
+    on_event: Callable[[int, int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    http_client: Any = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Validate ``personas`` (one row per persona, the spec's attribute columns) at ``stages``.
+
+    A persona reaches a stage only if kept ("natural" or "rare but plausible") at the previous one. Returns
+    a copy of ``personas`` with, per validated stage ``s``, ``verdict_stage{s}``, ``reason_stage{s}`` and
+    ``cached_stage{s}`` (None where the persona did not reach the stage), ``kept`` (passed every stage) and
+    ``dropped_stage`` (the stage that dropped it, <NA> if kept); ``df.attrs["validation"]`` holds the
+    stages, validator model, how many verdicts needed the LLM, and whether ``cancel`` stopped it early.
+
+    Verdicts come from :class:`~personagen_core.validation.Validator`: with a ``store`` its cross-run
+    cache is read and filled (a persona validated before costs no call). ``on_event(stage, done, total)``
+    follows the progress; setting ``cancel`` stops before the next chunk (unfinished rows get
+    ``kept`` <NA>). Synchronous, with its own event loop: call it from a thread without a running loop.
+    Stages without columns in the spec are skipped; a missing column raises :class:`DataError`.
+    """
+    return asyncio.run(
+        avalidate_personas(
+            spec,
+            personas,
+            llm_settings,
+            store=store,
+            stages=stages,
+            on_event=on_event,
+            cancel=cancel,
+            http_client=http_client,
+            batch_size=batch_size,
+        )
+    )
+
+
+def funnel(validated: pd.DataFrame) -> dict[str, Any]:
+    """Counts of a :func:`validate_personas` result: ``{"sampled": n, "stages": {stage: {"validated",
+    "natural", "rare but plausible", "implausible", "error", "kept", "cached"}}, "kept": n_kept}``."""
+    prefix = "verdict_stage"
+    stages = sorted(int(c.removeprefix(prefix)) for c in validated.columns if c.startswith(prefix))
+    out: dict[int, dict[str, int]] = {}
+    for stage in stages:
+        col = validated[f"verdict_stage{stage}"]
+        counts = {v: int((col == v).sum()) for v in VERDICTS}
+        out[stage] = {
+            "validated": int(col.notna().sum()),
+            **counts,
+            "kept": counts["natural"] + counts["rare but plausible"],
+            "cached": int(validated[f"cached_stage{stage}"].fillna(False).sum())
+            if f"cached_stage{stage}" in validated
+            else 0,
+        }
+    return {
+        "sampled": len(validated),
+        "stages": out,
+        "kept": int(validated["kept"].fillna(False).sum()) if "kept" in validated else len(validated),
+    }

@@ -152,6 +152,10 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 """
 
 
+#: Validated stages whose verdicts :meth:`RunStore.texts` joins to each text.
+_STAGES = (1, 2, 3)
+
+
 def default_db_path() -> Path:
     """``$PERSONAGEN_HOME/runs.sqlite`` (``PERSONAGEN_HOME`` defaults to ``~/.personagen``)."""
     home = os.environ.get("PERSONAGEN_HOME") or str(Path.home() / ".personagen")
@@ -550,14 +554,26 @@ class RunStore:
 
     def texts(self, run_id: str) -> pd.DataFrame:
         """One row per accepted text: ``text_id, run_id, method, emotion, text``, the persona and scenario
-        descriptions, ``persona_id`` and one column per sampled attribute."""
+        descriptions, ``persona_id``, one column per sampled attribute, then the stage 1-3 verdicts of its
+        persona/scene: ``verdict_stage1, reason_stage1, ..., reason_stage3`` (joined from the run's verdict
+        rows; None where the method or ablation did not validate that stage)."""
         run = self.run(run_id)
+        # The latest verdict row per (persona, stage) (SQLite takes the bare columns from the MAX(id) row);
+        # a persona is validated once per stage, MAX only guards against a repeated row.
+        joins = "".join(
+            f" LEFT JOIN v v{s} ON v{s}.persona_id = t.persona_id AND v{s}.stage = {s}" for s in _STAGES
+        )
+        picks = "".join(
+            f", v{s}.verdict AS verdict_stage{s}, v{s}.reason AS reason_stage{s}" for s in _STAGES
+        )
         rows = self._query(
-            """SELECT t.text_id, t.run_id, t.emotion, t.text, t.model, t.persona_id, p.attrs_json,
-                      p.persona_text, p.scenario_text
-               FROM texts t LEFT JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id
+            f"""WITH v AS (SELECT persona_id, stage, verdict, reason, MAX(id) FROM verdicts
+                           WHERE run_id = ? GROUP BY persona_id, stage)
+               SELECT t.text_id, t.run_id, t.emotion, t.text, t.model, t.persona_id, p.attrs_json,
+                      p.persona_text, p.scenario_text{picks}
+               FROM texts t LEFT JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id{joins}
                WHERE t.run_id = ? ORDER BY t.text_id""",
-            (run_id,),
+            (run_id, run_id),
         )
         base = [
             "text_id",
@@ -570,6 +586,7 @@ class RunStore:
             "persona",
             "scenario",
         ]
+        verdict_cols = [f"{kind}_stage{s}" for s in _STAGES for kind in ("verdict", "reason")]
         data: list[dict[str, Any]] = []
         attr_cols: dict[str, None] = {}
         for r in rows:
@@ -587,9 +604,11 @@ class RunStore:
                     "persona": r["persona_text"],
                     "scenario": r["scenario_text"],
                     **attrs,
+                    **{c: r[c] for c in verdict_cols},
                 }
             )
-        return pd.DataFrame(data, columns=base + [c for c in attr_cols if c not in base])
+        reserved = set(base) | set(verdict_cols)
+        return pd.DataFrame(data, columns=base + [c for c in attr_cols if c not in reserved] + verdict_cols)
 
     # -- usage ----------------------------------------------------------------------------------------------
     def add_calls(self, run_id: str, calls: Sequence[CallRow]) -> None:

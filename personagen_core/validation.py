@@ -66,10 +66,11 @@ class Validator:
     """LLM verdicts for stage 1-3 attribute tuples, cached across runs and deduplicated in flight.
 
     ``client`` is an open :class:`~personagen_core.llm.LLMClient` (role ``validator``); ``batch_size`` is
-    how many candidates may share one call (1 disables batching).
+    how many candidates may share one call (1 disables batching). ``store`` holds the cross-run cache;
+    with ``None`` verdicts are only remembered by this validator.
     """
 
-    def __init__(self, spec: Spec, store: RunStore, client: Any, *, batch_size: int = 8) -> None:
+    def __init__(self, spec: Spec, store: RunStore | None, client: Any, *, batch_size: int = 8) -> None:
         self.spec = spec
         self.store = store
         self.client = client
@@ -93,7 +94,7 @@ class Validator:
                 waits[k] = self._inflight[(stage, k)]
             else:
                 unknown.append(k)
-        if unknown:
+        if unknown and self.store is not None:
             for k, (v, r) in self.store.cached_verdicts(stage, self.model, unknown).items():
                 self._memory[(stage, k)] = out[k] = Verdict(v, r or "", cached=True)
         ask = [k for k in unknown if k not in out]
@@ -112,7 +113,7 @@ class Validator:
                         f.exception()  # mark retrieved: waiters re-raise it, nobody else must
                 raise
             good = {k: (v.verdict, v.reason) for k, v in fresh.items() if v.verdict != "error"}
-            if good:
+            if good and self.store is not None:
                 self.store.cache_verdicts(stage, self.model, good)
             for k, v in fresh.items():
                 if v.verdict != "error":

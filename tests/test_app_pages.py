@@ -81,6 +81,14 @@ def test_filter_frame() -> None:
     assert list(
         ui.filter_frame(df, values={"age": ["25-34"]}, ranges={"judge_emotion_match": (3, 5)})["text"]
     ) == ["happy again"]
+    df["verdict_stage2"] = ["natural", None, "rare but plausible"]
+    assert list(ui.filter_frame(df, verdicts={"verdict_stage2": ["rare but plausible"]})["text"]) == [
+        "happy again"
+    ]
+    assert list(ui.filter_frame(df, verdicts={"verdict_stage2": ["not validated", "natural"]})["text"]) == [
+        "I am Happy",
+        "so angry",
+    ]
 
 
 def test_spec_error_field_and_redact() -> None:
@@ -367,9 +375,10 @@ def test_scenario_filter_limits_the_sampled_scenarios(home: Path) -> None:
 
 
 def test_preview_validates_personas_with_the_llm(home: Path, monkeypatch) -> None:
-    from personagen_core.fake_openai import FakeOpenAIServer
+    from personagen_core.fake_openai import DefaultResponder, FakeOpenAIServer
 
-    with FakeOpenAIServer() as srv:
+    responder = DefaultResponder(seed=0, choices={"verdict": ["natural", "natural", "implausible"]})
+    with FakeOpenAIServer(responder=responder) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-preview")
         at = _open(_app().run(), "pages/3_preview.py")
@@ -380,6 +389,49 @@ def test_preview_validates_personas_with_the_llm(home: Path, monkeypatch) -> Non
     text = _texts(at)
     assert "Stage 1:" in text and "Not validated yet" not in text
     assert at.get("plotly_chart"), "the funnel is drawn"
+    # The page shows what the core computed: one card per persona, accepted or rejected at its stage.
+    validated = at.session_state["preview_verdicts"][1]
+    assert len(validated) == 6
+    for stage in validated["dropped_stage"].dropna().unique():
+        assert f"rejected at stage {stage}" in text
+    assert text.count("accepted") == int(validated["kept"].sum())
+    assert 0 < int(validated["kept"].sum()) < 6
+
+
+def test_explore_filters_texts_by_stage_verdict(home: Path) -> None:
+    from personagen_core.store import RunStore
+
+    store = RunStore(home / "runs.sqlite")
+    run_id = store.create_run(
+        method="personagen",
+        config={"per_emotion": 3},
+        target={"joy": 3},
+        spec_yaml="name: x\n",
+        spec_hash="abc",
+        spec_name="x",
+    )
+    store.add_personas(run_id, 0, [(i, {"age": "25-34"}, f"persona {i}", "at work") for i in range(3)])
+    second = {0: "natural", 1: "rare but plausible", 2: "rare but plausible"}
+    store.add_verdicts(
+        run_id,
+        [(i, 1, "m", "natural", "ok", False) for i in range(3)]
+        + [(i, 2, "m", v, "why", False) for i, v in second.items()],
+    )
+    for i in range(3):
+        store.add_text(
+            run_id, emotion="joy", text=f"text {i}", text_norm=f"text {i}", persona_id=i, model="m", quota=3
+        )
+    store.flush()
+
+    at = _open(_app().run(), "pages/5_explore.py")
+    assert set(at.dataframe[0].value["text"]) == {"text 0", "text 1", "text 2"}
+    assert at.multiselect(key="verdict_filter_1").value == ["natural"]
+    assert "verdict_filter_3" not in [m.key for m in at.multiselect]  # stage 3 was not validated
+    at.multiselect(key="verdict_filter_2").set_value(["rare but plausible"]).run()
+    assert not at.exception
+    shown = at.dataframe[0].value
+    assert set(shown["text"]) == {"text 1", "text 2"}
+    assert set(shown["verdict_stage2"]) == {"rare but plausible"}
 
 
 def test_app_command_runs_streamlit_on_the_repo_app() -> None:

@@ -241,8 +241,17 @@ def test_methods_and_ablations(tmp_path: Path, spec: Spec, method: str, stages: 
         "persona",
         "scenario",
     }
+    verdict_cols = {f"{k}_stage{s}" for s in (1, 2, 3) for k in ("verdict", "reason")}
     expected = {c for s in (1, 2, 3) if str(s) in stages for c in spec.stage_columns(s)}
-    assert attr_cols == expected
+    assert attr_cols - verdict_cols == expected and verdict_cols <= attr_cols
+    # Each text carries the verdicts of the stages its method validated (kept ones), None elsewhere.
+    for s in (1, 2, 3):
+        validated = method == "personagen" and validate and str(s) in stages
+        col = texts[f"verdict_stage{s}"]
+        if validated:
+            assert set(col) <= {"natural", "rare but plausible"} and col.notna().all()
+        else:
+            assert col.isna().all()
 
 
 def test_token_budget_stops_cleanly_and_resume_finishes(tmp_path: Path, spec: Spec) -> None:
@@ -419,3 +428,79 @@ def test_server_side_refusal_and_duplicate_faults(tmp_path: Path, spec: Spec) ->
     usage = store.usage(summary.run_id)
     failed_validations = int(usage.loc[usage["stage"].isin([1, 2, 3]), "failed"].sum())
     assert failed_validations >= len(hit) - refused_generations  # each refused validation was retried
+
+
+def test_validate_personas_records_verdicts_drops_and_reuses_the_cache(tmp_path: Path, spec: Spec) -> None:
+    from personagen_core.pipeline import funnel, validate_personas
+    from personagen_core.sampling import sample_personas
+
+    personas = sample_personas(spec, 12, random_state=3)
+    store = RunStore(tmp_path / "runs.sqlite")
+    events: list[tuple[int, int, int]] = []
+    verdicts = ["natural", "rare but plausible", "implausible"]
+    responder = DefaultResponder(seed=1, choices={"verdict": verdicts})
+    with FakeOpenAIServer(responder=responder) as srv:
+        first = validate_personas(
+            spec, personas, _settings(srv), store=store, batch_size=4, on_event=lambda *e: events.append(e)
+        )
+        n_first = len(srv.chat_requests)
+        second = validate_personas(spec, personas, _settings(srv), store=RunStore(tmp_path / "runs.sqlite"))
+        n_second = len(srv.chat_requests) - n_first
+    assert list(first.columns[: len(personas.columns)]) == list(personas.columns)
+    verdict_cols = [f"verdict_stage{s}" for s in (1, 2, 3)]
+    dropped_somewhere = 0
+    for _, row in first.iterrows():
+        seen = [row[c] for c in verdict_cols]
+        assert seen[0] in ("natural", "rare but plausible", "implausible")
+        bad = [s for s, v in zip((1, 2, 3), seen) if isinstance(v, str) and v == "implausible"]
+        if bad:  # dropped at its first implausible stage, never asked again afterwards
+            dropped_somewhere += 1
+            assert row["dropped_stage"] == bad[0] and not row["kept"]
+            assert all(_isna(v) for v in seen[bad[0] :])
+        else:
+            assert _isna(row["dropped_stage"]) and row["kept"]
+            assert all(v in ("natural", "rare but plausible") for v in seen)
+            assert all(isinstance(row[f"reason_stage{s}"], str) for s in (1, 2, 3))
+    assert 0 < dropped_somewhere < len(personas)
+    f = funnel(first)
+    assert f["sampled"] == 12 and f["stages"][1]["validated"] == 12
+    assert f["stages"][2]["validated"] == f["stages"][1]["kept"]
+    assert f["stages"][3]["validated"] == f["stages"][2]["kept"] and f["kept"] == f["stages"][3]["kept"]
+    assert f["kept"] == int(first["kept"].sum())
+    assert f["stages"][1]["implausible"] == int((first["dropped_stage"] == 1).sum())
+    assert events and events[-1][0] == 3 and {e[0] for e in events} == {1, 2, 3}
+    # Stage batches of 4: 3 calls at stage 1, at least one at each later stage (unless everyone dropped).
+    assert n_first >= 3 and first.attrs["validation"]["llm_verdicts"] > 0
+    # The second call finds every verdict in the store's cross-run cache: no request, same answers.
+    assert n_second == 0 and second.attrs["validation"]["llm_verdicts"] == 0
+    assert second["cached_stage1"].all()
+    for c in [*verdict_cols, "kept", "dropped_stage"]:
+        assert second[c].astype(str).tolist() == first[c].astype(str).tolist()
+
+
+def test_validate_personas_without_store_and_bad_input(spec: Spec) -> None:
+    from personagen_core.errors import DataError
+    from personagen_core.pipeline import validate_personas
+    from personagen_core.sampling import sample_personas
+
+    personas = sample_personas(spec, 3, random_state=0)
+    with FakeOpenAIServer() as srv:
+        out = validate_personas(spec, personas, _settings(srv), stages=(1,))
+        assert len(srv.chat_requests) == 1  # three personas share one batched call
+        with pytest.raises(DataError, match="stages"):
+            validate_personas(spec, personas, _settings(srv), stages=(4,))
+        with pytest.raises(DataError, match="age"):
+            validate_personas(spec, personas.drop(columns=["age"]), _settings(srv))
+        cancel = threading.Event()
+        cancel.set()
+        stopped = validate_personas(spec, personas, _settings(srv), cancel=cancel)
+        assert len(srv.chat_requests) == 1 and stopped.attrs["validation"]["cancelled"]
+    assert list(out["verdict_stage1"]) == ["natural"] * 3 and out["kept"].all()
+    assert "verdict_stage2" not in out and out["dropped_stage"].isna().all()
+    assert stopped["kept"].isna().all() and stopped["verdict_stage1"].isna().all()
+
+
+def _isna(value: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))

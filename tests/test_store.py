@@ -220,3 +220,42 @@ def test_write_behind_defers_bookkeeping_but_commits_it_with_each_text(tmp_path:
         assert store.latest_event(run_id) == {"n": 1}  # reads see deferred writes
     store.add_calls(run_id, [CallRow(4, "generator", "m", 10, 1)])  # outside: written at once
     assert count("calls") == 3 and count("events") == 1
+
+
+def test_texts_carry_the_stage_verdicts_of_their_persona(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id, other = _run(store), _run(store)
+    for rid in (run_id, other):
+        store.add_personas(
+            rid, 0, [(0, {"age": "6-12"}, "a child", "at school"), (1, {"age": "25-34"}, "", "")]
+        )
+    store.add_verdicts(
+        run_id,
+        [
+            (0, 1, "m", "natural", "common", False),
+            (0, 2, "m", "rare but plausible", "unusual but fine", True),
+            (0, 3, "m", "natural", "everyday scene", False),
+        ],
+    )
+    # Another run's verdicts for the same persona ids must not leak into this run's texts.
+    store.add_verdicts(other, [(0, 1, "m", "implausible", "no", False), (1, 1, "m", "natural", "x", False)])
+    store.add_verdicts(run_id, [(0, 3, "m", "natural", "everyday scene", True)])  # a repeated row
+    store.add_text(run_id, emotion="joy", text="Yay", text_norm="yay", persona_id=0, model="m", quota=2)
+    store.add_text(run_id, emotion="joy", text="Meh", text_norm="meh", persona_id=1, model="m", quota=2)
+    texts = store.texts(run_id).set_index("text")
+    cols = [f"{k}_stage{s}" for s in (1, 2, 3) for k in ("verdict", "reason")]
+    assert list(texts.columns[-6:]) == cols and "age" in texts.columns
+    assert texts.loc["Yay", cols].tolist() == [
+        "natural",
+        "common",
+        "rare but plausible",
+        "unusual but fine",
+        "natural",
+        "everyday scene",
+    ]
+    assert texts.loc["Meh", cols].isna().all()  # persona 1 was never validated in this run
+    assert len(texts) == 2  # the join adds columns, never rows (not even for the repeated verdict row)
+    # A run without any validation (e.g. attrprompt) still has the columns, all empty.
+    store.add_text(other, emotion="joy", text="Hm", text_norm="hm", persona_id=None, model="m", quota=2)
+    bare = store.texts(other)
+    assert list(bare.columns[-6:]) == cols and bare[cols].isna().all().all()

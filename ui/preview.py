@@ -1,8 +1,7 @@
-"""Persona preview: stage 1-3 verdicts for sampled personas, the funnel, persona cards."""
+"""Persona preview: the funnel and persona cards of ``pipeline.validate_personas`` (stage 1-3 verdicts)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
@@ -17,45 +16,31 @@ __all__ = [
 ]
 
 
-def validate_preview(spec: Any, df: Any, settings: Any) -> list[dict[int, Any]]:
-    """Stage 1-3 verdicts for the rows of ``df``: a row reaches a stage only if kept at the previous one.
+def validate_preview(spec: Any, df: Any, settings: Any) -> Any:
+    """``pipeline.validate_personas`` on the sampled rows, with the run store's cross-run verdict cache."""
+    from personagen_core.pipeline import validate_personas
 
-    Uses the core's ``validation.Validator`` (which also fills the run store's cross-run verdict cache).
-    """
-    import asyncio
+    bar = st.progress(0.0, text="Validating…")
 
-    from personagen_core.llm import LLMClient
-    from personagen_core.validation import Validator
+    def progress(stage: int, done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Stage {stage}: {done} / {total} personas")
 
-    rows = df.to_dict("records")
-    store = get_store()
-
-    async def run() -> list[dict[int, Any]]:
-        out: list[dict[int, Any]] = [{} for _ in rows]
-        async with LLMClient(settings, http_client=http_client_for(settings)) as client:
-            validator = Validator(spec, store, client)
-            alive = list(range(len(rows)))
-            for stage in (1, 2, 3):
-                if not alive or not spec.stage_columns(stage):
-                    continue
-                verdicts = await validator.verdicts(stage, [rows[i] for i in alive])
-                for i, verdict in zip(alive, verdicts, strict=True):
-                    out[i][stage] = verdict
-                alive = [i for i, v in zip(alive, verdicts, strict=True) if v.kept]
-        return out
-
-    return asyncio.run(run())
+    try:
+        return validate_personas(
+            spec, df, settings, store=get_store(), on_event=progress, http_client=http_client_for(settings)
+        )
+    finally:
+        bar.empty()
 
 
-def funnel_figure(verdicts: Sequence[dict[int, Any]], sampled_n: int) -> Any:
-    """Funnel from sampled to accepted: how many rows were kept at each validated stage."""
+def funnel_figure(counts: dict[str, Any]) -> Any:
+    """Funnel from sampled to accepted, from ``pipeline.funnel``: how many rows each validated stage kept."""
     import plotly.graph_objects as go
 
-    stages = sorted({s for v in verdicts for s in v})
-    labels, values = ["sampled"], [sampled_n]
-    for stage in stages:
+    labels, values = ["sampled"], [counts["sampled"]]
+    for stage, c in sorted(counts["stages"].items()):
         labels.append(f"kept at stage {stage}")
-        values.append(sum(1 for v in verdicts if stage in v and v[stage].kept))
+        values.append(c["kept"])
     fig = go.Figure(go.Funnel(y=labels, x=values, textinfo="value+percent initial", marker_color="#3b5bdb"))
     fig.update_layout(height=100 + 50 * len(labels), margin=dict(l=10, r=10, t=10, b=10))
     return fig
@@ -69,18 +54,26 @@ _VERDICT_ICON = {
 }
 
 
-def persona_card(
-    index: int, row: dict[str, Any], persona: str, scenario: str, verdicts: dict[int, Any] | None
-) -> None:
-    """One persona: its description, scenario and, when validated, the verdict and reason per stage."""
+def persona_card(index: int, row: dict[str, Any], persona: str, scenario: str, validated: bool) -> None:
+    """One persona: its description, scenario and, when ``validated``, the verdict and reason per stage
+    (the ``verdict_stage{s}`` / ``reason_stage{s}`` / ``kept`` fields of ``row``)."""
     with st.container(border=True):
         st.markdown(f"**Persona {index + 1}**")
         st.write(persona)
         st.caption(scenario)
-        if verdicts is not None:
-            for stage, v in sorted(verdicts.items()):
-                st.markdown(f"Stage {stage}: {_VERDICT_ICON.get(v.verdict, v.verdict)}: {v.reason}")
-            if verdicts and all(v.kept for v in verdicts.values()):
-                st.markdown(":green-badge[accepted]")
-            else:
-                st.markdown(":red-badge[rejected]")
+        if not validated:
+            return
+        for stage in (1, 2, 3):
+            verdict = row.get(f"verdict_stage{stage}")
+            if isinstance(verdict, str):
+                reason = row.get(f"reason_stage{stage}") or ""
+                st.markdown(f"Stage {stage}: {_VERDICT_ICON.get(verdict, verdict)}: {reason}")
+        try:
+            kept = bool(row.get("kept"))
+        except TypeError:  # <NA>: a cancel stopped its validation early
+            st.markdown(":gray-badge[not validated]")
+            return
+        if kept:
+            st.markdown(":green-badge[accepted]")
+        else:
+            st.markdown(f":red-badge[rejected at stage {row.get('dropped_stage')}]")

@@ -38,6 +38,7 @@ __all__ = [
     "start_generation",
     "text_card",
     "texts_with_scores",
+    "verdict_filters",
 ]
 
 
@@ -110,10 +111,14 @@ def filter_frame(
     emotions: Sequence[str] | None = None,
     values: dict[str, Sequence[str]] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
+    verdicts: dict[str, Sequence[str]] | None = None,
 ) -> Any:
     """Rows of ``df`` whose text contains ``query`` (case-insensitive), whose emotion is in ``emotions``,
-    whose columns take one of ``values[column]`` and whose numeric columns lie within ``ranges[column]``."""
+    whose columns take one of ``values[column]``, whose numeric columns lie within ``ranges[column]`` and
+    whose ``verdict_stage{s}`` columns take one of ``verdicts[column]`` (``NOT_VALIDATED`` matches None)."""
     mask = df.index == df.index  # all True, same index
+    for col, allowed in (verdicts or {}).items():
+        mask &= df[col].astype(object).where(df[col].notna(), _NOT_VALIDATED).isin(list(allowed)).to_numpy()
     if query:
         mask &= df["text"].astype(str).str.contains(query, case=False, regex=False).to_numpy()
     if emotions is not None:
@@ -126,6 +131,28 @@ def filter_frame(
 
 
 _ID_COLUMNS = {"text_id", "run_id", "text", "emotion", "persona_id", "attempt"}
+_NOT_VALIDATED = "not validated"
+#: Per-stage verdict columns of ``RunStore.texts`` (filtered by :func:`verdict_filters`, not as attributes).
+_VERDICT_PREFIXES = ("verdict_stage", "reason_stage")
+
+
+def verdict_filters(df: Any) -> dict[str, list[str]]:
+    """One multiselect per stage whose verdicts ``df`` carries (``verdict_stage{s}`` columns); returns the
+    chosen verdicts per column for :func:`filter_frame` (``"not validated"`` stands for a missing verdict)."""
+    cols = [c for c in df.columns if c.startswith("verdict_stage") and df[c].notna().any()]
+    if not cols:
+        st.caption("No stage verdicts in this run (its method or ablation did not validate personas).")
+        return {}
+    chosen: dict[str, list[str]] = {}
+    for col, box in zip(cols, st.columns(len(cols)), strict=True):
+        stage = col.removeprefix("verdict_stage")
+        options = sorted(df[col].dropna().astype(str).unique())
+        if df[col].isna().any():
+            options.append(_NOT_VALIDATED)
+        chosen[col] = box.multiselect(
+            f"Stage {stage} verdict", options, default=options, key=f"verdict_filter_{stage}"
+        )
+    return chosen
 
 
 def attribute_filters(df: Any) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
@@ -136,18 +163,22 @@ def attribute_filters(df: Any) -> tuple[dict[str, list[str]], dict[str, tuple[fl
     categorical = [
         c
         for c in df.columns
-        if c not in _ID_COLUMNS and not pd.api.types.is_numeric_dtype(df[c]) and df[c].nunique() <= 200
+        if c not in _ID_COLUMNS
+        and not c.startswith(_VERDICT_PREFIXES)
+        and not pd.api.types.is_numeric_dtype(df[c])
+        and df[c].nunique() <= 200
     ]
     numeric = [
         c
         for c in df.columns
         if c not in _ID_COLUMNS
+        and not c.startswith(_VERDICT_PREFIXES)
         and pd.api.types.is_numeric_dtype(df[c])
         and not pd.api.types.is_bool_dtype(df[c])
     ]
     values: dict[str, list[str]] = {}
     ranges: dict[str, tuple[float, float]] = {}
-    with st.expander("Filter by attribute, verdict or score"):
+    with st.expander("Filter by attribute or score"):
         for col in st.multiselect("Columns", categorical + numeric, key="filter_columns"):
             if col in numeric:
                 lo, hi = float(df[col].min()), float(df[col].max())
