@@ -276,7 +276,10 @@ def _projections(
         attributes = {
             col: frame[col].astype(str).tolist()
             for col in frame.columns
-            if col not in _NON_ATTRIBUTE_COLUMNS and frame[col].nunique() <= 100
+            # Free-text verdict reasons are hover material, not categories to colour by.
+            if col not in _NON_ATTRIBUTE_COLUMNS
+            and not col.startswith("reason_")
+            and frame[col].nunique() <= 100
         }
         out[name] = {
             "coords": coords,

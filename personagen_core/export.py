@@ -2,7 +2,8 @@
 
 Every format has the same columns: ``text_id, run_id, method, emotion, label`` (= emotion, the column the
 evaluation reads), ``text``, ``model``, ``persona_id``, the rendered ``persona`` and ``scenario`` and one
-column per sampled attribute. Nothing secret is in a run, so nothing secret can be exported.
+column per sampled attribute, then ``verdict_stageN`` / ``reason_stageN`` (N = 1, 2, 3; empty where the
+method did not validate). Nothing secret is in a run, so nothing secret can be exported.
 """
 
 from __future__ import annotations
