@@ -1,7 +1,7 @@
 """PersonaGen dashboard entry point: ``streamlit run app.py`` (or ``personagen app``).
 
 A multipage app built with ``st.navigation``; each page is one short script in ``pages/`` that reads
-state, calls ``personagen_core`` and draws. Shared widgets and state plumbing live in ``ui.py``.
+state, calls ``personagen_core`` and draws. Shared widgets and state plumbing live in the ``ui`` package.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import streamlit as st
 
 # Nothing is ever fetched from a model hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# llama.cpp's OpenMP threads spin-wait by default, which starves everything else on a small machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 st.set_page_config(page_title="PersonaGen", page_icon=":material/diversity_3:", layout="wide")
 
