@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from personagen_core.errors import LocalModelError
 
 __all__ = [
+    "models_overview",
     "DEFAULT_LLAMA_PARAMS",
     "DEFAULT_MAX_STRING_CHARS",
     "DEFAULT_MODEL",
@@ -761,3 +762,29 @@ def model_quality() -> dict[str, Any]:
         return json.loads(resource.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+
+
+def _fmt_share(value: Any, pattern: str = "{:.0%}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def models_overview(home: Path | None = None) -> list[dict[str, str]]:
+    """One row per bundled model: state, size, sha256 status and the measured quality figures."""
+    quality = model_quality().get("models", {})
+    rows = []
+    for key in MODELS:
+        status = model_status(key, home=home)
+        q = quality.get(key, {})
+        val, gen = q.get("validation", {}), q.get("generation", {})
+        rows.append({
+            "model": key + (" (default)" if key == DEFAULT_MODEL else ""),
+            "installed": "yes" if status.installed else "no",
+            "size": f"{status.size / 1e6:,.0f} MB",
+            "sha256": status.sha256,
+            "validator accuracy": _fmt_share(val.get("accuracy")),
+            "says natural": _fmt_share(val.get("natural_share")),
+            "refusals": _fmt_share(gen.get("refusal_rate")),
+            "emotion match": _fmt_share(gen.get("emotion_match"))
+            + (f" (n={gen['emotion_match_n']})" if gen.get("emotion_match") is not None else ""),
+        })
+    return rows

@@ -167,6 +167,16 @@ def test_every_page_renders_without_a_run(home: Path) -> None:
     assert len(at.slider) >= len(spec.attributes["age"].items)
 
 
+def test_generate_page_shows_the_embedded_models_measured_quality(home: Path) -> None:
+    from personagen_core.local_llm import MODELS
+
+    at = _open(_app().run(), "pages/4_generate.py")
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "validator accuracy" in df.value.columns)
+    assert [m.split(" ")[0] for m in table["model"]] == list(MODELS)
+    assert "judges no better than chance" in _texts(at)
+
+
 def _sampled_bar(at, category: str) -> list[float]:
     import json
 

@@ -238,6 +238,24 @@ def llm_settings() -> Any:
     )
 
 
+def _local_model_quality() -> None:
+    """The embedded models' measured quality, shown where the user picks one (never hidden)."""
+    from personagen_core.local_llm import model_quality, models_overview
+
+    with st.expander("Measured quality of the embedded models", expanded=True):
+        st.dataframe(models_overview(), hide_index=True, use_container_width=True)
+        q = model_quality()
+        if q:
+            st.caption(
+                f"Measured {q.get('date', '?')[:10]} with `{q.get('command', '?')}`. Validator accuracy is on "
+                f"a {q.get('fixture_size', '?')}-persona fixture, half of them clearly implausible: about 50 % "
+                "means the model judges no better than chance. Emotion match is a CARER-trained classifier's "
+                "agreement with the requested emotion. '-' = not measured yet."
+            )
+        else:
+            st.caption("No quality figures measured yet: run bench/bench_local_quality.py.")
+
+
 def llm_settings_form() -> Any:
     """Backend, endpoint, key and models; returns the resulting ``LLMSettings``."""
     from personagen_core.local_llm import MODELS
@@ -252,6 +270,7 @@ def llm_settings_form() -> Any:
             "Embedded model", list(MODELS), format_func=lambda k: MODELS[k].label, key="keep_local_model"
         )
         st.caption("Runs in this process on the CPU; no network, no key, no cost.")
+        _local_model_quality()
     else:
         if backend == "compatible":
             s.setdefault("keep_base_url", os.environ.get("OPENAI_BASE_URL", ""))

@@ -16,32 +16,6 @@ __all__ = ["models_table", "register"]
 _HOME_HELP = "PersonaGen home (default $PERSONAGEN_HOME or ~/.personagen)."
 
 
-def _fmt(value: Any, pattern: str = "{:.0%}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def models_table(home: Path | None = None) -> list[dict[str, str]]:
-    """One row per bundled model: state, size, sha256 status and the measured quality figures."""
-    quality = local_llm.model_quality().get("models", {})
-    rows = []
-    for key in local_llm.MODELS:
-        st = local_llm.model_status(key, home=home)
-        q = quality.get(key, {})
-        val, gen = q.get("validation", {}), q.get("generation", {})
-        rows.append({
-            "model": key + (" (default)" if key == local_llm.DEFAULT_MODEL else ""),
-            "installed": "yes" if st.installed else "no",
-            "size": f"{st.size / 1e6:,.0f} MB",
-            "sha256": st.sha256,
-            "validator accuracy": _fmt(val.get("accuracy")),
-            "says natural": _fmt(val.get("natural_share")),
-            "refusals": _fmt(gen.get("refusal_rate")),
-            "emotion match": _fmt(gen.get("emotion_match"))
-            + (f" (n={gen['emotion_match_n']})" if gen.get("emotion_match") is not None else ""),
-        })
-    return rows
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``models`` command group to the CLI (and make OpenMP threads sleep rather than spin).
 
@@ -61,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        rows = models_table(home)
+        rows = local_llm.models_overview(home)
         table = Table(title="Embedded models")
         for col in rows[0]:
             table.add_column(col, no_wrap=col == "model")
