@@ -34,3 +34,12 @@ def test_no_module_of_personagen_core_imports_streamlit() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     count = int(proc.stdout.split("OK ")[1])
     assert count >= 5  # spec, sampling, render, errors, cli ... were all imported
+
+
+def test_every_public_name_of_the_package_resolves() -> None:
+    import personagen_core
+
+    missing = [name for name in personagen_core.__all__ if not hasattr(personagen_core, name)]
+    assert missing == []
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        personagen_core.nope  # noqa: B018

@@ -33,15 +33,10 @@ def version() -> None:
     typer.echo(_version("personagen"))
 
 
-# Each module registers its commands on ``app`` when imported. A module that is not there yet is skipped
-# so that the rest of the CLI still works.
+# Each command group lives in its own module and registers itself on ``app``.
 _COMMAND_MODULES = ("spec_cmds", "generate_cmds", "evaluate_cmds", "local_cmds", "app_cmd")
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}").register(app)
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while a command group is missing
-        if exc.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
