@@ -460,6 +460,7 @@ class LLMClient:
         schema_name: str | None = None,
         seed: int | None = None,
         timeout: float | None = None,
+        grammar: str | None = None,
     ) -> Completion:
         """One chat completion for ``role`` with retries; with ``schema``, parsed and checked JSON in ``data``.
 
@@ -471,6 +472,7 @@ class LLMClient:
 
         Raises :class:`LLMAuthError` (401/403), :class:`LLMConnectionError` (unreachable after retries) or
         :class:`LLMResponseError` (other HTTP errors, or malformed / non-conforming JSON after retries).
+        ``grammar`` (GBNF) constrains plain-text output on the embedded backend and is ignored elsewhere.
         """
         if not messages:
             raise LLMError("complete() needs at least one message")
@@ -485,6 +487,10 @@ class LLMClient:
         )
         endpoint = (self._base_url, call.model)
         options = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+        if grammar is not None and self.settings.backend == "local":
+            # A GBNF grammar (llama.cpp's extension of the API) only reaches the embedded model; remote
+            # endpoints get the plain request and the pipeline's output checks instead.
+            options["grammar"] = grammar
         reserved = call.prompt_estimate + (max_tokens or 0)
         while True:
             call.attempt += 1

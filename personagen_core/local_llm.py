@@ -367,6 +367,9 @@ class _ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     response_format: dict[str, Any] | None = None
+    #: GBNF grammar for a plain-text answer (llama.cpp's extension of the API). Only PersonaGen's own
+    #: grammars reach it (prompts.sentence_grammar): llama.cpp's parser can crash on malformed GBNF.
+    grammar: str | None = None
 
 
 @dataclass
@@ -553,6 +556,17 @@ class LocalModel:
                                     param="response_format") from exc
         return self._grammars[key]
 
+    def _gbnf(self, text: str) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        key = "gbnf:" + text
+        if key not in self._grammars:
+            try:
+                self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
+            except Exception as exc:  # llama.cpp's parser raises assorted errors
+                raise _RequestError(400, f"grammar cannot be parsed: {exc}", param="grammar") from exc
+        return self._grammars[key]
+
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer one chat-completions request body with an OpenAI response dict.
 
@@ -571,7 +585,12 @@ class LocalModel:
         kind, schema = _schema_of(req.response_format)
         with self._lock:
             self._load_locked()
-            grammar = self._grammar(kind, schema) if kind != "text" else None
+            if kind != "text":
+                grammar = self._grammar(kind, schema)
+            elif req.grammar:
+                grammar = self._gbnf(req.grammar)
+            else:
+                grammar = None
             seed = req.seed if req.seed is not None else int(self._rng.integers(0, 2**31 - 1))
             return self._decode_locked(req, messages, grammar, seed)
 

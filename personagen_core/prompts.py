@@ -23,6 +23,7 @@ __all__ = [
     "batch_verdict_schema",
     "describe_attributes",
     "generation_messages",
+    "sentence_grammar",
     "judge_messages",
     "validation_columns",
     "validation_messages",
@@ -197,7 +198,27 @@ def generation_messages(
     user = f"Target emotion: {feeling}\n\nPersona: {persona}"
     if scenario:
         user += f"\n\nScene: {scenario}"
+    # Small local models forget the length rule stated only in the system prompt: repeat it last.
+    n = spec.generation.max_sentences
+    user += (
+        f"\n\nWrite the text now: at most {n} short sentence{'s' if n != 1 else ''}, "
+        f"about {12 * n} words in all, expressing {emotion.name}."
+    )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def sentence_grammar(max_sentences: int) -> str:
+    """GBNF grammar of a text of 1 to ``max_sentences`` sentences on one line (no markup, no line breaks).
+
+    Sent with stage-4 requests to llama.cpp-based backends: small local models ignore the length rule of
+    the prompt, so there the limit is enforced while decoding instead of by rejecting finished texts.
+    """
+    n = max(1, int(max_sentences))
+    more = f' (" " sentence){{0,{n - 1}}}' if n > 1 else ""
+    return (
+        f"root ::= sentence{more}\n"
+        'sentence ::= [^.!?\\n#*"]{2,200} [.!?]{1,3}\n'
+    )
 
 
 def judge_messages(text: str, emotion: str) -> list[dict[str, str]]:

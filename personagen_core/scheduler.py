@@ -26,7 +26,7 @@ from personagen_core import pricing
 from personagen_core.checks import CheckLevel, NearDuplicateIndex, check_output, normalise
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, PersonaGenError, SpecError
 from personagen_core.llm import CallRecord, LLMClient
-from personagen_core.prompts import generation_messages
+from personagen_core.prompts import generation_messages, sentence_grammar
 from personagen_core.render import describe_persona, describe_scenario
 from personagen_core.sampling import build_model
 from personagen_core.spec import Spec
@@ -366,7 +366,11 @@ class RunSession:
         token = CURRENT_STAGE.set(4)
         try:
             comp = await self.client.complete(
-                messages, role="generator", temperature=gen.temperature, max_tokens=gen.max_tokens
+                messages,
+                role="generator",
+                temperature=gen.temperature,
+                max_tokens=gen.max_tokens,
+                grammar=sentence_grammar(gen.max_sentences),
             )
         except (LLMAuthError, LLMConnectionError):
             raise

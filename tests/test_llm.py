@@ -114,6 +114,13 @@ def test_plain_completion_reports_usage() -> None:
     assert records[0].prompt_tokens == completion.prompt_tokens
 
 
+def test_grammar_reaches_only_the_embedded_backend() -> None:
+    """A GBNF grammar is llama.cpp's extension: a remote OpenAI-compatible endpoint never receives it."""
+    with FakeOpenAIServer() as srv:
+        _run(srv.base_url, lambda c: c.complete(GEN, role="generator", grammar='root ::= "hi"'))
+        assert "grammar" not in srv.chat_requests[0].body
+
+
 @pytest.mark.parametrize(
     ("fault", "error_fragment"),
     [

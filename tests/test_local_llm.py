@@ -232,6 +232,23 @@ def test_transport_error_bodies_and_concurrent_requests(pool: LocalModelPool) ->
 
 
 @pytest.mark.llm
+def test_sentence_grammar_caps_plain_text_at_the_sentence_limit(pool: LocalModelPool) -> None:
+    from personagen_core import checks, prompts
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=pool.transport(SMOL), base_url=LOCAL_BASE_URL) as http:
+            ask = {"messages": [{"role": "user", "content": "Write five sentences about a rainy day."}],
+                   "max_tokens": 120, "temperature": 1.2}
+            for seed in range(3):
+                r = await http.post("/chat/completions",
+                                    json={**ask, "seed": seed, "grammar": prompts.sentence_grammar(2)})
+                text = r.json()["choices"][0]["message"]["content"]
+                assert 1 <= checks.count_sentences(text) <= 2, text
+
+    asyncio.run(run())
+
+
+@pytest.mark.llm
 @pytest.mark.slow
 def test_verdicts_and_judge_scores_are_always_allowed_values(pool: LocalModelPool) -> None:
     from personagen_core import prompts
