@@ -107,7 +107,8 @@ async def _generate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
                 comp = await client.complete(
                     prompts.generation_messages(emotions[emotion], persona_text, scene, spec=spec),
                     role="generator", temperature=spec.generation.temperature,
-                    max_tokens=spec.generation.max_tokens, seed=seed + i)
+                    max_tokens=spec.generation.max_tokens, seed=seed + i,
+                    grammar=prompts.sentence_grammar(spec.generation.max_sentences))
                 check = checks.check_output(comp.text, language=spec.language,
                                             max_sentences=spec.generation.max_sentences,
                                             persona_description=persona_text)
