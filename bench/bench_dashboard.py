@@ -31,16 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PAGES = [
-    "pages/1_distributions.py",
-    "pages/2_scenarios.py",
-    "pages/3_preview.py",
-    "pages/4_generate.py",
-    "pages/5_explore.py",
-    "pages/6_evaluate.py",
-    "pages/7_real_data.py",
-    "pages/8_report.py",
-]
+# Every page script, in navigation order (the numeric prefix), as app.py lists them.
+PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("[0-9]_*.py"))
 
 
 def _ms(values: list[float]) -> str:

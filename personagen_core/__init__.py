@@ -11,6 +11,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from personagen_core import errors as _errors
 from personagen_core.errors import (
     BudgetExceeded,
     DataError,
@@ -72,17 +73,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "BudgetExceeded",
-    "DataError",
-    "LLMAuthError",
-    "LLMConnectionError",
-    "LLMError",
-    "LLMResponseError",
-    "LocalModelError",
-    "PersonaGenError",
-    "SamplingError",
-    "SpecError",
-    "StoreError",
+    *_errors.__all__,
     "__version__",
     *_LAZY,
 ]

@@ -182,24 +182,23 @@ class GenerationParams(_Model):
     max_tokens: int = Field(default=80, ge=8, le=4096)
 
 
+_EMOTION_DESCRIPTIONS: dict[str, str] = {
+    "joy": "happiness or delight about something that happened",
+    "anger": "irritation or rage at someone or something",
+    "sadness": "sorrow, disappointment or a sense of loss",
+    "pleasure": "comfort, enjoyment or satisfaction in the moment",
+    "surprise": "astonishment at something unexpected",
+    "fear": "worry, anxiety or fright about a threat",
+    "neutral": "a matter-of-fact statement with no marked emotion",
+    "love": "affection, warmth or care for someone or something",
+}
+
 EMOTION_SETS: dict[str, list[Emotion]] = {
-    "paper7": [
-        Emotion(name="joy", description="happiness or delight about something that happened"),
-        Emotion(name="anger", description="irritation or rage at someone or something"),
-        Emotion(name="sadness", description="sorrow, disappointment or a sense of loss"),
-        Emotion(name="pleasure", description="comfort, enjoyment or satisfaction in the moment"),
-        Emotion(name="surprise", description="astonishment at something unexpected"),
-        Emotion(name="fear", description="worry, anxiety or fright about a threat"),
-        Emotion(name="neutral", description="a matter-of-fact statement with no marked emotion"),
-    ],
-    "carer6": [
-        Emotion(name="sadness", description="sorrow, disappointment or a sense of loss"),
-        Emotion(name="joy", description="happiness or delight about something that happened"),
-        Emotion(name="love", description="affection, warmth or care for someone or something"),
-        Emotion(name="anger", description="irritation or rage at someone or something"),
-        Emotion(name="fear", description="worry, anxiety or fright about a threat"),
-        Emotion(name="surprise", description="astonishment at something unexpected"),
-    ],
+    key: [Emotion(name=n, description=_EMOTION_DESCRIPTIONS[n]) for n in names]
+    for key, names in {
+        "paper7": ("joy", "anger", "sadness", "pleasure", "surprise", "fear", "neutral"),
+        "carer6": ("sadness", "joy", "love", "anger", "fear", "surprise"),
+    }.items()
 }
 
 

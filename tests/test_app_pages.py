@@ -104,16 +104,8 @@ def test_spec_error_field_and_redact() -> None:
 # --------------------------------------------------------------------------------------------------
 
 APP = str(ROOT / "app.py")
-PAGES = [
-    "pages/1_distributions.py",
-    "pages/2_scenarios.py",
-    "pages/3_preview.py",
-    "pages/4_generate.py",
-    "pages/5_explore.py",
-    "pages/6_evaluate.py",
-    "pages/7_real_data.py",
-    "pages/8_report.py",
-]
+# Every page script, in navigation order (the numeric prefix), as app.py lists them.
+PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("[0-9]_*.py"))
 
 
 @pytest.fixture()
