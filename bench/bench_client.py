@@ -9,7 +9,7 @@ requests in flight (default 32) the ideal throughput is concurrency / latency co
 * the bare ``openai`` SDK with an ``asyncio.Semaphore`` (what the layer adds on top of the SDK);
 * a plain sequential loop through ``LLMClient`` (the paper's one-call-at-a-time baseline).
 
-Run: ``/work/venv/bin/python bench/bench_client.py [--n 960] [--latency 0.1] [--concurrency 32]``.
+Run: ``.venv/bin/python bench/bench_client.py [--n 960] [--latency 0.1] [--concurrency 32]``.
 The stub runs in a separate process by default so that its threads do not compete with the client for the
 GIL; ``--in-process`` runs it in a thread of this process instead.
 """

@@ -1,7 +1,7 @@
 """Dashboard latency: a slider change (re-sample 1,000 personas, redraw preview and marginal chart) and
 page opens once the app is warm.
 
-Run: ``/work/venv/bin/python bench/bench_dashboard.py [--repeats N]``
+Run: ``.venv/bin/python bench/bench_dashboard.py [--repeats N]``
 
 Three measurements, all printed:
 

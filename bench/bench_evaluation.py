@@ -14,7 +14,7 @@ Phases, each in its own Python process so that imports (torch, ...) are paid whe
             intervals, transfer, gold row, majority row
   warm      the same evaluation again, everything cached (embedding cache + ResultCache)
 
-Run: /work/venv/bin/python bench/bench_evaluation.py [--skip-baseline] [--fast-lgbm] [--keep-home DIR]
+Run: .venv/bin/python bench/bench_evaluation.py [--skip-baseline] [--fast-lgbm] [--keep-home DIR]
 (with --keep-home and a filled DIR, the "cold" phase is warm already: use a fresh DIR for cold figures)
 """
 
@@ -155,6 +155,12 @@ def _phase_eval(home: Path, fast: bool) -> dict[str, Any]:
 def _run_phase(phase: str, home: Path, fast: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--phase", phase, "--home", str(home)] + (["--fast-lgbm"] if fast else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Ours runs as the CLI and the dashboard run it (OpenMP threads sleep instead of spinning: robust on a
+    # busy machine, a little slower on an idle one); the straightforward baseline keeps OpenMP's default.
+    if phase == "baseline":
+        env.pop("OMP_WAIT_POLICY", None)
+    else:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t

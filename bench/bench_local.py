@@ -7,7 +7,7 @@ prompt-reading and generation time and tokens/s, the prompt tokens served from t
 call role (validation vs generation, from the client's call records) and the machine's load average, since
 the machine is shared and timings are noisy.
 
-    /work/venv/bin/python bench/bench_local.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 2]
+    .venv/bin/python bench/bench_local.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 2]
 """
 
 from __future__ import annotations

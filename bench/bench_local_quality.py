@@ -15,7 +15,7 @@ For each installed bundled model (or those named with --models):
 
 Writes ``personagen_core/model_quality.json`` (shown by ``personagen models list``) and prints it.
 
-    /work/venv/bin/python bench/bench_local_quality.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 4]
+    .venv/bin/python bench/bench_local_quality.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 4]
 """
 
 from __future__ import annotations

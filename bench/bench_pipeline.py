@@ -10,7 +10,7 @@ Measures, in one run:
    concurrency), with the same prompts, through the synchronous openai SDK.
 
 The stub (``FakeOpenAIServer``, latency 100 ms on every call) runs in a separate process so its CPU time is
-not charged to the pipeline. Run: ``/work/venv/bin/python bench/bench_pipeline.py [--per-emotion N]``.
+not charged to the pipeline. Run: ``.venv/bin/python bench/bench_pipeline.py [--per-emotion N]``.
 """
 
 from __future__ import annotations

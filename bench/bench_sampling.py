@@ -1,6 +1,6 @@
 """Benchmark: sample 100,000 personas with scenarios (stages 1-3) from the shipped packs.
 
-Run: /work/venv/bin/python bench/bench_sampling.py [--n 100000] [--repeat 7]
+Run: .venv/bin/python bench/bench_sampling.py [--n 100000] [--repeat 7]
 Prints, per pack, the best and median wall time of compile + sample (what ``sample_personas`` does), the
 time of the re-weighting fit, and of rendering descriptions for 10,000 rows. The target is < 1 s for
 100,000 personas with scenarios on a 2-core machine.

@@ -495,6 +495,13 @@ class RunSession:
                 _write_behind(self.store),
             ):
                 self.client = client
+                # Calls the backend serves at once. The embedded model decodes one request at a time, so
+                # there more calls in flight only lengthen the queue in front of the critical path (a
+                # weak validator's survivors waited behind dozens of speculative stage-1 batches). Two
+                # batches let same-stage calls run back to back, each reusing the previous one's
+                # instructions from the KV cache; the next batches start once the stock is used up.
+                local = self.config.llm.backend == "local"
+                parallel = 1 if local else self.config.llm.concurrency
                 validator = (
                     Validator(self.spec, self.store, client, batch_size=self.config.validation_batch)
                     if self.validate
@@ -510,11 +517,13 @@ class RunSession:
                     record_verdicts=self.record_verdicts,
                     texts_per_candidate=self.config.texts_per_persona
                     or self.spec.generation.texts_per_persona,
-                    lookahead=self.config.llm.concurrency,
+                    lookahead=parallel,
+                    max_batches=2 if local else parallel,
+                    prefetch=not local,
                 )
                 # One worker per connection: more would queue generation calls at the client's limit ahead
                 # of the validation calls that feed them (the critical path).
-                n_workers = self.config.workers or self.config.llm.concurrency
+                n_workers = self.config.workers or parallel
                 workers = [asyncio.create_task(self.worker()) for _ in range(n_workers)]
                 ticker = asyncio.create_task(self.ticker(workers))
                 try:

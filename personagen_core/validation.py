@@ -206,6 +206,7 @@ _VERDICT_SET = frozenset({"natural", "rare but plausible", "implausible"})
 class _SourceState:
     stock: deque[Candidate] = field(default_factory=deque)
     pending: int = 0  # candidates being sampled/validated
+    batches: int = 0  # batches in production (decremented before waiters are woken, unlike _tasks)
     validated: int = 0
     passed: int = 0
     waiting: int = 0
@@ -219,7 +220,12 @@ class CandidateSource:
     how many more candidates the run can use; ``may_launch()`` is False once a budget stops the run;
     ``record_verdicts(stage, candidates, verdicts)`` records verdicts; ``lookahead`` is the number of
     generations the source should keep fed (the concurrency): ``lookahead`` x stages candidates are kept in
-    production.
+    production; ``max_batches`` caps the batches in production at once (None: no cap). Past the number of
+    calls the endpoint can serve at once, more batches do not validate faster: they queue speculative
+    stage-1 calls ahead of the later-stage calls of the candidates already under way. ``prefetch=False``
+    starts a batch only once the stock is empty: for a backend that serves one call at a time, refilling
+    ahead gains no overlap and interleaves validation with generation calls, so neither kind reuses the
+    previous call's prompt prefix from the KV cache.
     """
 
     def __init__(
@@ -234,6 +240,8 @@ class CandidateSource:
         record_verdicts: Callable[[int, list[Candidate], list[Verdict]], None],
         texts_per_candidate: int = 1,
         lookahead: int = 0,
+        max_batches: int | None = None,
+        prefetch: bool = True,
     ) -> None:
         self._sample = sample
         self._validator = validator
@@ -244,6 +252,8 @@ class CandidateSource:
         self._record = record_verdicts
         self._per = max(1, texts_per_candidate)
         self._lookahead = lookahead * len(self._stages)
+        self._max_batches = None if max_batches is None else max(1, max_batches)
+        self._prefetch = prefetch
         self._state = _SourceState()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -266,8 +276,15 @@ class CandidateSource:
         # so keeping every worker busy needs about (stages x concurrent generations) candidates in
         # production. Never more than the run can still use (need() shrinks as texts are accepted).
         want = min(self._need(), s.waiting + max(self._batch, self._lookahead))
-        while not self._closed and self.error is None and self._available() < want and self._may_launch():
+        while (
+            not self._closed
+            and self.error is None
+            and self._available() < want
+            and (self._max_batches is None or s.batches < self._max_batches)
+            and self._may_launch()
+        ):
             s.pending += self._batch
+            s.batches += 1
             task = asyncio.create_task(self._produce(self._batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -287,7 +304,8 @@ class CandidateSource:
                     cand.uses_left -= 1
                     if cand.uses_left <= 0:
                         s.stock.popleft()
-                    self._top_up()  # refill ahead of demand, not once the stock is empty
+                    if self._prefetch:
+                        self._top_up()  # refill ahead of demand, not once the stock is empty
                     return cand
                 self._top_up()
                 if not self._tasks and not s.stock:
@@ -323,6 +341,7 @@ class CandidateSource:
             self.error = exc
         finally:
             s.pending -= n
+            s.batches -= 1
             self._changed.set()
 
     async def aclose(self, *, wait: bool = True) -> None:

@@ -243,7 +243,7 @@ def _local_model_quality() -> None:
     from personagen_core.local_llm import model_quality, models_overview
 
     with st.expander("Measured quality of the embedded models", expanded=True):
-        st.dataframe(models_overview(), hide_index=True, use_container_width=True)
+        st.dataframe(models_overview(), hide_index=True, width="stretch")
         q = model_quality()
         if q:
             st.caption(
