@@ -206,7 +206,6 @@ _VERDICT_SET = frozenset({"natural", "rare but plausible", "implausible"})
 class _SourceState:
     stock: deque[Candidate] = field(default_factory=deque)
     pending: int = 0  # candidates being sampled/validated
-    batches: int = 0  # batches in production (decremented before waiters are woken, unlike _tasks)
     validated: int = 0
     passed: int = 0
     waiting: int = 0
@@ -280,11 +279,11 @@ class CandidateSource:
             not self._closed
             and self.error is None
             and self._available() < want
-            and (self._max_batches is None or s.batches < self._max_batches)
+            # pending counts whole batches' candidates and drops before waiters wake (unlike _tasks)
+            and (self._max_batches is None or s.pending < self._max_batches * self._batch)
             and self._may_launch()
         ):
             s.pending += self._batch
-            s.batches += 1
             task = asyncio.create_task(self._produce(self._batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -341,7 +340,6 @@ class CandidateSource:
             self.error = exc
         finally:
             s.pending -= n
-            s.batches -= 1
             self._changed.set()
 
     async def aclose(self, *, wait: bool = True) -> None:
