@@ -16,7 +16,6 @@ from personagen_core.errors import DataError
 
 __all__ = [
     "LGBM_DEFAULTS",
-    "LGBM_FAST",
     "SeparabilityResult",
     "TransferResult",
     "balanced_indices",
@@ -30,12 +29,9 @@ __all__ = [
 # histograms are forced because LightGBM otherwise picks a layout by timing both, which is slower and
 # makes the choice depend on machine load. Two threads, fixed rather than the machine's core count, so the
 # figures are the same everywhere (LightGBM's sums depend on the thread count): on 2 cores a fit of 2,800
-# embeddings took 10-11 s instead of 19 s with one. The CLI, dashboard and benches set
-# OMP_WAIT_POLICY=PASSIVE first, which keeps two threads from spin-waiting on a busy machine.
+# embeddings took 10-11 s instead of 19 s with one. OMP_WAIT_POLICY=PASSIVE makes LightGBM 1.7x slower,
+# so only what runs the embedded LLM sets it (docs/METRICS.md, "Threads").
 LGBM_DEFAULTS: dict[str, Any] = {"verbose": -1, "force_col_wise": True, "n_jobs": 2}
-# Faster preset: 63 histogram bins instead of 255. Accuracy impact on CARER is measured and printed by
-# bench/bench_evaluation.py; it is not the paper's setting.
-LGBM_FAST: dict[str, Any] = {**LGBM_DEFAULTS, "max_bin": 63}
 
 
 def _fit_predict(

@@ -94,6 +94,9 @@ class EvaluationSettings(BaseModel):
     embedding_model: str | None = Field(
         None, description="sentence-transformers model dir or name; None = all-MiniLM-L6-v2 (bundled)"
     )
+    embedding_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bfloat16 matrix products on CPUs that have them natively, else float32"
+    )
     projections: tuple[Literal["tsne", "umap"], ...] = ("tsne", "umap")
     seed: int = 0
     cluster_k: int = Field(5, ge=2, description="k-means clusters per emotion for Cluster Entropy")
@@ -186,7 +189,7 @@ def evaluate(
     from personagen_core.embeddings import Embedder, ResultCache
 
     if embedder is None:
-        embedder = Embedder(settings.embedding_model)
+        embedder = Embedder(settings.embedding_model, precision=settings.embedding_precision)
     cache = ResultCache(cache_dir, enabled=settings.use_cache)
 
     report: dict[str, Any] = {
@@ -210,6 +213,7 @@ def evaluate(
         report["embedding"] = {
             "model": str(getattr(embedder, "model_id", settings.embedding_model or "all-MiniLM-L6-v2")),
             "dim": int(next(iter(emb.values())).shape[1]),
+            "precision": str(getattr(embedder, "dtype", "unknown")),
         }
         report["settings"]["embedding_model"] = report["embedding"]["model"]
 
@@ -558,7 +562,8 @@ def _downstream(
         y_bal = y_train_full[gold_emb["train_idx"]]
         res = cache.call(transfer, gold_emb["train"], y_bal, x_test, y_test, random_state=settings.seed)
         rows[f"gold (balanced {settings.gold_per_class}/class)"] = _transfer_row(res)
-        rows["majority class"] = _transfer_row(majority_baseline(y_train_full, y_test))
+        # Cheap, but cached too: scoring it imports scikit-learn, 1.6 s of a warm re-evaluation otherwise.
+        rows["majority class"] = _transfer_row(cache.call(majority_baseline, y_train_full, y_test))
     return {
         "test": f"the gold test split (n = {len(y_test)})",
         "method": "LightGBM (defaults) on the embeddings; synthetic labels mapped to gold labels, labels "

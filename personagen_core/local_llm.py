@@ -66,6 +66,7 @@ __all__ = [
     "model_quality",
     "model_status",
     "models_dir",
+    "prefer_passive_openmp",
     "prepare_model",
     "resolve_model_path",
     "runtime_available",
@@ -504,7 +505,7 @@ class LocalModel:
     def _load_locked(self) -> None:
         if self._llama is not None:
             return
-        _prefer_passive_openmp()
+        prefer_passive_openmp()
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -682,13 +683,15 @@ class LocalModelPool:
             m.close()
 
 
-def _prefer_passive_openmp() -> None:
+def prefer_passive_openmp() -> None:
     """Ask OpenMP to sleep, not spin, between llama.cpp operations (unless the user chose otherwise).
 
     On a machine shared with other work, spinning threads that lose their core made generation 5-15x
     slower in our measurements (docs/LOCAL_LLM.md). libgomp reads the variable once, when first loaded,
-    so this only helps if no OpenMP user (llama_cpp, lightgbm) was imported before; the CLI and the
-    benches therefore also set it at start-up.
+    so this only helps if no OpenMP user (llama_cpp, lightgbm) was imported before: commands that run
+    the embedded model call it at their start. Only they do: it makes LightGBM 1.7x slower (its many short
+    parallel loops pay a sleep/wake each), so ``personagen evaluate`` without a local judge leaves libgomp's
+    default (spin briefly, then sleep).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

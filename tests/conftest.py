@@ -10,7 +10,7 @@ import pytest
 # Nothing may be fetched from a model hub; the embedding model ships in a package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# As the CLI and the dashboard do: OpenMP threads (LightGBM, llama.cpp) sleep instead of spinning, which
+# As the dashboard does: OpenMP threads (LightGBM, llama.cpp) sleep instead of spinning, which
 # on 2 shared cores keeps the Streamlit server, Chromium and the tests' own threads from starving.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Tests must never pick up a developer's real endpoint or key.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 @pytest.mark.slow
 def test_two_csv_files_side_by_side_with_real_embedder(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # evaluate without a local judge keeps libgomp's default wait policy (PASSIVE slows LightGBM 1.7x)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     a, b = tmp_path / "persona.csv", tmp_path / "attrprompt.csv"
     make_texts(10).to_csv(a, index=False)
     other = make_texts(10, offset=40)[["text", "label"]]
@@ -98,6 +101,8 @@ def test_two_csv_files_side_by_side_with_real_embedder(
     assert report["downstream"]["rows"]["attrprompt"]["confusion"]["labels"] == ["anger", "joy", "sadness"]
     assert report["embedding"]["model"]  # the real MiniLM model id
     assert report["embedding"]["dim"] == 384
+    assert report["embedding"]["precision"] in ("float32", "bfloat16")
+    assert "OMP_WAIT_POLICY" not in os.environ
     assert set(report["separability"]["datasets"]) == {"persona", "attrprompt"}
     assert {"persona", "attrprompt", "majority class"} <= set(report["downstream"]["rows"])
     page = (out / "report.html").read_text()

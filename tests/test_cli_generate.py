@@ -28,6 +28,7 @@ def _files_bytes(root: Path) -> list[tuple[Path, bytes]]:
 
 def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     db = tmp_path / "runs.sqlite"
     runner = CliRunner()
     with FakeOpenAIServer(api_key=KEY, latency=0.005) as srv:
@@ -55,6 +56,7 @@ def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         )
     assert res.exit_code == 0, res.output
     assert "estimate:" in res.output and "done - 6/6 texts" in res.output
+    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"  # generate may run llama.cpp: threads sleep
     run_id = RunStore(db).list_runs()["run_id"].iloc[0]
 
     res = runner.invoke(app, ["runs", "list", "--db", str(db)])

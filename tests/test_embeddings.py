@@ -128,3 +128,24 @@ def test_real_default_model_offline(tmp_path: Path) -> None:
     warm = Embedder(cache_dir=tmp_path)
     assert np.array_equal(warm.encode(texts), X)
     assert warm.stats.misses == 0 and warm._model is None
+
+
+def test_precision_is_part_of_the_cache_key(tmp_path: Path) -> None:
+    f32 = Embedder(cache_dir=tmp_path, precision="float32")
+    bf16 = Embedder(cache_dir=tmp_path, precision="bfloat16")
+    assert f32.dtype == "float32" and bf16.dtype == "bfloat16"
+    assert f32.model_id != bf16.model_id and bf16.model_id.startswith(f32.model_id)
+    assert Embedder(cache_dir=tmp_path).dtype in ("float32", "bfloat16")  # auto resolves to one of them
+    with pytest.raises(DataError, match="embedding precision must be one of auto, float32, bfloat16"):
+        Embedder(cache_dir=tmp_path, precision="int8")
+
+
+@pytest.mark.slow
+def test_bfloat16_vectors_match_float32(tmp_path: Path) -> None:
+    texts = ["I am so happy today!", "This makes me furious.", "i feel a little lost and alone tonight"]
+    X32 = Embedder(cache_dir=tmp_path, precision="float32").encode(texts)
+    X16 = Embedder(cache_dir=tmp_path, precision="bfloat16").encode(texts)
+    assert X16.dtype == np.float32
+    assert np.allclose(np.linalg.norm(X16, axis=1), 1.0, atol=1e-5)
+    assert (np.sum(X32 * X16, axis=1) > 0.999).all()
+    assert not np.array_equal(X32, X16)  # really computed in bfloat16, not served from the float32 cache

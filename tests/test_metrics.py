@@ -237,6 +237,22 @@ def test_equal_size_samples() -> None:
     assert len({tuple(r) for r in A}) == 4
 
 
+def test_resampled_prdc_equals_prdc_of_the_copied_resample() -> None:
+    """The bootstrap's copy-free PRDC equals PRDC of the copied resampled matrices, duplicates included."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((120, 4)).astype(np.float32)
+    B = (rng.standard_normal((120, 4)) + 0.4).astype(np.float32)
+    A[10:16] = A[0]  # duplicate texts: several points at distance 0
+    D_rr, D_ss, D_rs = M._distances(A, A), M._distances(B, B), M._distances(A, B)
+    # depth=4 < k+1 forces the full-row fallback for every point; depth=64 the usual path
+    for depth in (4, 64):
+        resampled = M._ResampledPRDC(D_rr, D_ss, D_rs, 5, depth=depth)
+        for _ in range(5):
+            ia, ib = rng.integers(0, 120, 120), rng.integers(0, 120, 120)
+            copied = M._prdc_from(D_rr[np.ix_(ia, ia)], D_ss[np.ix_(ib, ib)], D_rs[np.ix_(ia, ib)], 5)
+            assert resampled(ia, ib) == copied
+
+
 # ---------------------------------------------------------------------------------------------- projection
 
 
@@ -261,3 +277,13 @@ def test_umap_projection_is_seeded() -> None:
     a = project(X, "umap", random_state=0)
     assert a.shape == (90, 2)
     assert np.array_equal(a, project(X, "umap", random_state=0))
+    # the three blobs stay apart: every point's nearest 2-D neighbour is from its own blob
+    d = np.linalg.norm(a[:, None] - a[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (d.argmin(axis=1) // 30 == np.arange(90) // 30).all()
+    # umap-learn's kernels now go to numba's on-disk cache (compiled once per install, not per process)
+    import umap.layouts
+    from numba.core.dispatcher import Dispatcher
+
+    kernels = [f for f in vars(umap.layouts).values() if isinstance(f, Dispatcher)]
+    assert kernels and all(type(f._cache).__name__ != "NullCache" for f in kernels)

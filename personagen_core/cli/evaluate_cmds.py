@@ -109,6 +109,10 @@ def run_evaluate(
         if judge_model:
             overrides["models"] = {"judge": judge_model}
         llm_settings = LLMSettings.from_env(**overrides)
+        if llm_settings.backend == "local":
+            from personagen_core.local_llm import prefer_passive_openmp
+
+            prefer_passive_openmp()  # before LightGBM loads libgomp, which llama.cpp shares
     report = evaluation.evaluate(
         datasets,
         gold_train=train,

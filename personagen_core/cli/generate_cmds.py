@@ -240,8 +240,11 @@ def generate(
     Exit code: 0 when every quota is met, 3 when it stopped resumable (budget, attempts, Ctrl-C), 2 on errors.
     """
     from personagen_core.llm import LLMSettings
+    from personagen_core.local_llm import prefer_passive_openmp
     from personagen_core.pipeline import GenerationConfig, estimate_cost, resume_generation, run_generation
     from personagen_core.store import new_run_id
+
+    prefer_passive_openmp()
 
     store = _store(db)
     llm_over = _llm_overrides(

@@ -17,14 +17,7 @@ _HOME_HELP = "PersonaGen home (default $PERSONAGEN_HOME or ~/.personagen)."
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``models`` command group to the CLI (and make OpenMP threads sleep rather than spin).
-
-    The OpenMP setting must be in place before llama.cpp or LightGBM loads libgomp, i.e. at CLI start-up;
-    it keeps the embedded model fast when other work shares the cores (see docs/LOCAL_LLM.md).
-    """
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Add the ``models`` command group to the CLI."""
     models = typer.Typer(help="Embedded offline models (no API key, no network).", no_args_is_help=True)
 
     @models.command("list")
