@@ -507,7 +507,9 @@ class LocalModel:
             return
         prefer_passive_openmp()
         try:
-            from llama_cpp import Llama
+            from personagen_core.grammar_sampler import llama_class
+
+            Llama = llama_class()  # llama_cpp.Llama, checking grammars on the drawn token only
         except ImportError as exc:
             raise LocalModelError(
                 "the embedded LLM runtime is not installed: pip install 'llama-cpp-python==0.3.36'"

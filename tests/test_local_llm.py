@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -244,6 +245,33 @@ def test_sentence_grammar_caps_plain_text_at_the_sentence_limit(pool: LocalModel
                                     json={**ask, "seed": seed, "grammar": prompts.sentence_grammar(2)})
                 text = r.json()["choices"][0]["message"]["content"]
                 assert 1 <= checks.count_sentences(text) <= 2, text
+
+    asyncio.run(run())
+
+
+@pytest.mark.llm
+def test_grammar_last_sampling_obeys_grammars_the_model_would_not_follow(pool: LocalModelPool) -> None:
+    """Tokens are drawn without the grammar and checked after; a rejected draw is redrawn under it.
+
+    The grammar below is nothing the model would write unprompted, so nearly every token takes the
+    redraw path; the free-text one takes the fast path. Both must yield exactly what the grammar allows.
+    """
+    digits = 'root ::= "<" [0-9] [0-9] [0-9] ">" " " ("left" | "right")'
+    words = 'root ::= [a-z]+ (" " [a-z]+)* "."'
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=pool.transport(SMOL), base_url=LOCAL_BASE_URL) as http:
+            ask = {"messages": [{"role": "user", "content": "Tell me a story about a cat."}],
+                   "max_tokens": 24, "temperature": 1.2}
+            for seed in range(4):
+                r = await http.post("/chat/completions", json={**ask, "seed": seed, "grammar": digits})
+                text = r.json()["choices"][0]["message"]["content"]
+                assert re.fullmatch(r"<[0-9]{3}> (left|right)", text), text
+                r = await http.post("/chat/completions", json={**ask, "seed": seed, "grammar": words})
+                text = r.json()["choices"][0]["message"]["content"]
+                choice = r.json()["choices"][0]
+                assert re.fullmatch(r"[a-z]+( [a-z]+)*\.?", text), text
+                assert choice["finish_reason"] in ("stop", "length")
 
     asyncio.run(run())
 
