@@ -85,7 +85,10 @@ class _GrammarLastSampler:
             self._grammar = None
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn llama_cpp down already
+            pass
 
 
 @functools.cache
