@@ -8,6 +8,7 @@ call role (validation vs generation, from the client's call records) and the mac
 the machine is shared and timings are noisy.
 
     .venv/bin/python bench/bench_local.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 2]
+        [--verdict-reasons rejected]   # verdict first, reasons for implausible verdicts only
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import httpx
 
 
 def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed: int,
-                workdir: Path) -> dict[str, Any]:
+                workdir: Path, verdict_reasons: str = "all") -> dict[str, Any]:
     """One pipeline run on ``key``; returns the measured figures."""
     from personagen_core import local_llm
     from personagen_core.llm import LLMSettings
@@ -41,7 +42,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
     pool = local_llm.LocalModelPool()
     model = pool.model(key)
     model.load()
-    settings = LLMSettings(backend="local", local_model=key)
+    settings = LLMSettings(backend="local", local_model=key, verdict_reasons=verdict_reasons)
     config = GenerationConfig(emotions=emotions, per_emotion=per_emotion, seed=seed, llm=settings)
     store = RunStore(workdir / f"{key}.sqlite")
     load_before = os.getloadavg()
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emotions", default=None, help="comma-separated subset (default: all of the pack)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
+                        help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
     args = parser.parse_args(argv)
     keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]
     emotions = args.emotions.split(",") if args.emotions else None
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             print(f"== {key}: running the pipeline ...", file=sys.stderr, flush=True)
             r = bench_model(key, per_emotion=args.per_emotion, emotions=emotions, seed=args.seed,
-                            workdir=Path(tmp))
+                            workdir=Path(tmp), verdict_reasons=args.verdict_reasons)
             results.append(r)
             other = r["decode_wall_s"] - r["prompt_s"] - r["generation_s"]
             print(f"{key}: {r['accepted']}/{r['target']} accepted ({r['state']}) in {r['wall_s']:.0f} s = "

@@ -52,12 +52,13 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_start": list(os.getloadavg())}
 
 
-async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]], batch: int,
+                    reasons: str = "all") -> dict[str, Any]:
     from personagen_core.llm import LLMClient, LLMSettings
     from personagen_core.store import RunStore
     from personagen_core.validation import Validator
 
-    settings = LLMSettings(backend="local", local_model=key)
+    settings = LLMSettings(backend="local", local_model=key, verdict_reasons=reasons)
     with tempfile.TemporaryDirectory() as tmp:  # a fresh store: no verdict comes from an earlier run's cache
         store = RunStore(Path(tmp) / "runs.sqlite")
         async with httpx.AsyncClient(transport=pool.transport(key)) as http:
@@ -83,6 +84,7 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
         "verdicts_stage1": dict(Counter(v.verdict for v in v1)),
         "verdicts_stage2": dict(Counter(v.verdict for v in v2)),
         "batch_size": batch,
+        "verdict_reasons": settings.verdict_reasons,
     }
 
 
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-emotion", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
+                        help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
     args = parser.parse_args(argv)
 
     keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             start = time.perf_counter()
             print(f"== {key}", file=sys.stderr, flush=True)
-            validation = asyncio.run(_validate(key, pool, spec, fixture, batch))
+            validation = asyncio.run(_validate(key, pool, spec, fixture, batch, args.verdict_reasons))
             print(json.dumps(validation), file=sys.stderr, flush=True)
             texts = asyncio.run(_generate(key, pool, spec, fixture, args.per_emotion, args.seed))
             accepted = [t for t in texts if t["ok"]]

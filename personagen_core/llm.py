@@ -86,7 +86,10 @@ class LLMSettings(BaseModel):
     holding 10 seconds' worth (a call reserves ~chars/4 prompt tokens + ``max_tokens``, corrected to the
     reported usage when it returns). ``backoff_base`` is the first retry delay
     in seconds (doubling each retry, capped at ``backoff_max``, with jitter); ``retry_after_max`` caps a
-    server's ``Retry-After``.
+    server's ``Retry-After``. ``verdict_reasons`` says which validation verdicts carry a one-sentence
+    reason: ``all`` (written before the verdict, as in the paper) or ``rejected`` (verdict first, a reason
+    for "implausible" only: fewer generated tokens, but the verdict is given without a reason first; on the
+    embedded 1.5B model it rejected a third of the candidates at random, docs/LOCAL_LLM.md).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -105,6 +108,7 @@ class LLMSettings(BaseModel):
     backoff_base: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
     retry_after_max: float = Field(default=60.0, ge=0)
+    verdict_reasons: Literal["all", "rejected"] = "all"
 
     @model_validator(mode="before")
     @classmethod

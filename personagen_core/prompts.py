@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from personagen_core.spec import Emotion, Spec
 
@@ -20,6 +20,7 @@ __all__ = [
     "PROMPT_VERSION",
     "VERDICTS",
     "KEPT_VERDICTS",
+    "VerdictReasons",
     "batch_verdict_schema",
     "describe_attributes",
     "generation_messages",
@@ -56,8 +57,15 @@ _VERDICT_RULES = (
     '- "rare but plausible": unusual, but such people or situations exist in real life;\n'
     '- "implausible": contradictory or practically impossible (e.g. an age that rules out the occupation).\n'
     "Judge realism only, not desirability, and avoid stereotypes: do not call a combination implausible just "
-    "because it is uncommon. Give a one-sentence reason."
+    "because it is uncommon."
 )
+#: Which verdicts carry a one-sentence reason: ``all`` (written before the verdict, as the paper's
+#: validator does) or only ``rejected`` ones (verdict first; a reason follows an "implausible" verdict).
+VerdictReasons = Literal["all", "rejected"]
+_REASON_RULE: dict[str, str] = {
+    "all": " Give a one-sentence reason.",
+    "rejected": ' Give the verdict first; for an "implausible" verdict only, add a one-sentence reason.',
+}
 
 _STAGE_TASK = {
     1: "You check synthetic personas for realism. Each candidate is a set of basic attributes of one person "
@@ -102,31 +110,32 @@ JUDGE_SCHEMA: dict[str, Any] = {
 }
 
 
-def _verdict_props() -> dict[str, Any]:
-    return {
-        "reason": {"type": "string"},
-        "verdict": {"type": "string", "enum": list(VERDICTS)},
-    }
+def _verdict_object(lead: dict[str, Any], reasons: VerdictReasons) -> dict[str, Any]:
+    """A verdict object after the ``lead`` properties; with ``reasons="rejected"`` one of two shapes."""
+    def obj(props: dict[str, Any]) -> dict[str, Any]:
+        props = {**lead, **props}
+        return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+    if reasons == "all":
+        return obj({"reason": {"type": "string"}, "verdict": {"type": "string", "enum": list(VERDICTS)}})
+    if reasons == "rejected":
+        kept = [v for v in VERDICTS if v in KEPT_VERDICTS]
+        return {"anyOf": [
+            obj({"verdict": {"type": "string", "enum": kept}}),
+            obj({"verdict": {"type": "string", "enum": ["implausible"]}, "reason": {"type": "string"}}),
+        ]}
+    raise ValueError(f"reasons must be 'all' or 'rejected', got {reasons!r}")
 
 
 def verdict_schema() -> dict[str, Any]:
     """JSON schema of one verdict: ``{"reason": str, "verdict": one of VERDICTS}``."""
-    return {
-        "type": "object",
-        "properties": _verdict_props(),
-        "required": ["reason", "verdict"],
-        "additionalProperties": False,
-    }
+    return _verdict_object({}, "all")
 
 
-def batch_verdict_schema(n: int) -> dict[str, Any]:
-    """JSON schema of ``n`` verdicts in one answer: ``{"verdicts": [{"id": 0..n-1, "reason", "verdict"}]}``"""
-    item = {
-        "type": "object",
-        "properties": {"id": {"type": "integer", "minimum": 0, "maximum": n - 1}, **_verdict_props()},
-        "required": ["id", "reason", "verdict"],
-        "additionalProperties": False,
-    }
+def batch_verdict_schema(n: int, reasons: VerdictReasons = "all") -> dict[str, Any]:
+    """JSON schema of ``n`` verdicts in one answer: ``{"verdicts": [{"id": 0..n-1, "reason", "verdict"}]}``;
+    with ``reasons="rejected"`` an item is ``{"id", "verdict"}``, plus ``"reason"`` when implausible."""
+    item = _verdict_object({"id": {"type": "integer", "minimum": 0, "maximum": n - 1}}, reasons)
     return {
         "type": "object",
         "properties": {"verdicts": {"type": "array", "items": item, "minItems": n, "maxItems": n}},
@@ -163,18 +172,21 @@ def validation_columns(spec: Spec, stage: int) -> list[str]:
 
 
 def validation_messages(
-    stage: int, candidates: Sequence[Mapping[str, Any]], spec: Spec
+    stage: int, candidates: Sequence[Mapping[str, Any]], spec: Spec, *, reasons: VerdictReasons = "all"
 ) -> list[dict[str, str]]:
     """Chat messages asking for verdicts on ``candidates`` (one, or several numbered from 0) at ``stage``.
 
-    Pair with :func:`verdict_schema` for one candidate and :func:`batch_verdict_schema` for several.
+    Pair with :func:`verdict_schema` for one candidate and :func:`batch_verdict_schema` for several (and
+    for one, with ``reasons="rejected"``); ``reasons`` must match the schema's.
     """
     if stage not in _STAGE_TASK:
         raise ValueError(f"validation stage must be 1, 2 or 3, got {stage}")
     if not candidates:
         raise ValueError("validation_messages needs at least one candidate")
     cols = validation_columns(spec, stage)
-    system = _STAGE_TASK[stage].format(region=_region(spec)) + "\n" + _VERDICT_RULES
+    if reasons not in _REASON_RULE:
+        raise ValueError(f"reasons must be 'all' or 'rejected', got {reasons!r}")
+    system = _STAGE_TASK[stage].format(region=_region(spec)) + "\n" + _VERDICT_RULES + _REASON_RULE[reasons]
     if len(candidates) == 1:
         user = "Candidate:\n" + describe_attributes(candidates[0], spec, cols)
     else:

@@ -22,6 +22,7 @@ from typing import Any
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError
 from personagen_core.prompts import (
     KEPT_VERDICTS,
+    VerdictReasons,
     batch_verdict_schema,
     validation_columns,
     validation_messages,
@@ -67,7 +68,8 @@ class Validator:
 
     ``client`` is an open :class:`~personagen_core.llm.LLMClient` (role ``validator``); ``batch_size`` is
     how many candidates may share one call (1 disables batching). ``store`` holds the cross-run cache;
-    with ``None`` verdicts are only remembered by this validator.
+    with ``None`` verdicts are only remembered by this validator. Which verdicts carry a reason follows
+    the client's ``LLMSettings.verdict_reasons``.
     """
 
     def __init__(self, spec: Spec, store: RunStore | None, client: Any, *, batch_size: int = 8) -> None:
@@ -76,6 +78,7 @@ class Validator:
         self.client = client
         self.batch_size = max(1, int(batch_size))
         self.model: str = client.settings.model_for("validator")
+        self.reasons: VerdictReasons = client.settings.verdict_reasons
         self._memory: dict[tuple[int, str], Verdict] = {}
         self._inflight: dict[tuple[int, str], asyncio.Future[Verdict]] = {}
         self.llm_verdicts = 0  # verdicts that needed the LLM (not cached, not deduplicated)
@@ -153,10 +156,10 @@ class Validator:
     async def _batch(self, stage: int, rows: list[Mapping[str, Any]]) -> dict[int, Verdict]:
         try:
             comp = await self.client.complete(
-                validation_messages(stage, rows, self.spec),
+                validation_messages(stage, rows, self.spec, reasons=self.reasons),
                 role="validator",
                 temperature=0.0,
-                schema=batch_verdict_schema(len(rows)),
+                schema=batch_verdict_schema(len(rows), self.reasons),
                 schema_name=f"stage{stage}_verdicts",
                 max_tokens=60 * len(rows) + 20,
             )
@@ -180,6 +183,9 @@ class Validator:
         return got
 
     async def _single(self, stage: int, row: Mapping[str, Any]) -> Verdict:
+        if self.reasons == "rejected":  # its two-shape verdict needs an object around it: the batch form
+            got = await self._batch(stage, [row])
+            return got.get(0) or Verdict("error", "no usable verdict in the answer")
         try:
             comp = await self.client.complete(
                 validation_messages(stage, [row], self.spec),

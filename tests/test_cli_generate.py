@@ -52,12 +52,18 @@ def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 "4",
                 "--seed",
                 "7",
+                "--verdict-reasons",
+                "rejected",
             ],
         )
+        systems = [r.body["messages"][0]["content"] for r in srv.chat_requests
+                   if r.body and "response_format" in r.body]
     assert res.exit_code == 0, res.output
+    assert systems and all('for an "implausible" verdict only' in m for m in systems)
     assert "estimate:" in res.output and "done - 6/6 texts" in res.output
     assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"  # generate may run llama.cpp: threads sleep
     run_id = RunStore(db).list_runs()["run_id"].iloc[0]
+    assert RunStore(db).run(run_id)["config"]["llm"]["verdict_reasons"] == "rejected"
 
     res = runner.invoke(app, ["runs", "list", "--db", str(db)])
     assert res.exit_code == 0 and run_id in res.output and "6/6" in res.output

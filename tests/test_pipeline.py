@@ -397,6 +397,44 @@ def test_unusable_batch_answers_fall_back_to_one_call_per_candidate(tmp_path: Pa
     assert sum("verdict" in s["properties"] for s in schemas) == 3  # then one call per candidate
 
 
+def test_reasons_for_rejected_verdicts_only(tmp_path: Path, spec: Spec) -> None:
+    """verdict_reasons="rejected": verdict first, a reason for "implausible" only, one candidate too."""
+    assert LLMSettings(backend="local").verdict_reasons == "all"  # the paper's order unless asked
+
+    def answer(body: dict[str, Any]) -> Any:
+        n = body["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]["maxItems"]
+        items = [{"id": 0, "verdict": "implausible", "reason": "a child cannot be a surgeon"}]
+        return {"verdicts": items + [{"id": i, "verdict": "natural"} for i in range(1, n)]}
+
+    rows = [{c: f"v{i}" for c in spec.stage_columns(1)} for i in range(4)]
+
+    async def go(srv: FakeOpenAIServer) -> tuple[list[Any], list[Any]]:
+        async with LLMClient(_settings(srv, verdict_reasons="rejected")) as client:
+            v = Validator(spec, RunStore(tmp_path / "s.sqlite"), client, batch_size=8)
+            return await v.verdicts(1, rows[:3]), await v.verdicts(1, rows[3:])
+
+    with FakeOpenAIServer(answer) as srv:
+        three, one = asyncio.run(go(srv))
+        bodies = [r.body for r in srv.chat_requests if r.body]
+    assert [(v.verdict, v.reason) for v in three] == [
+        ("implausible", "a child cannot be a surgeon"), ("natural", ""), ("natural", "")]
+    assert one[0].verdict == "implausible" and one[0].reason
+    assert len(bodies) == 2  # the single candidate took one call, in the batch form
+    for body in bodies:
+        item = body["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]["items"]
+        shapes = [list(v["properties"]) for v in item["anyOf"]]
+        assert shapes == [["id", "verdict"], ["id", "verdict", "reason"]]
+        assert 'for an "implausible" verdict only' in body["messages"][0]["content"]
+    # The client checks answers against the schema: a kept verdict with a reason, or an implausible one
+    # without, is not a valid answer.
+    import jsonschema
+
+    schema = bodies[0]["response_format"]["json_schema"]["schema"]
+    for bad in ({"id": 0, "verdict": "natural", "reason": "x"}, {"id": 0, "verdict": "implausible"}):
+        others = [{"id": i, "verdict": "natural"} for i in (1, 2)]
+        assert not jsonschema.Draft202012Validator(schema).is_valid({"verdicts": [bad, *others]})
+
+
 def test_cost_budget_stops_and_needs_a_price(tmp_path: Path, spec: Spec) -> None:
     from personagen_core.errors import BudgetExceeded
 

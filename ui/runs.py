@@ -194,6 +194,8 @@ BACKENDS = {"local": "Embedded local model", "openai": "OpenAI", "compatible": "
 
 
 ROLES = ("validator", "generator", "judge")
+VERDICT_REASONS = {"all": "every verdict (reason first, as in the paper)",
+                   "rejected": "rejections only (verdict first)"}
 
 
 def _default_backend() -> str:
@@ -214,7 +216,8 @@ def llm_settings() -> Any:
 
     s = st.session_state
     backend = s.get("keep_backend", _default_backend())
-    common: dict[str, Any] = {"concurrency": int(s.get("keep_concurrency", 8))}
+    common: dict[str, Any] = {"concurrency": int(s.get("keep_concurrency", 8)),
+                              "verdict_reasons": s.get("keep_verdict_reasons", "all")}
     models = {r: s[f"keep_model_{r}"].strip() for r in ROLES if str(s.get(f"keep_model_{r}") or "").strip()}
     if backend == "local":
         from personagen_core.local_llm import DEFAULT_MODEL as DEFAULT_LOCAL
@@ -291,6 +294,13 @@ def llm_settings_form() -> Any:
     with st.expander("Model per stage (optional)"):
         for role in ROLES:
             st.text_input(f"{role.capitalize()} model", key=f"keep_model_{role}", placeholder="same as above")
+        st.selectbox(
+            "Reasons of validation verdicts", list(VERDICT_REASONS), format_func=VERDICT_REASONS.get,
+            key="keep_verdict_reasons",
+            help="A one-sentence reason before every verdict (as in the paper), or the verdict first and a "
+            "reason after 'implausible' only: fewer tokens, but on the embedded 1.5B model it rejected a "
+            "third of the candidates at random (docs/LOCAL_LLM.md).",
+        )
     return llm_settings()
 
 

@@ -43,6 +43,11 @@ class _Backend(StrEnum):
     local = "local"
 
 
+class _Reasons(StrEnum):
+    all = "all"
+    rejected = "rejected"
+
+
 class _Format(StrEnum):
     csv = "csv"
     jsonl = "jsonl"
@@ -72,6 +77,7 @@ def _llm_overrides(
     validator_model: str | None,
     generator_model: str | None,
     concurrency: int | None,
+    verdict_reasons: _Reasons | None = None,
 ) -> dict[str, Any]:
     models = {k: v for k, v in (("validator", validator_model), ("generator", generator_model)) if v}
     out: dict[str, Any] = {
@@ -80,6 +86,7 @@ def _llm_overrides(
         "model": model,
         "local_model": local_model,
         "concurrency": concurrency,
+        "verdict_reasons": verdict_reasons.value if verdict_reasons else None,
     }
     if models:
         out["models"] = models
@@ -217,6 +224,11 @@ def generate(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Parallel LLM calls (default 16).")
     ] = None,
+    verdict_reasons: Annotated[
+        _Reasons | None,
+        typer.Option("--verdict-reasons", help="Which stage 1-3 verdicts carry a reason: all (default, "
+                     "reason first) or rejected (verdict first, a reason for implausible ones only)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
     db: _DbOpt = None,
     resume: Annotated[
@@ -248,7 +260,7 @@ def generate(
 
     store = _store(db)
     llm_over = _llm_overrides(
-        backend, base_url, model, local_model, validator_model, generator_model, concurrency
+        backend, base_url, model, local_model, validator_model, generator_model, concurrency, verdict_reasons
     )
     if resume is not None:
         info = store.run(resume)
