@@ -246,6 +246,7 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
         assert at.radio(key="keep_backend").value == "compatible"
         at.number_input(key="keep_per_emotion").set_value(5)
         at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
+        at.selectbox(key="keep_verdict_reasons").set_value("rejected")
         at.run()
         assert any("Estimated" in i.value for i in at.info)
         _button(at, "Launch").click().run()
@@ -255,6 +256,11 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
         texts = RunStore(home / "runs.sqlite").texts(run["run_id"])
         assert len(texts) == 10 and set(texts["emotion"]) == {"joy", "anger"}
         assert srv.chat_requests  # the texts came from the test server
+        # The page's verdict-reasons setting reached the run: validation asked for rejections' reasons only.
+        assert run["config"]["llm"]["verdict_reasons"] == "rejected"
+        systems = [r.body["messages"][0]["content"] for r in srv.chat_requests
+                   if r.body and "response_format" in r.body]
+        assert systems and all('for an "implausible" verdict only' in m for m in systems)
 
     at.run()
     assert not at.exception
