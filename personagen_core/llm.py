@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, LLMResponseError
+from personagen_core.prompts import VerdictReasons
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -108,7 +109,7 @@ class LLMSettings(BaseModel):
     backoff_base: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
     retry_after_max: float = Field(default=60.0, ge=0)
-    verdict_reasons: Literal["all", "rejected"] = "all"
+    verdict_reasons: VerdictReasons = "all"
 
     @model_validator(mode="before")
     @classmethod
