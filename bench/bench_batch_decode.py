@@ -27,7 +27,7 @@ PROMPT = ("You check synthetic personas for realism. Each candidate is a set of 
 def main(argv: list[str] | None = None) -> int:
     import llama_cpp as lc
 
-    from personagen_core.local_llm import resolve_model_path
+    from personagen_core.local import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2.5-coder-1.5b", help="bundled model key or GGUF path")

@@ -29,8 +29,8 @@ from typing import Any
 import openai
 from pydantic import SecretStr
 
-from personagen_core.fake_openai import FakeOpenAIServer
-from personagen_core.llm import LLMClient, LLMSettings
+from personagen_core.generation.llm import LLMClient, LLMSettings
+from personagen_core.testing.fake_openai import FakeOpenAIServer
 
 MESSAGES = [{"role": "user", "content": "Write at most two short sentences expressing the emotion: joy."}]
 SCHEMA = {

@@ -44,8 +44,8 @@ def _ms(values: list[float]) -> str:
 
 def bench_core(repeats: int) -> None:
     import ui
-    from personagen_core.sampling import marginal_summary, sample_personas
-    from personagen_core.spec import load_pack
+    from personagen_core.personas.sampling import marginal_summary, sample_personas
+    from personagen_core.personas.spec import load_pack
 
     spec = load_pack("japan")
     qualified = "attributes.age"
@@ -98,11 +98,11 @@ def bench_slider_page(repeats: int, home: Path) -> None:
 
 def _finished_run(home: Path) -> None:
     """Generate 10 texts against the fake OpenAI server into ``home``'s run store (not timed)."""
-    from personagen_core.fake_openai import FakeOpenAIServer
-    from personagen_core.llm import LLMSettings
-    from personagen_core.pipeline import GenerationConfig, run_generation
-    from personagen_core.spec import load_pack
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
     from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer() as srv:
         llm = LLMSettings(backend="openai", base_url=srv.base_url, api_key="sk-bench", model="gpt-4.1-mini")

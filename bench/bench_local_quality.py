@@ -2,15 +2,15 @@
 
 For each installed bundled model (or those named with --models):
 
-* validation: the pipeline's own :class:`~personagen_core.validation.Validator` (the real prompts of
-  ``personagen_core.prompts``, batched as in a default run) gives stage-1 and stage-2 verdicts on the
+* validation: the pipeline's own :class:`~personagen_core.generation._validation.Validator` (the real prompts of
+  ``personagen_core.generation.prompts``, batched as in a default run) gives stage-1 and stage-2 verdicts on the
   44 personas of ``personagen_core/fixtures/plausibility.jsonl`` (22 plausible, 22 clearly implausible).
   A persona is kept when both stages keep it, as in the pipeline. Reported: accuracy of that decision,
   confusion counts, the share of "natural" verdicts (a model that calls everything natural shows ~100 %).
 * generation: stage-4 texts for the five emotions CARER shares with the paper's set, with the real
   generation prompt and the spec's temperature; the pipeline's output checks count refusals and other
   rejections. Emotion match = accuracy of a LightGBM classifier trained on CARER (all-MiniLM-L6-v2
-  embeddings, the evaluation's classifier in ``personagen_core.classify``) at predicting each accepted
+  embeddings, the evaluation's classifier in ``personagen_core.evaluation.classify``) at predicting each accepted
   text's target emotion; the same classifier's accuracy on CARER test texts is reported beside it.
 
 Writes ``personagen_core/model_quality.json`` (shown by ``personagen models list``) and prints it.
@@ -54,9 +54,9 @@ def _machine() -> dict[str, Any]:
 
 async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]], batch: int,
                     reasons: str = "all") -> dict[str, Any]:
-    from personagen_core.llm import LLMClient, LLMSettings
+    from personagen_core.generation._validation import Validator
+    from personagen_core.generation.llm import LLMClient, LLMSettings
     from personagen_core.store import RunStore
-    from personagen_core.validation import Validator
 
     settings = LLMSettings(backend="local", local_model=key, verdict_reasons=reasons)
     with tempfile.TemporaryDirectory() as tmp:  # a fresh store: no verdict comes from an earlier run's cache
@@ -90,9 +90,10 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
 
 async def _generate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]], per_emotion: int,
                     seed: int) -> list[dict[str, Any]]:
-    from personagen_core import checks, prompts, render
-    from personagen_core.llm import LLMClient, LLMSettings
-    from personagen_core.sampling import sample_personas
+    from personagen_core.generation import checks, prompts
+    from personagen_core.generation.llm import LLMClient, LLMSettings
+    from personagen_core.personas import render
+    from personagen_core.personas.sampling import sample_personas
 
     emotions = {e.name: e for e in spec.emotions}
     scenes = sample_personas(spec, len(EMOTIONS) * per_emotion, random_state=seed)
@@ -124,8 +125,8 @@ def _emotion_classifier(seed: int) -> tuple[Any, dict[str, Any]] | None:
     """(predict(texts) -> labels, info) from LightGBM on CARER train embeddings; None without CARER."""
     if not (CARER / "train.txt").is_file():
         return None
-    from personagen_core import classify, gold
-    from personagen_core.embeddings import Embedder
+    from personagen_core.evaluation import classify, gold
+    from personagen_core.evaluation.embeddings import Embedder
 
     train = gold.load_dataset(CARER / "train.txt")
     test = gold.load_dataset(CARER / "test.txt")
@@ -151,9 +152,9 @@ def _emotion_classifier(seed: int) -> tuple[Any, dict[str, Any]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from personagen_core import local_llm
-    from personagen_core.pipeline import GenerationConfig
-    from personagen_core.spec import load_pack
+    from personagen_core import local as local_llm
+    from personagen_core.generation.pipeline import GenerationConfig
+    from personagen_core.personas.spec import load_pack
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model keys (default: all installed)")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "fixture": str(FIXTURE.relative_to(ROOT)),
         "fixture_size": len(fixture),
-        "validation_prompt": f"personagen_core.prompts.validation_messages via validation.Validator, batch {batch}",
+        "validation_prompt": f"personagen_core.generation.prompts.validation_messages via validation.Validator, batch {batch}",
         "emotions": EMOTIONS,
         "emotion_classifier": classifier[1] if classifier else "pending: CARER data not found at " + str(CARER),
         # keep figures of models not re-measured this time, each with its own date

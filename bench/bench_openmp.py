@@ -30,12 +30,12 @@ def _case(what: str) -> float:
     if what == "lightgbm":
         from lightgbm import LGBMClassifier
 
-        from personagen_core.classify import LGBM_DEFAULTS
+        from personagen_core.evaluation.classify import LGBM_DEFAULTS
 
         t = time.perf_counter()
         LGBMClassifier(random_state=0, **LGBM_DEFAULTS).fit(X, y)
         return time.perf_counter() - t
-    from personagen_core.projection import project
+    from personagen_core.evaluation.projection import project
 
     t = time.perf_counter()
     project(X, "tsne", random_state=0)

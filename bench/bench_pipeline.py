@@ -2,7 +2,7 @@
 
 Measures, in one run:
 
-1. the pipeline (``personagen_core.pipeline.run_generation``) at concurrency 32 with default settings on a
+1. the pipeline (``personagen_core.generation.pipeline.run_generation``) at concurrency 32 with default settings on a
    fresh run store (cold verdict cache): accepted texts/s, the ideal rate (concurrency / latency / LLM calls
    per accepted text) and the fraction of it reached, LLM calls and tokens per accepted text;
 2. the same run again on the same store (warm cross-run verdict cache);
@@ -31,7 +31,7 @@ def _serve(latency: float, conn: mp.connection.Connection) -> None:  # type: ign
     """Serve the stub; on "start"/"stop" commands measure the mean number of requests it holds at once."""
     import threading
 
-    from personagen_core.fake_openai import FakeOpenAIServer
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer(latency=latency) as srv:
         conn.send(srv.base_url)
@@ -62,7 +62,7 @@ def _ceiling(base_url: str, n_calls: int = 20 * CONCURRENCY) -> float:
     """
     import asyncio
 
-    from personagen_core.llm import LLMClient, LLMSettings
+    from personagen_core.generation.llm import LLMClient, LLMSettings
 
     async def go() -> float:
         settings = LLMSettings(
@@ -85,7 +85,7 @@ def _stub_transport(latency: float) -> Any:
 
     import httpx
 
-    from personagen_core.fake_openai import DefaultResponder
+    from personagen_core.testing.fake_openai import DefaultResponder
 
     responder = DefaultResponder(seed=0)
 
@@ -127,9 +127,9 @@ def _pipeline(
     conn: mp.connection.Connection | None,  # type: ignore[name-defined]
     http_client: Any = None,
 ) -> dict[str, float]:
-    from personagen_core.llm import LLMSettings
-    from personagen_core.pipeline import GenerationConfig, run_generation
-    from personagen_core.spec import load_pack
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
     from personagen_core.store import RunStore
 
     spec = load_pack("japan")
@@ -180,10 +180,10 @@ def _sequential(base_url: str, n_texts: int) -> dict[str, float]:
     import numpy as np
     import openai
 
-    from personagen_core.prompts import generation_messages, validation_messages, verdict_schema
-    from personagen_core.render import describe_persona, describe_scenario
-    from personagen_core.sampling import build_model
-    from personagen_core.spec import load_pack
+    from personagen_core.generation.prompts import generation_messages, validation_messages, verdict_schema
+    from personagen_core.personas.render import describe_persona, describe_scenario
+    from personagen_core.personas.sampling import build_model
+    from personagen_core.personas.spec import load_pack
 
     spec = load_pack("japan")
     client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from personagen_core.render import describe_row
-from personagen_core.sampling import build_model, sample_personas
-from personagen_core.spec import list_packs, load_pack
+from personagen_core.personas.render import describe_row
+from personagen_core.personas.sampling import build_model, sample_personas
+from personagen_core.personas.spec import list_packs, load_pack
 
 
 def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:

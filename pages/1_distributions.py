@@ -5,10 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.personas import spec as spec_mod
 
 ui.page_title("Distributions")
-spec_mod = ui.core("spec", "load_pack", "list_packs", "parse_spec", "dump_spec", "DEFAULT_PACK")
-sampling = ui.core("sampling", "sample_personas", "marginal_summary")
 
 st.caption(
     "Each slider is one item's probability. Moving it rescales the unlocked items of the category "

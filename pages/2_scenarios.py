@@ -5,10 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.personas import spec as spec_mod
 
 ui.page_title("Scenarios & emotions")
-spec_mod = ui.core("spec", "EMOTION_SETS")
-ui.core("sampling", "sample_personas", "marginal_summary")
 
 spec = ui.current_spec()
 

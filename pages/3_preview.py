@@ -5,11 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.generation import pipeline
+from personagen_core.personas import render
 
 ui.page_title("Persona preview")
-render = ui.core("render", "describe_persona", "describe_scenario")
-ui.core("sampling", "sample_personas")
-pipeline = ui.core("pipeline", "validate_personas", "funnel")
 
 spec = ui.current_spec()
 c_n, c_seed, c_val = st.columns([1, 1, 2], vertical_alignment="bottom")

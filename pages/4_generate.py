@@ -5,12 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.generation import pipeline
 
 ui.page_title("Generate")
-pipeline = ui.core(
-    "pipeline", "GenerationConfig", "run_generation", "resume_generation", "estimate_cost", "METHODS"
-)
-ui.core("store", "RunStore")
 
 spec = ui.current_spec()
 left, right = st.columns([2, 3], gap="large")

@@ -7,7 +7,6 @@ import streamlit as st
 import ui
 
 ui.page_title("Explore")
-ui.core("store", "RunStore")
 
 run_id = ui.run_picker()
 texts = ui.texts_with_scores(run_id)

@@ -5,22 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.evaluation import figures
+from personagen_core.evaluation import suite as evaluation
 
 ui.page_title("Evaluate")
-evaluation = ui.core("evaluation", "evaluate", "EvaluationSettings", "load_run_dataset")
-figures = ui.core(
-    "figures",
-    "projection_figure_from_report",
-    "confusion_grid",
-    "diversity_figure",
-    "judge_distribution_figure",
-    "judge_emotion_figure",
-    "DIVERSITY_METRICS",
-)
-ui.core("embeddings", "Embedder")
-ui.core("metrics", "diversity_table")
-ui.core("classify", "separability")
-ui.core("projection", "project")
 
 run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True)
 c_proj, c_cap, c_judge = st.columns([2, 1, 1])

@@ -5,15 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from personagen_core.evaluation import figures, gold
+from personagen_core.evaluation import suite as evaluation
 
 ui.page_title("Real data")
-gold = ui.core("gold", "load_dataset", "DEFAULT_LABEL_MAP")
-evaluation = ui.core("evaluation", "evaluate", "EvaluationSettings")
-figures = ui.core("figures", "real_data_figure", "downstream_figure", "REAL_DATA_METRICS")
-ui.core("embeddings", "Embedder")
-ui.core("metrics", "diversity_table")
-ui.core("classify", "separability")
-ui.core("projection", "project")
 
 run_ids = ui.run_picker("Runs", key="real_runs", multiple=True)
 st.subheader("Gold dataset")

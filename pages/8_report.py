@@ -7,8 +7,6 @@ import streamlit as st
 import ui
 
 ui.page_title("Report & export")
-export = ui.core("export", "export_run", "FORMATS")
-report_mod = ui.core("report", "render_html", "to_jsonable")
 
 run_id = ui.run_picker()
 

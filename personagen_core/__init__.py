@@ -2,7 +2,8 @@
 
 The public API is re-exported here; each name is imported on first use (PEP 562), so ``import
 personagen_core`` stays cheap and the heavy stacks (torch, llama.cpp, LightGBM) load only when needed.
-Modules hold one concept each; see docs/ARCHITECTURE.md.
+Subpackages hold one domain each (``personas``, ``generation``, ``evaluation``, ``local``, ``testing``)
+beside the run ``store``, ``export``, ``paths`` and ``errors``; see docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -33,43 +34,43 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 _LAZY: dict[str, str] = {
     # spec and sampling (stages 1-3)
-    "Spec": "spec",
-    "EMOTION_SETS": "spec",
-    "DEFAULT_PACK": "spec",
-    "load_spec": "spec",
-    "parse_spec": "spec",
-    "dump_spec": "spec",
-    "spec_hash": "spec",
-    "load_pack": "spec",
-    "list_packs": "spec",
-    "with_filters": "spec",
-    "sample_personas": "sampling",
-    "build_model": "sampling",
-    "marginal_summary": "sampling",
-    "describe_persona": "render",
-    "describe_scenario": "render",
+    "Spec": "personas.spec",
+    "EMOTION_SETS": "personas.spec",
+    "DEFAULT_PACK": "personas.spec",
+    "load_spec": "personas.spec",
+    "parse_spec": "personas.spec",
+    "dump_spec": "personas.spec",
+    "spec_hash": "personas.spec",
+    "load_pack": "personas.spec",
+    "list_packs": "personas.spec",
+    "with_filters": "personas.spec",
+    "sample_personas": "personas.sampling",
+    "build_model": "personas.sampling",
+    "marginal_summary": "personas.sampling",
+    "describe_persona": "personas.render",
+    "describe_scenario": "personas.render",
     # LLM access
-    "LLMSettings": "llm",
-    "LLMClient": "llm",
-    "Completion": "llm",
-    "LocalModelPool": "local_llm",
-    "FakeOpenAIServer": "fake_openai",
+    "LLMSettings": "generation.llm",
+    "LLMClient": "generation.llm",
+    "Completion": "generation.llm",
+    "LocalModelPool": "local",
+    "FakeOpenAIServer": "testing.fake_openai",
     # generation and the run store
     "RunStore": "store",
-    "GenerationConfig": "pipeline",
-    "ProgressEvent": "pipeline",
-    "RunSummary": "pipeline",
-    "run_generation": "pipeline",
-    "resume_generation": "pipeline",
-    "validate_personas": "pipeline",
-    "estimate_cost": "pipeline",
+    "GenerationConfig": "generation.pipeline",
+    "ProgressEvent": "generation.pipeline",
+    "RunSummary": "generation.pipeline",
+    "run_generation": "generation.pipeline",
+    "resume_generation": "generation.pipeline",
+    "validate_personas": "generation.pipeline",
+    "estimate_cost": "generation.pipeline",
     "export_run": "export",
     # evaluation
-    "Embedder": "embeddings",
-    "EvaluationSettings": "evaluation",
-    "evaluate": "evaluation",
-    "load_dataset": "gold",
-    "write_report": "report",
+    "Embedder": "evaluation.embeddings",
+    "EvaluationSettings": "evaluation.suite",
+    "evaluate": "evaluation.suite",
+    "load_dataset": "evaluation.gold",
+    "write_report": "evaluation.report",
 }
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
@@ -19,7 +19,6 @@ from personagen_core.store import RunStore
 
 __all__ = ["FORMATS", "dataset_card", "export_run", "export_frame"]
 
-ExportFormat = Literal["csv", "jsonl", "parquet", "hf"]
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet", "hf")
 
 

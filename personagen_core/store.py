@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from personagen_core import paths
 from personagen_core.errors import StoreError
 
 __all__ = [
@@ -157,9 +158,8 @@ _STAGES = (1, 2, 3)
 
 
 def default_db_path() -> Path:
-    """``$PERSONAGEN_HOME/runs.sqlite`` (``PERSONAGEN_HOME`` defaults to ``~/.personagen``)."""
-    home = os.environ.get("PERSONAGEN_HOME") or str(Path.home() / ".personagen")
-    return Path(home) / "runs.sqlite"
+    """``$PERSONAGEN_HOME/runs.sqlite`` (see :func:`personagen_core.paths.runs_db`)."""
+    return paths.runs_db()
 
 
 def new_run_id() -> str:

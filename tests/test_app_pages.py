@@ -160,7 +160,7 @@ def test_every_page_renders_without_a_run(home: Path) -> None:
 
 
 def test_generate_page_shows_the_embedded_models_measured_quality(home: Path) -> None:
-    from personagen_core.local_llm import MODELS
+    from personagen_core.local import MODELS
 
     at = _open(_app().run(), "pages/4_generate.py")
     assert not at.exception
@@ -197,7 +197,7 @@ def test_slider_changes_spec_and_sampled_marginals(home: Path) -> None:
 
 
 def test_invalid_spec_upload_shows_an_error_not_a_traceback(home: Path) -> None:
-    from personagen_core.spec import dump_spec, load_pack
+    from personagen_core.personas.spec import dump_spec, load_pack
 
     at = _open(_app().run(), "pages/1_distributions.py")
     name_before = at.session_state["spec"].name
@@ -236,8 +236,8 @@ def _wait_for_run(home: Path, *, timeout: float = 60.0) -> dict:
 
 @pytest.mark.slow
 def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Path, monkeypatch) -> None:
-    from personagen_core.fake_openai import FakeOpenAIServer
     from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer(api_key="sk-test-0123456789") as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
@@ -311,7 +311,7 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
 
 
 def test_wrong_api_key_shows_a_clear_error_without_the_key(home: Path, monkeypatch) -> None:
-    from personagen_core.fake_openai import FakeOpenAIServer
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer(api_key="sk-right-key-000") as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
@@ -346,7 +346,7 @@ def test_locked_item_keeps_its_value(home: Path) -> None:
 
 def test_conditions_tables_and_rules_round_trip() -> None:
     from personagen_core.errors import SpecError
-    from personagen_core.spec import load_pack
+    from personagen_core.personas.spec import load_pack
 
     assert ui.parse_conditions("age = 6-12 | 13-17; gender = female") == {
         "age": ["6-12", "13-17"],
@@ -383,7 +383,7 @@ def test_scenario_filter_limits_the_sampled_scenarios(home: Path) -> None:
 
 
 def test_preview_validates_personas_with_the_llm(home: Path, monkeypatch) -> None:
-    from personagen_core.fake_openai import DefaultResponder, FakeOpenAIServer
+    from personagen_core.testing.fake_openai import DefaultResponder, FakeOpenAIServer
 
     responder = DefaultResponder(seed=0, choices={"verdict": ["natural", "natural", "implausible"]})
     with FakeOpenAIServer(responder=responder) as srv:

@@ -65,7 +65,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
 @pytest.fixture()
 def served_app(tmp_path: Path) -> Iterator[tuple[str, object]]:
     """The app served by `streamlit run` with a fresh PERSONAGEN_HOME and a fake OpenAI endpoint."""
-    from personagen_core.fake_openai import FakeOpenAIServer
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer(api_key="sk-browser-test-key") as fake:
         port = _free_port()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personagen_core.checks import (
+from personagen_core.generation.checks import (
     REASON_DUPLICATE,
     REASON_ECHO,
     REASON_EMPTY,

@@ -1,4 +1,4 @@
-"""Tests of personagen_core.classify on toy data with known answers."""
+"""Tests of personagen_core.evaluation.classify on toy data with known answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from personagen_core import classify as C
 from personagen_core.errors import DataError
+from personagen_core.evaluation import classify as C
 
 
 def _separable(n_per: int = 30, labels: tuple[str, ...] = ("a", "b", "c"), seed: int = 0):

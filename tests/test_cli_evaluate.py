@@ -153,8 +153,8 @@ def test_missing_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_run_from_store_with_judge_over_http(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from personagen_core.fake_openai import FakeOpenAIServer
     from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     db = tmp_path / "runs.sqlite"
     store = RunStore(db)

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from personagen_core.cli import app, main
-from personagen_core.fake_openai import FakeOpenAIServer
 from personagen_core.store import RunStore
+from personagen_core.testing.fake_openai import FakeOpenAIServer
 
 KEY = "sk-cli-test-NEVER-STORED-9876543210"
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from personagen_core.cli import main
-from personagen_core.spec import list_packs, load_spec, pack_path
+from personagen_core.personas.spec import list_packs, load_spec, pack_path
 
 GOOD = """version: 1
 name: mini

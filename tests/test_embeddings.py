@@ -1,4 +1,4 @@
-"""Tests of personagen_core.embeddings: cache behaviour (fake model) and the real offline model."""
+"""Tests of personagen_core.evaluation.embeddings: cache behaviour (fake model) and the real offline model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from personagen_core.embeddings import Embedder, ResultCache, personagen_home
 from personagen_core.errors import DataError
+from personagen_core.evaluation.embeddings import Embedder, ResultCache
+from personagen_core.paths import home as personagen_home
 
 
 class _FakeModel:

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from personagen_core.errors import DataError, PersonaGenError
-from personagen_core.evaluation import EvaluationSettings, evaluate, load_data_file, load_run_dataset
-from personagen_core.report import to_jsonable, write_report
+from personagen_core.evaluation.report import to_jsonable, write_report
+from personagen_core.evaluation.suite import EvaluationSettings, evaluate, load_data_file, load_run_dataset
 
 _WORDS = {
     "joy": ["happy", "delighted", "thrilled", "glad", "cheerful", "overjoyed"],
@@ -181,7 +181,7 @@ def test_projection_coordinates_are_stored(tmp_path: Path) -> None:
     coords = report["projections"]["a"]["coords"]["tsne"]
     assert len(coords["x"]) == len(coords["y"]) == 18
     assert all(math.isfinite(v) for v in coords["x"] + coords["y"])
-    from personagen_core.figures import projection_figure_from_report
+    from personagen_core.evaluation.figures import projection_figure_from_report
 
     fig = projection_figure_from_report(report, method="tsne", color_by="age")
     assert {t.name for t in fig.data} == {"20s", "40s", "60s"}
@@ -288,8 +288,8 @@ def test_max_texts_caps_each_dataset_stratified(tmp_path: Path) -> None:
 
 
 def test_judge_section_with_fake_server(tmp_path: Path) -> None:
-    from personagen_core.fake_openai import FakeOpenAIServer
-    from personagen_core.llm import LLMSettings
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     def responder(body: dict[str, Any]) -> dict[str, Any]:
         score = 5 if "happy" in json.dumps(body["messages"]) else 3

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personagen_core.fake_openai import (
+from personagen_core.testing.fake_openai import (
     REFUSAL_TEXT,
     DefaultResponder,
     FakeOpenAIServer,

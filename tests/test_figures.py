@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from personagen_core import figures
+from personagen_core.evaluation import figures
 
 
 def _projection(labels: list[str], offset: float) -> dict:

@@ -1,4 +1,4 @@
-"""Tests of personagen_core.gold: formats, column mapping, label maps, errors."""
+"""Tests of personagen_core.evaluation.gold: formats, column mapping, label maps, errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from personagen_core import gold
 from personagen_core.errors import DataError
+from personagen_core.evaluation import gold
 
 ROWS = [("i feel great today", "joy"), ("this is awful, really", "sadness"), ("who did this", "anger")]
 
@@ -86,7 +86,7 @@ def test_other_errors(tmp_path: Path) -> None:
 
 
 def test_default_label_map_matches_the_emotion_sets() -> None:
-    from personagen_core.spec import EMOTION_SETS
+    from personagen_core.personas.spec import EMOTION_SETS
 
     paper7 = {e.name for e in EMOTION_SETS["paper7"]}
     carer6 = {e.name for e in EMOTION_SETS["carer6"]}

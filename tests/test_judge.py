@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 from personagen_core.errors import DataError, LLMResponseError
-from personagen_core.fake_openai import FakeOpenAIServer
-from personagen_core.judge import (
+from personagen_core.evaluation.judge import (
     JUDGE_CRITERIA,
     ajudge_texts,
     judge_key,
@@ -20,7 +19,8 @@ from personagen_core.judge import (
     parse_scores,
     summarise_scores,
 )
-from personagen_core.llm import LLMClient, LLMSettings
+from personagen_core.generation.llm import LLMClient, LLMSettings
+from personagen_core.testing.fake_openai import FakeOpenAIServer
 
 
 def _responder(body: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, LLMResponseError
-from personagen_core.fake_openai import FakeOpenAIServer
-from personagen_core.llm import (
+from personagen_core.generation.llm import (
     LOCAL_BASE_URL,
     CallRecord,
     Completion,
@@ -25,6 +24,7 @@ from personagen_core.llm import (
     LLMSettings,
     parse_json_text,
 )
+from personagen_core.testing.fake_openai import FakeOpenAIServer
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 VERDICT_SCHEMA = {
@@ -524,12 +524,12 @@ def test_local_backend_uses_the_embedded_transport(monkeypatch: pytest.MonkeyPat
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
         })
 
-    fake_module = types.ModuleType("personagen_core.local_llm")
+    fake_module = types.ModuleType("personagen_core.local")
     fake_module.local_transport = lambda name, **kw: httpx.MockTransport(handler)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "personagen_core.local_llm", fake_module)
+    monkeypatch.setitem(sys.modules, "personagen_core.local", fake_module)
     import personagen_core
 
-    monkeypatch.setattr(personagen_core, "local_llm", fake_module, raising=False)
+    monkeypatch.setattr(personagen_core, "local", fake_module, raising=False)
 
     async def main() -> Completion:
         async with LLMClient(LLMSettings.from_env(env={}, local_model="smollm2-135m")) as client:
@@ -542,7 +542,7 @@ def test_local_backend_uses_the_embedded_transport(monkeypatch: pytest.MonkeyPat
 
 # -- pricing ----------------------------------------------------------------------------------------------------
 def test_cost_of_known_and_unknown_models() -> None:
-    from personagen_core.pricing import PriceTable, cost
+    from personagen_core.generation.pricing import PriceTable, cost
 
     assert cost("gpt-4.1-mini", 1_000_000, 0) == pytest.approx(0.40)
     assert cost("gpt-4.1-mini", 0, 1_000_000) == pytest.approx(1.60)
@@ -555,7 +555,7 @@ def test_cost_of_known_and_unknown_models() -> None:
 
 def test_price_file_overrides_and_errors(tmp_path: Any) -> None:
     from personagen_core.errors import DataError
-    from personagen_core.pricing import load_price_table
+    from personagen_core.generation.pricing import load_price_table
 
     yaml_file = tmp_path / "prices.yaml"
     yaml_file.write_text("prices:\n  gpt-4.1-mini: {input: 1.0, output: 2.0}\n  my-vllm: [0.0, 0.5]\n")
@@ -579,7 +579,7 @@ def test_price_file_overrides_and_errors(tmp_path: Any) -> None:
 
 
 def test_estimate_run_cost() -> None:
-    from personagen_core.pricing import CallEstimate, estimate_run_cost
+    from personagen_core.generation.pricing import CallEstimate, estimate_run_cost
 
     estimate = estimate_run_cost({
         "generation": CallEstimate("gpt-4.1-mini", calls=1000, prompt_tokens=300, completion_tokens=50),

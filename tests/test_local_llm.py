@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from personagen_core import local_llm
+from personagen_core import local as local_llm
 from personagen_core.errors import LocalModelError
-from personagen_core.local_llm import (
+from personagen_core.local import (
     LOCAL_BASE_URL,
     LocalModelPool,
     ModelInfo,
@@ -72,8 +72,8 @@ def test_chunks_are_joined_once_verified_and_reused(chunked, monkeypatch: pytest
     def _fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("should not run")
 
-    monkeypatch.setattr(local_llm, "_join_chunks", _fail)
-    monkeypatch.setattr(local_llm, "_sha256_file", _fail)
+    monkeypatch.setattr(local_llm.models, "_join_chunks", _fail)
+    monkeypatch.setattr(local_llm.models, "_sha256_file", _fail)
     assert prepare_model(info, home=home) == path
 
 
@@ -140,14 +140,14 @@ def test_grammar_schema_bounds_integers_and_free_text() -> None:
         "free": {"type": "integer"},
         "reason": {"type": "string"}, "short": {"type": "string", "maxLength": 10},
         "label": {"type": "string", "enum": ["a", "b"]}}}
-    out = local_llm._grammar_schema(schema, 160)
+    out = local_llm.runtime._grammar_schema(schema, 160)
     props = out["properties"]
     assert props["score"]["enum"] == [1, 2, 3, 4, 5]
     assert props["ids"]["items"]["enum"] == [0, 1, 2]
     assert "enum" not in props["free"]
     assert (props["reason"]["maxLength"], props["short"]["maxLength"]) == (160, 10)
     assert "maxLength" not in props["label"]
-    assert "maxLength" not in local_llm._grammar_schema(schema, None)["properties"]["reason"]
+    assert "maxLength" not in local_llm.runtime._grammar_schema(schema, None)["properties"]["reason"]
     assert "enum" not in schema["properties"]["score"] and "maxLength" not in schema["properties"]["reason"]
 
 
@@ -234,7 +234,7 @@ def test_transport_error_bodies_and_concurrent_requests(pool: LocalModelPool) ->
 
 @pytest.mark.llm
 def test_sentence_grammar_caps_plain_text_at_the_sentence_limit(pool: LocalModelPool) -> None:
-    from personagen_core import checks, prompts
+    from personagen_core.generation import checks, prompts
 
     async def run() -> None:
         async with httpx.AsyncClient(transport=pool.transport(SMOL), base_url=LOCAL_BASE_URL) as http:
@@ -279,7 +279,7 @@ def test_grammar_last_sampling_obeys_grammars_the_model_would_not_follow(pool: L
 @pytest.mark.llm
 @pytest.mark.slow
 def test_verdicts_and_judge_scores_are_always_allowed_values(pool: LocalModelPool) -> None:
-    from personagen_core import prompts
+    from personagen_core.generation import prompts
 
     enum_only = {"type": "object", "properties": {"verdict": {"type": "string", "enum": list(prompts.VERDICTS)}},
                  "required": ["verdict"], "additionalProperties": False}
@@ -317,9 +317,9 @@ def test_pipeline_runs_end_to_end_on_the_embedded_model(pool: LocalModelPool, tm
     Only stage 1 is validated: SmolLM2 is a near-random validator, and three stages of it would reject most
     candidates and make the run long; the verdict, generation and check code paths are the same.
     """
-    from personagen_core.llm import LLMSettings
-    from personagen_core.pipeline import GenerationConfig, run_generation
-    from personagen_core.spec import load_pack
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
     from personagen_core.store import RunStore
 
     spec = load_pack("japan")

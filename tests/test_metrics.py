@@ -1,4 +1,4 @@
-"""Known-answer tests for personagen_core.metrics (and the seeded projections)."""
+"""Known-answer tests for personagen_core.evaluation.metrics (and the seeded projections)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from personagen_core import metrics as M
 from personagen_core.errors import DataError
+from personagen_core.evaluation import metrics as M
 
 
 def _blobs(n_per: int, centers: np.ndarray, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +258,7 @@ def test_resampled_prdc_equals_prdc_of_the_copied_resample() -> None:
 
 @pytest.mark.slow
 def test_tsne_projection_is_seeded() -> None:
-    from personagen_core.projection import project
+    from personagen_core.evaluation.projection import project
 
     X, _ = _blobs(30, np.eye(8)[:3] * 5, 1.0, 11)
     a = project(X, "tsne", random_state=0)
@@ -271,7 +271,7 @@ def test_tsne_projection_is_seeded() -> None:
 
 @pytest.mark.slow
 def test_umap_projection_is_seeded() -> None:
-    from personagen_core.projection import project
+    from personagen_core.evaluation.projection import project
 
     X, _ = _blobs(30, np.eye(8)[:3] * 5, 1.0, 12)
     a = project(X, "umap", random_state=0)

@@ -11,18 +11,18 @@ from typing import Any
 import pytest
 
 from personagen_core.errors import SpecError
-from personagen_core.fake_openai import REFUSAL_TEXT, DefaultResponder, FakeOpenAIServer
-from personagen_core.llm import LLMClient, LLMSettings
-from personagen_core.pipeline import (
+from personagen_core.generation._validation import Validator
+from personagen_core.generation.llm import LLMClient, LLMSettings
+from personagen_core.generation.pipeline import (
     GenerationConfig,
     ProgressEvent,
     estimate_cost,
     resume_generation,
     run_generation,
 )
-from personagen_core.spec import Spec, load_pack
+from personagen_core.personas.spec import Spec, load_pack
 from personagen_core.store import RunStore
-from personagen_core.validation import Validator
+from personagen_core.testing.fake_openai import REFUSAL_TEXT, DefaultResponder, FakeOpenAIServer
 
 KEY = "sk-test-DO-NOT-STORE-0123456789abcdef"
 EMOTIONS = ["joy", "fear", "anger"]
@@ -469,8 +469,8 @@ def test_server_side_refusal_and_duplicate_faults(tmp_path: Path, spec: Spec) ->
 
 
 def test_validate_personas_records_verdicts_drops_and_reuses_the_cache(tmp_path: Path, spec: Spec) -> None:
-    from personagen_core.pipeline import funnel, validate_personas
-    from personagen_core.sampling import sample_personas
+    from personagen_core.generation.pipeline import funnel, validate_personas
+    from personagen_core.personas.sampling import sample_personas
 
     personas = sample_personas(spec, 12, random_state=3)
     store = RunStore(tmp_path / "runs.sqlite")
@@ -518,8 +518,8 @@ def test_validate_personas_records_verdicts_drops_and_reuses_the_cache(tmp_path:
 
 def test_validate_personas_without_store_and_bad_input(spec: Spec) -> None:
     from personagen_core.errors import DataError
-    from personagen_core.pipeline import validate_personas
-    from personagen_core.sampling import sample_personas
+    from personagen_core.generation.pipeline import validate_personas
+    from personagen_core.personas.sampling import sample_personas
 
     personas = sample_personas(spec, 3, random_state=0)
     with FakeOpenAIServer() as srv:

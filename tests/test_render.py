@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from personagen_core.errors import SpecError
-from personagen_core.render import describe_persona, describe_row, describe_scenario, phrase
-from personagen_core.sampling import sample_personas
-from personagen_core.spec import load_pack, parse_spec
+from personagen_core.personas.render import describe_persona, describe_row, describe_scenario, phrase
+from personagen_core.personas.sampling import sample_personas
+from personagen_core.personas.spec import load_pack, parse_spec
 
 
 def _row(pack: str = "japan", seed: int = 0) -> dict[str, str]:

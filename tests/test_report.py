@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from personagen_core.errors import PersonaGenError
-from personagen_core.report import render_html, to_jsonable, write_report
+from personagen_core.evaluation.report import render_html, to_jsonable, write_report
 
 LABELS = ["anger", "joy", "sadness"]
 NAMES = ["PersonaGen run", "AttrPrompt <baseline>"]  # the second name needs escaping

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from personagen_core.errors import SamplingError, SpecError
-from personagen_core.sampling import build_model, marginal_summary, sample_personas
-from personagen_core.spec import Spec, load_pack, parse_spec
+from personagen_core.personas.sampling import build_model, marginal_summary, sample_personas
+from personagen_core.personas.spec import Spec, load_pack, parse_spec
 
 TINY: dict[str, Any] = {
     "version": 1,
@@ -418,7 +418,7 @@ def test_masks_not_rejection_a_tiny_allowed_mass_is_still_drawn_directly() -> No
 
 
 def test_large_joint_falls_back_to_per_sample_conflict_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import personagen_core.sampling as sampling
+    import personagen_core.personas.sampling as sampling
 
     monkeypatch.setattr(sampling, "_MAX_JOINT_CELLS", 2)
     spec = _spec()
@@ -516,7 +516,7 @@ def test_property_exact_marginals_and_conflicts_match_brute_force(spec: Spec) ->
 
 
 def test_root_category_with_nothing_left_fails_even_without_exact_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    import personagen_core.sampling as sampling
+    import personagen_core.personas.sampling as sampling
 
     data = copy.deepcopy(TINY)
     data["scenario"]["activity"]["items"] = [{"name": "SNS posting", "p": 0.0}, {"name": "chatting", "p": 1.0}]

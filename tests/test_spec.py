@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from personagen_core.errors import SpecError
-from personagen_core.spec import (
+from personagen_core.personas.spec import (
     DEFAULT_PACK,
     EMOTION_SETS,
     Category,
@@ -305,7 +305,7 @@ def test_numeric_item_names_become_strings() -> None:
 
 
 def test_with_filters_validates_and_merges() -> None:
-    from personagen_core.spec import with_filters
+    from personagen_core.personas.spec import with_filters
 
     base = parse_spec(_text(TINY))
     one = with_filters(base, {"activity": "SNS posting"})

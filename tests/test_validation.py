@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from personagen_core.validation import Candidate, CandidateSource, Verdict
+from personagen_core.generation._validation import Candidate, CandidateSource, Verdict
 
 
 class _HarshValidator:

@@ -14,18 +14,18 @@ helpers re-exported here:
 
 from __future__ import annotations
 
-from ui.probabilities import *  # noqa: F403
-from ui.probabilities import __all__ as _probabilities_all
-from ui.state import *  # noqa: F403
-from ui.state import __all__ as _state_all
-from ui.spec_editor import *  # noqa: F403
-from ui.spec_editor import __all__ as _spec_editor_all
-from ui.runs import *  # noqa: F403
-from ui.runs import __all__ as _runs_all
-from ui.preview import *  # noqa: F403
-from ui.preview import __all__ as _preview_all
 from ui.evaluation_view import *  # noqa: F403
 from ui.evaluation_view import __all__ as _evaluation_view_all
+from ui.preview import *  # noqa: F403
+from ui.preview import __all__ as _preview_all
+from ui.probabilities import *  # noqa: F403
+from ui.probabilities import __all__ as _probabilities_all
+from ui.runs import *  # noqa: F403
+from ui.runs import __all__ as _runs_all
+from ui.spec_editor import *  # noqa: F403
+from ui.spec_editor import __all__ as _spec_editor_all
+from ui.state import *  # noqa: F403
+from ui.state import __all__ as _state_all
 
 __all__ = [
     *_probabilities_all,

@@ -32,7 +32,7 @@ __all__ = [
 @st.cache_resource(show_spinner="Loading the embedding model…")
 def embedder() -> Any:
     """The sentence-transformers embedder, created once per process (its model loads lazily)."""
-    from personagen_core.embeddings import Embedder
+    from personagen_core.evaluation.embeddings import Embedder
 
     return Embedder(None)
 
@@ -66,7 +66,7 @@ def evaluate_runs(
     and label map (the core also caches embeddings and expensive results on disk)."""
     import json
 
-    from personagen_core.evaluation import evaluate, load_run_dataset
+    from personagen_core.evaluation.suite import evaluate, load_run_dataset
 
     store = get_store()
     key = json.dumps(
@@ -184,7 +184,7 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _report_html_cached(generated_at: str, names: tuple[str, ...], _report: dict[str, Any]) -> str:
-    from personagen_core.report import render_html, to_jsonable
+    from personagen_core.evaluation.report import render_html, to_jsonable
 
     return render_html(to_jsonable(_report))
 
@@ -199,7 +199,7 @@ _SHARED_CARER = Path(__file__).resolve().parents[2] / "shared" / "data" / "carer
 
 @st.cache_data(show_spinner="Reading the gold data…", max_entries=8)
 def _load_gold_path(path: str, mtime: float) -> Any:
-    from personagen_core.gold import load_dataset
+    from personagen_core.evaluation.gold import load_dataset
 
     return load_dataset(path)
 
@@ -208,7 +208,7 @@ def _load_gold_path(path: str, mtime: float) -> Any:
 def _load_gold_bytes(name: str, data: bytes) -> Any:
     import tempfile
 
-    from personagen_core.gold import load_dataset
+    from personagen_core.evaluation.gold import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name

@@ -18,7 +18,7 @@ __all__ = [
 
 def validate_preview(spec: Any, df: Any, settings: Any) -> Any:
     """``pipeline.validate_personas`` on the sampled rows, with the run store's cross-run verdict cache."""
-    from personagen_core.pipeline import validate_personas
+    from personagen_core.generation.pipeline import validate_personas
 
     bar = st.progress(0.0, text="Validating…")
 

@@ -212,7 +212,7 @@ def llm_settings() -> Any:
     The API key comes from this session's memory (``keep_api_key``) or ``OPENAI_API_KEY``; it is never
     stored anywhere else.
     """
-    from personagen_core.llm import LLMSettings
+    from personagen_core.generation.llm import LLMSettings
 
     s = st.session_state
     backend = s.get("keep_backend", _default_backend())
@@ -220,7 +220,7 @@ def llm_settings() -> Any:
                               "verdict_reasons": s.get("keep_verdict_reasons", "all")}
     models = {r: s[f"keep_model_{r}"].strip() for r in ROLES if str(s.get(f"keep_model_{r}") or "").strip()}
     if backend == "local":
-        from personagen_core.local_llm import DEFAULT_MODEL as DEFAULT_LOCAL
+        from personagen_core.local import DEFAULT_MODEL as DEFAULT_LOCAL
 
         return LLMSettings(
             backend="local", local_model=s.get("keep_local_model", DEFAULT_LOCAL), models=models, **common
@@ -243,7 +243,7 @@ def llm_settings() -> Any:
 
 def _local_model_quality() -> None:
     """The embedded models' measured quality, shown where the user picks one (never hidden)."""
-    from personagen_core.local_llm import model_quality, models_overview
+    from personagen_core.local import model_quality, models_overview
 
     with st.expander("Measured quality of the embedded models", expanded=True):
         st.dataframe(models_overview(), hide_index=True, width="stretch")
@@ -261,7 +261,7 @@ def _local_model_quality() -> None:
 
 def llm_settings_form() -> Any:
     """Backend, endpoint, key and models; returns the resulting ``LLMSettings``."""
-    from personagen_core.local_llm import MODELS
+    from personagen_core.local import MODELS
 
     s = st.session_state
     s.setdefault("keep_backend", _default_backend())
@@ -307,7 +307,7 @@ def llm_settings_form() -> Any:
 @st.cache_resource(show_spinner=False)
 def local_pool() -> Any:
     """The embedded-model pool of this server process (models load once, on first use)."""
-    from personagen_core.local_llm import LocalModelPool
+    from personagen_core.local import LocalModelPool
 
     return LocalModelPool(home=home_dir())
 
@@ -353,7 +353,7 @@ def _start(run_id: str, call: Any, settings: Any, cancel: threading.Event) -> st
 
 def start_generation(spec: Any, config: Any) -> str:
     """Start ``pipeline.run_generation`` in a background thread; returns the new run's id at once."""
-    from personagen_core.pipeline import run_generation
+    from personagen_core.generation.pipeline import run_generation
     from personagen_core.store import new_run_id
 
     store, run_id, cancel = get_store(), new_run_id(), threading.Event()
@@ -368,7 +368,7 @@ def start_generation(spec: Any, config: Any) -> str:
 
 def resume_run(run_id: str, settings: Any) -> str:
     """Resume an interrupted run in a background thread with this session's LLM settings."""
-    from personagen_core.pipeline import resume_generation
+    from personagen_core.generation.pipeline import resume_generation
 
     store, cancel = get_store(), threading.Event()
 

@@ -65,14 +65,14 @@ def _spec_hash(spec: Any) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _sample_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
-    from personagen_core.sampling import sample_personas
+    from personagen_core.personas.sampling import sample_personas
 
     return sample_personas(_spec, n, random_state=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _marginals_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
-    from personagen_core.sampling import marginal_summary
+    from personagen_core.personas.sampling import marginal_summary
 
     return marginal_summary(_spec, _sample_cached(digest, n, seed, _spec))
 
@@ -109,7 +109,7 @@ def marginal_figure(summary: Any, qualified: str, title: str) -> Any:
 
 def with_probs(spec: Any, qualified: str, probs: Sequence[float]) -> Any:
     """A copy of ``spec`` where the items of category ``qualified`` (``section.key``) get ``probs``."""
-    from personagen_core.spec import Item
+    from personagen_core.personas.spec import Item
 
     section, key = qualified.split(".", 1)
     cat = getattr(spec, section)[key]
@@ -127,7 +127,7 @@ def revalidate(spec: Any) -> Any:
 
     Raises ``SpecError`` naming the field at fault.
     """
-    from personagen_core.spec import dump_spec, parse_spec
+    from personagen_core.personas.spec import dump_spec, parse_spec
 
     return parse_spec(dump_spec(spec), source="the edited spec")
 
@@ -191,7 +191,7 @@ def _on_remove(qualified: str, index: int) -> None:
 
 
 def _on_add(qualified: str) -> None:
-    from personagen_core.spec import Item
+    from personagen_core.personas.spec import Item
 
     spec = st.session_state["spec"]
     cat = _category(spec, qualified)
@@ -281,7 +281,7 @@ def table_frame(cat: Any) -> Any:
 
 
 def _frame_to_table(frame: Any, names: Sequence[str]) -> list[Any]:
-    from personagen_core.spec import TableRow
+    from personagen_core.personas.spec import TableRow
 
     rows = []
     for i, rec in enumerate(frame.to_dict("records")):
@@ -350,7 +350,7 @@ def rules_frame(spec: Any) -> Any:
 
 def rules_editor(spec: Any) -> None:
     """Edit the whitelist rules: when every `when` condition holds, keep only `allow`, remove `deny`."""
-    from personagen_core.spec import Rule
+    from personagen_core.personas.spec import Rule
 
     with st.expander(f"Whitelist rules ({len(spec.rules)})"):
         st.caption(
@@ -429,7 +429,7 @@ def emotion_editor(spec: Any, presets: dict[str, Any]) -> None:
     )
     field_error("emotions")
     if st.button("Apply emotions", key="apply_emotions"):
-        from personagen_core.spec import Emotion
+        from personagen_core.personas.spec import Emotion
 
         rows = [r for r in edited.to_dict("records") if str(r.get("name") or "").strip()]
         if not rows:

@@ -5,19 +5,19 @@ values kept across pages, and the error boundary that turns exceptions into one-
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import streamlit as st
 
+from personagen_core import paths
+from personagen_core.personas.spec import DEFAULT_PACK, load_pack
+from personagen_core.store import RunStore
 from ui.probabilities import redact
 
 __all__ = [
-    "core",
     "current_spec",
     "defaults",
     "error_boundary",
@@ -34,38 +34,12 @@ __all__ = [
 
 def home_dir() -> Path:
     """Return ``$PERSONAGEN_HOME`` (default ``~/.personagen``)."""
-    return Path(os.environ.get("PERSONAGEN_HOME") or Path.home() / ".personagen")
+    return paths.home()
 
 
 def store_path() -> Path:
     """Return the run store path ``$PERSONAGEN_HOME/runs.sqlite``."""
-    return home_dir() / "runs.sqlite"
-
-
-def core(module: str, *names: str) -> ModuleType:
-    """Import ``personagen_core.<module>`` or stop the page saying exactly what is missing.
-
-    ``names`` are attributes the page needs; when the module or one of them is not there yet (the
-    library is still being written) the page shows a warning naming it and stops, so nothing is faked.
-    """
-    try:
-        mod = importlib.import_module(f"personagen_core.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("personagen_core"):
-            st.warning(
-                f"This page needs `personagen_core.{module}`, which is not available yet "
-                f"({exc.name} is missing)."
-            )
-            st.stop()
-        raise
-    absent = [n for n in names if not hasattr(mod, n)]
-    if absent:
-        st.warning(
-            f"This page needs `personagen_core.{module}.{', '.join(absent)}`, which "
-            f"{'is' if len(absent) == 1 else 'are'} not available yet."
-        )
-        st.stop()
-    return mod
+    return paths.runs_db()
 
 
 def _session_secrets() -> list[str]:
@@ -103,8 +77,7 @@ def error_boundary(where: str | None = None) -> Iterator[None]:
 def current_spec() -> Any:
     """Return the session's working spec, loading the default pack the first time."""
     if "spec" not in st.session_state:
-        spec_mod = core("spec", "load_pack", "DEFAULT_PACK")
-        st.session_state["spec"] = spec_mod.load_pack(spec_mod.DEFAULT_PACK)
+        st.session_state["spec"] = load_pack(DEFAULT_PACK)
         st.session_state["spec_rev"] = 0
     return st.session_state["spec"]
 
@@ -117,16 +90,13 @@ def set_spec(spec: Any, *, replace: bool = False) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _store_for(path: str) -> Any:
-    from personagen_core.store import RunStore
-
+def _store_for(path: str) -> RunStore:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return RunStore(path)
 
 
-def get_store() -> Any:
+def get_store() -> RunStore:
     """Return the run store at :func:`store_path`, opened once per process (``st.cache_resource``)."""
-    core("store", "RunStore")
     return _store_for(str(store_path()))
 
 

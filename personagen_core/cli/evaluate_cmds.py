@@ -56,8 +56,9 @@ def run_evaluate(
     use_cache: bool = True,
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report)."""
-    from personagen_core import evaluation, gold
-    from personagen_core.report import write_report
+    from personagen_core.evaluation import gold
+    from personagen_core.evaluation import suite as evaluation
+    from personagen_core.evaluation.report import write_report
 
     if not run_ids and not data_files:
         raise DataError("nothing to evaluate: give one or more RUN_IDs and/or --data FILE")
@@ -103,14 +104,14 @@ def run_evaluate(
     )
     llm_settings = None
     if judge:
-        from personagen_core.llm import LLMSettings
+        from personagen_core.generation.llm import LLMSettings
 
         overrides: dict[str, Any] = {"backend": backend, "base_url": base_url}
         if judge_model:
             overrides["models"] = {"judge": judge_model}
         llm_settings = LLMSettings.from_env(**overrides)
         if llm_settings.backend == "local":
-            from personagen_core.local_llm import prefer_passive_openmp
+            from personagen_core.local import prefer_passive_openmp
 
             prefer_passive_openmp()  # before LightGBM loads libgomp, which llama.cpp shares
     report = evaluation.evaluate(

@@ -13,8 +13,8 @@ import typer
 from personagen_core.errors import PersonaGenError
 
 if TYPE_CHECKING:
-    from personagen_core.pipeline import ProgressEvent, RunSummary
-    from personagen_core.spec import Spec
+    from personagen_core.generation.pipeline import ProgressEvent, RunSummary
+    from personagen_core.personas.spec import Spec
     from personagen_core.store import RunStore
 
 __all__ = ["register"]
@@ -62,7 +62,7 @@ def _store(db: Path | None) -> RunStore:
 
 
 def _load_spec(spec_file: Path | None, pack: str | None) -> Spec:
-    from personagen_core.spec import DEFAULT_PACK, load_pack, load_spec
+    from personagen_core.personas.spec import DEFAULT_PACK, load_pack, load_spec
 
     if spec_file is not None and pack is not None:
         raise typer.BadParameter("give --spec or --pack, not both")
@@ -251,9 +251,14 @@ def generate(
 
     Exit code: 0 when every quota is met, 3 when it stopped resumable (budget, attempts, Ctrl-C), 2 on errors.
     """
-    from personagen_core.llm import LLMSettings
-    from personagen_core.local_llm import prefer_passive_openmp
-    from personagen_core.pipeline import GenerationConfig, estimate_cost, resume_generation, run_generation
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import (
+        GenerationConfig,
+        estimate_cost,
+        resume_generation,
+        run_generation,
+    )
+    from personagen_core.local import prefer_passive_openmp
     from personagen_core.store import new_run_id
 
     prefer_passive_openmp()

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from personagen_core import local_llm
+from personagen_core import local as local_llm
 from personagen_core.errors import LocalModelError
 
 __all__ = ["models_table", "register"]

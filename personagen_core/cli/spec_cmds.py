@@ -13,7 +13,7 @@ import typer
 from personagen_core.errors import PersonaGenError, SpecError
 
 if TYPE_CHECKING:
-    from personagen_core.spec import Spec
+    from personagen_core.personas.spec import Spec
 
 __all__ = ["register", "personas_frame", "write_frame"]
 
@@ -25,7 +25,7 @@ _NormOpt = Annotated[bool, typer.Option("--normalise", help="Rescale probabiliti
 
 
 def _load(spec_file: Path | None, pack: str | None, normalise: bool = False) -> Spec:
-    from personagen_core.spec import DEFAULT_PACK, load_pack, load_spec
+    from personagen_core.personas.spec import DEFAULT_PACK, load_pack, load_spec
 
     if spec_file is not None and pack is not None:
         raise typer.BadParameter("give --spec or --pack, not both")
@@ -40,8 +40,8 @@ def validate(
     normalise: _NormOpt = False,
 ) -> None:
     """Check a spec file (structure, probabilities, references, rule conflicts); exit 2 on the first error."""
-    from personagen_core.sampling import build_model
-    from personagen_core.spec import spec_hash
+    from personagen_core.personas.sampling import build_model
+    from personagen_core.personas.spec import spec_hash
 
     spec = _load(file, None, normalise)
     build_model(spec)  # rule/filter conflicts are errors too
@@ -61,7 +61,7 @@ def show(
     ] = False,
 ) -> None:
     """Print a readable summary of a pack or spec file (or its canonical YAML with --yaml)."""
-    from personagen_core.spec import dump_spec
+    from personagen_core.personas.spec import dump_spec
 
     spec = _load(spec_file, pack)
     if as_yaml:
@@ -97,7 +97,7 @@ def export(
     spec_file: _SpecOpt = None,
 ) -> None:
     """Write a pack (or a spec file, canonicalised) as an editable YAML file."""
-    from personagen_core.spec import dump_spec
+    from personagen_core.personas.spec import dump_spec
 
     spec = _load(spec_file, pack)
     _atomic_write_text(out, dump_spec(spec))
@@ -108,8 +108,8 @@ def personas_frame(
     spec: Spec, n: int, *, seed: int | None = 0, reweight: bool = False, uniform: bool = False
 ) -> pd.DataFrame:
     """Sampled personas plus ``persona_id`` and the rendered descriptions (what ``personas`` writes)."""
-    from personagen_core.render import describe_persona, describe_scenario
-    from personagen_core.sampling import sample_personas
+    from personagen_core.personas.render import describe_persona, describe_scenario
+    from personagen_core.personas.sampling import sample_personas
 
     df = sample_personas(spec, n, random_state=seed, reweight=reweight, mode="uniform" if uniform else "spec")
     records = df.to_dict("records")
@@ -193,14 +193,14 @@ def personas(
             df.drop(columns=["persona_description", "scenario_description"]).head(20).to_string(index=False)
         )
     if summary:
-        from personagen_core.sampling import marginal_summary
+        from personagen_core.personas.sampling import marginal_summary
 
         table = marginal_summary(spec, df)
         typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
 
 
 def _with_filters(spec: Spec, filters: list[str]) -> Spec:
-    from personagen_core.spec import with_filters
+    from personagen_core.personas.spec import with_filters
 
     parsed: dict[str, list[str]] = {}
     for f in filters:

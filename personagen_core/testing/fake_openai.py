@@ -108,19 +108,6 @@ _THINGS = ("cup of tea", "old photo", "notebook", "umbrella", "bicycle", "letter
 _MEALS = ("dinner", "breakfast", "lunch", "coffee", "a late snack")
 
 
-def _first_json_object(text: str) -> Any:
-    """Decode the first JSON object found in ``text`` (or None)."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
 def _schema_in_text(text: str) -> dict[str, Any] | None:
     """Find a JSON schema embedded in a prompt (as llm.py's json_object / prompt fallbacks send one)."""
     decoder = json.JSONDecoder()

@@ -2,7 +2,7 @@
 
 A :class:`RunSession` is one start or resume of a run. Each worker *claims* a slot of an emotion
 (accepted + claimed <= target), takes a validated candidate from the
-:class:`~personagen_core.validation.CandidateSource`, asks the LLM for a text and checks it; a rejection frees
+:class:`~personagen_core.generation._validation.CandidateSource`, asks the LLM for a text and checks it; a rejection frees
 the slot for a fresh candidate. So at most the missing number of texts are ever in flight, and the store's
 guarded insert refuses anything beyond the quota. Every call, verdict, rejection and text is recorded in the
 :class:`~personagen_core.store.RunStore` as it happens. The public entry points are in :mod:`pipeline`.
@@ -22,19 +22,25 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from personagen_core import pricing
-from personagen_core.checks import CheckLevel, NearDuplicateIndex, check_output, normalise
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, PersonaGenError, SpecError
-from personagen_core.llm import CallRecord, LLMClient
-from personagen_core.prompts import generation_messages, sentence_grammar
-from personagen_core.render import describe_persona, describe_scenario
-from personagen_core.sampling import build_model
-from personagen_core.spec import Spec
+from personagen_core.generation import pricing
+from personagen_core.generation._validation import (
+    CURRENT_STAGE,
+    Candidate,
+    CandidateSource,
+    Validator,
+    Verdict,
+)
+from personagen_core.generation.checks import CheckLevel, NearDuplicateIndex, check_output, normalise
+from personagen_core.generation.llm import CallRecord, LLMClient
+from personagen_core.generation.prompts import generation_messages, sentence_grammar
+from personagen_core.personas.render import describe_persona, describe_scenario
+from personagen_core.personas.sampling import build_model
+from personagen_core.personas.spec import Spec
 from personagen_core.store import CallRow, RunStore
-from personagen_core.validation import CURRENT_STAGE, Candidate, CandidateSource, Validator, Verdict
 
 if TYPE_CHECKING:
-    from personagen_core.pipeline import GenerationConfig
+    from personagen_core.generation.pipeline import GenerationConfig
 
 __all__ = ["METHODS", "MethodInfo", "ProgressEvent", "RunSession", "RunSummary", "emotions_of", "stages_of"]
 

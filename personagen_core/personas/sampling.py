@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 
 from personagen_core.errors import SamplingError, SpecError
-from personagen_core.spec import Spec
+from personagen_core.personas.spec import Spec
 
 __all__ = [
     "SamplingModel",

@@ -1,7 +1,7 @@
 """LightGBM on embeddings: separability (Table V) and train-on-synthetic / test-on-real (Table VII).
 
 Functions take arrays and return dataclasses whose ``to_dict()`` is JSON-serialisable. They never cache;
-the orchestration wraps them in :class:`personagen_core.embeddings.ResultCache` when it wants to.
+the orchestration wraps them in :class:`personagen_core.evaluation.embeddings.ResultCache` when it wants to.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """LLM judge: every text scored 1–5 on four criteria (the paper's Fig. 4).
 
 Criteria: Emotion Match, Grammaticality, Lexical Diversity and Appropriateness, Structure and Logic. The
-judge is asked through :class:`personagen_core.llm.LLMClient` with the judge JSON schema (constrained
+judge is asked through :class:`personagen_core.generation.llm.LLMClient` with the judge JSON schema (constrained
 output), in the client's ``"judge"`` role, so the judge model is a setting independent of the generator.
 Scores are cached by (judge model, text hash), in a dict the caller owns and/or the run store's judge
 cache. The hash covers the target emotion (Emotion Match depends on it) and the prompt version.
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from personagen_core.errors import DataError, LLMResponseError
-from personagen_core.prompts import JUDGE_CRITERIA, JUDGE_SCHEMA, PROMPT_VERSION, judge_messages
+from personagen_core.generation.prompts import JUDGE_CRITERIA, JUDGE_SCHEMA, PROMPT_VERSION, judge_messages
 
 __all__ = [
     "JUDGE_CRITERIA",
@@ -68,7 +68,7 @@ async def ajudge_texts(
 ) -> pd.DataFrame:
     """Score every row of ``frame`` (columns ``text`` and ``label``) with the LLM judge.
 
-    ``client`` is an open :class:`~personagen_core.llm.LLMClient`; its ``"judge"`` role picks the model.
+    ``client`` is an open :class:`~personagen_core.generation.llm.LLMClient`; its ``"judge"`` role picks the model.
     Cached scores are reused from ``cache`` or ``store`` (its judge cache); new scores go into both, and rows
     with ``run_id`` and ``text_id`` columns are also saved as that run's judge scores in ``store``.
     Calls run concurrently up to the client's ``concurrency``. A text whose answer stays unusable after the
@@ -143,7 +143,7 @@ def judge_texts(
     http_client: Any | None = None,
 ) -> pd.DataFrame:
     """Synchronous wrapper: open an :class:`LLMClient` with ``llm_settings`` and run :func:`ajudge_texts`."""
-    from personagen_core.llm import LLMClient
+    from personagen_core.generation.llm import LLMClient
 
     async def run() -> pd.DataFrame:
         async with LLMClient(llm_settings, http_client=http_client) as client:

@@ -1,6 +1,6 @@
 """Plotly figures drawn from evaluation results.
 
-Every function is pure: it takes the report dict produced by :func:`personagen_core.evaluation.evaluate`
+Every function is pure: it takes the report dict produced by :func:`personagen_core.evaluation.suite.evaluate`
 (or plain DataFrames / arrays) and returns a ``plotly.graph_objects.Figure``; nothing is recomputed.
 The HTML report and the Streamlit dashboard draw the same figures from these functions.
 

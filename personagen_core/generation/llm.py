@@ -1,7 +1,7 @@
 """One async client layer over the ``openai`` SDK for any OpenAI-compatible endpoint.
 
-OpenAI itself, vLLM, Ollama, a llama.cpp server, the loopback :mod:`personagen_core.fake_openai` server or
-the embedded :mod:`personagen_core.local_llm` transport. The layer adds what the pipeline needs on top of the
+OpenAI itself, vLLM, Ollama, a llama.cpp server, the loopback :mod:`personagen_core.testing.fake_openai` server or
+the embedded :mod:`personagen_core.local` transport. The layer adds what the pipeline needs on top of the
 SDK: a concurrency limit, retries with exponential back-off and jitter (429, 5xx, timeouts, dropped
 connections, malformed JSON) honouring ``Retry-After``, a requests/tokens-per-minute limiter, and structured
 outputs with a fallback chain ``json_schema`` -> ``json_object`` -> ``prompt`` remembered per endpoint and model.
@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, LLMResponseError
-from personagen_core.prompts import VerdictReasons
+from personagen_core.generation.prompts import VerdictReasons
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -81,7 +81,7 @@ class LLMSettings(BaseModel):
     """Where and how to call the LLM. The API key is a secret: excluded from ``model_dump``, hidden in repr.
 
     ``backend`` is ``"openai"`` (any OpenAI-compatible HTTP endpoint) or ``"local"`` (the embedded GGUF model
-    of :mod:`personagen_core.local_llm`); when not given it is ``"openai"`` if a base URL or key is given,
+    of :mod:`personagen_core.local`); when not given it is ``"openai"`` if a base URL or key is given,
     else ``"local"``. ``models`` overrides ``model`` per role (``validator``, ``generator``, ``judge``).
     ``rpm``/``tpm`` cap requests and tokens per minute with token buckets
     holding 10 seconds' worth (a call reserves ~chars/4 prompt tokens + ``max_tokens``, corrected to the
@@ -378,7 +378,7 @@ class LLMClient:
         self._owned_http: httpx.AsyncClient | None = None
         self._caller_http = http_client is not None
         if http_client is None and settings.backend == "local":
-            from personagen_core import local_llm  # lazy: pulls in llama-cpp only when used
+            from personagen_core import local as local_llm  # lazy: pulls in llama-cpp only when used
 
             self._owned_http = httpx.AsyncClient(transport=local_llm.local_transport(settings.local_model))
             http_client = self._owned_http

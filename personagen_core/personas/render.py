@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from personagen_core.errors import SpecError
-from personagen_core.spec import Category, Spec
+from personagen_core.personas.spec import Category, Spec
 
 __all__ = ["describe_persona", "describe_scenario", "describe_row", "phrase"]
 

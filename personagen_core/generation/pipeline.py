@@ -18,7 +18,7 @@ Methods (same output schema):
   threshold filter on outputs (empty, refusal, length, exact duplicates).
 
 :func:`validate_personas` runs stages 1-3 alone on given personas (the dashboard's preview): the same
-:class:`~personagen_core.validation.Validator`, prompts and cross-run verdict cache as a run, no stage 4.
+:class:`~personagen_core.generation._validation.Validator`, prompts and cross-run verdict cache as a run, no stage 4.
 """
 
 from __future__ import annotations
@@ -32,16 +32,23 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from personagen_core import pricing
 from personagen_core.errors import BudgetExceeded, DataError, StoreError
-from personagen_core.llm import LLMClient, LLMSettings, estimate_tokens
-from personagen_core.prompts import generation_messages, validation_columns, validation_messages
-from personagen_core.render import describe_persona, describe_scenario
-from personagen_core.sampling import build_model
-from personagen_core.scheduler import METHODS, ProgressEvent, RunSession, RunSummary, emotions_of, stages_of
-from personagen_core.spec import Spec, dump_spec, parse_spec, spec_hash
+from personagen_core.generation import pricing
+from personagen_core.generation._scheduler import (
+    METHODS,
+    ProgressEvent,
+    RunSession,
+    RunSummary,
+    emotions_of,
+    stages_of,
+)
+from personagen_core.generation._validation import Validator, Verdict
+from personagen_core.generation.llm import LLMClient, LLMSettings, estimate_tokens
+from personagen_core.generation.prompts import generation_messages, validation_columns, validation_messages
+from personagen_core.personas.render import describe_persona, describe_scenario
+from personagen_core.personas.sampling import build_model
+from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
 from personagen_core.store import RunStore
-from personagen_core.validation import Validator, Verdict
 
 __all__ = [
     "GenerationConfig",
@@ -382,7 +389,7 @@ def validate_personas(
     ``dropped_stage`` (the stage that dropped it, <NA> if kept); ``df.attrs["validation"]`` holds the
     stages, validator model, how many verdicts needed the LLM, and whether ``cancel`` stopped it early.
 
-    Verdicts come from :class:`~personagen_core.validation.Validator`: with a ``store`` its cross-run
+    Verdicts come from :class:`~personagen_core.generation._validation.Validator`: with a ``store`` its cross-run
     cache is read and filled (a persona validated before costs no call). ``on_event(stage, done, total)``
     follows the progress; setting ``cancel`` stops before the next chunk (unfinished rows get
     ``kept`` <NA>). Synchronous, with its own event loop: call it from a thread without a running loop.

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from personagen_core import paths
 from personagen_core.errors import DataError, LocalModelError
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "Embedder",
     "ResultCache",
     "cpu_has_bf16",
-    "personagen_home",
 ]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -34,12 +34,6 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: float32 on CARER; docs/METRICS.md), float32 elsewhere.
 PRECISIONS = ("auto", "float32", "bfloat16")
 _SQL_CHUNK = 900  # stays under SQLite's default limit of host parameters per statement
-
-
-def personagen_home() -> Path:
-    """Return ``$PERSONAGEN_HOME`` or ``~/.personagen`` (not created here)."""
-    env = os.environ.get("PERSONAGEN_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".personagen"
 
 
 @dataclass
@@ -180,7 +174,7 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = None if model is None else str(model)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else personagen_home() / "embeddings"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.home() / "embeddings"
         self.batch_size = batch_size
         self.device = device
         self.num_threads = num_threads
@@ -283,11 +277,11 @@ class ResultCache:
 
     A thin wrapper over :class:`joblib.Memory`: ``cache.call(func, *args, **kwargs)`` returns
     ``func(*args, **kwargs)``, computed once per (function code, arguments); numpy arrays are hashed by
-    content. Stored under ``personagen_home() / "results"`` unless ``cache_dir`` is given.
+    content. Stored under ``paths.home() / "results"`` unless ``cache_dir`` is given.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, *, enabled: bool = True) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else personagen_home() / "results"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.home() / "results"
         self.enabled = enabled
         self._memory: Any = None
 

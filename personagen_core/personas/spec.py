@@ -38,7 +38,7 @@ YAML layout (version 1)::
 
 Probabilities must be non-negative and sum to 1 per list (within 1e-6) unless ``normalise=True``.
 A category, its tables and the rules that restrict it may refer to categories defined later: sampling
-follows the dependencies (see :mod:`personagen_core.sampling`); cycles are errors.
+follows the dependencies (see :mod:`personagen_core.personas.sampling`); cycles are errors.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ from personagen_core.errors import SpecError
 __all__ = [
     "DEFAULT_PACK",
     "EMOTION_SETS",
-    "SCENARIO_KEYS",
     "Category",
     "Emotion",
     "GenerationParams",
@@ -78,7 +77,6 @@ __all__ = [
 
 DEFAULT_PACK = "japan"
 SPEC_VERSION = 1
-SCENARIO_KEYS = ("location_type", "location_detail", "activity", "interlocutor", "medium", "language_style")
 _SUM_TOL = 1e-6
 
 
@@ -558,7 +556,7 @@ def spec_hash(spec: Spec) -> str:
 
 def list_packs() -> list[str]:
     """Names of the shipped packs."""
-    folder = resources.files("personagen_core") / "packs"
+    folder = resources.files("personagen_core.personas") / "packs"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -566,7 +564,7 @@ def pack_path(name: str) -> Path:
     """File path of a shipped pack."""
     if name not in list_packs():
         raise SpecError(f"unknown pack {name!r}; shipped packs: {', '.join(list_packs())}")
-    return Path(str(resources.files("personagen_core") / "packs" / f"{name}.yaml"))
+    return Path(str(resources.files("personagen_core.personas") / "packs" / f"{name}.yaml"))
 
 
 def load_pack(name: str = DEFAULT_PACK) -> Spec:

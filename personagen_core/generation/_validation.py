@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError
-from personagen_core.prompts import (
+from personagen_core.generation.prompts import (
     KEPT_VERDICTS,
     VerdictReasons,
     batch_verdict_schema,
@@ -28,7 +28,7 @@ from personagen_core.prompts import (
     validation_messages,
     verdict_schema,
 )
-from personagen_core.spec import Spec
+from personagen_core.personas.spec import Spec
 from personagen_core.store import RunStore, verdict_key
 
 __all__ = ["CURRENT_STAGE", "Candidate", "CandidateSource", "Validator", "Verdict"]
@@ -66,7 +66,7 @@ class Candidate:
 class Validator:
     """LLM verdicts for stage 1-3 attribute tuples, cached across runs and deduplicated in flight.
 
-    ``client`` is an open :class:`~personagen_core.llm.LLMClient` (role ``validator``); ``batch_size`` is
+    ``client`` is an open :class:`~personagen_core.generation.llm.LLMClient` (role ``validator``); ``batch_size`` is
     how many candidates may share one call (1 disables batching). ``store`` holds the cross-run cache;
     with ``None`` verdicts are only remembered by this validator. Which verdicts carry a reason follows
     the client's ``LLMSettings.verdict_reasons``.

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from personagen_core.spec import Emotion, Spec
+from personagen_core.personas.spec import Emotion, Spec
 
 __all__ = [
     "GENERATION_SYSTEM",

@@ -136,7 +136,7 @@ def load_run_dataset(store: Any, run_id: str) -> pd.DataFrame:
 
 def load_data_file(path: str | Path, **kwargs: Any) -> pd.DataFrame:
     """A dataset file (CSV, TSV, JSONL, Parquet or ``text;label`` lines) via :func:`gold.load_dataset`."""
-    from personagen_core.gold import load_dataset
+    from personagen_core.evaluation.gold import load_dataset
 
     frame = load_dataset(path, **kwargs)
     frame.attrs["source"] = str(path)
@@ -186,7 +186,7 @@ def evaluate(
     data = {name: _cap(frame, settings.max_texts, settings.seed) for name, frame in data.items()}
     gold = _prepare_gold(gold_train, gold_test, label_map, data, settings)
 
-    from personagen_core.embeddings import Embedder, ResultCache
+    from personagen_core.evaluation.embeddings import Embedder, ResultCache
 
     if embedder is None:
         embedder = Embedder(settings.embedding_model, precision=settings.embedding_precision)
@@ -269,7 +269,7 @@ def _projections(
     settings: EvaluationSettings,
     cache: Any,
 ) -> dict[str, Any]:
-    from personagen_core.projection import project
+    from personagen_core.evaluation.projection import project
 
     out: dict[str, Any] = {}
     for name, frame in data.items():
@@ -298,7 +298,7 @@ def _projections(
 def _diversity(
     data: Mapping[str, pd.DataFrame], emb: Mapping[str, np.ndarray], settings: EvaluationSettings, cache: Any
 ) -> dict[str, Any]:
-    from personagen_core.metrics import diversity_table
+    from personagen_core.evaluation.metrics import diversity_table
 
     per_ds = {}
     for name, frame in data.items():
@@ -326,7 +326,7 @@ def _diversity(
 def _separability(
     data: Mapping[str, pd.DataFrame], emb: Mapping[str, np.ndarray], settings: EvaluationSettings, cache: Any
 ) -> dict[str, Any]:
-    from personagen_core.classify import separability
+    from personagen_core.evaluation.classify import separability
 
     per_ds = {}
     for name, frame in data.items():
@@ -363,7 +363,7 @@ def _judge(
     cache: dict[tuple[str, str], dict[str, int]] | None,
     on_progress: Callable[[float], None],
 ) -> dict[str, Any]:
-    from personagen_core.judge import JUDGE_CRITERIA, ajudge_texts, summarise_scores
+    from personagen_core.evaluation.judge import JUDGE_CRITERIA, ajudge_texts, summarise_scores
 
     local_cache = cache if cache is not None else {}
     names = list(data)
@@ -385,7 +385,7 @@ def _judge(
     async def run() -> tuple[str, dict[str, pd.DataFrame]]:
         if client is not None:
             return client.settings.model_for("judge"), await run_all(client)
-        from personagen_core.llm import LLMClient
+        from personagen_core.generation.llm import LLMClient
 
         llm = llm_settings
         if settings.judge_model:
@@ -450,7 +450,7 @@ def _prepare_gold(
 
 def _embed_gold(embedder: Any, gold: Mapping[str, Any], settings: EvaluationSettings) -> dict[str, Any]:
     """Embed the gold test set and only the balanced sample of the training split that Table VII uses."""
-    from personagen_core.classify import balanced_indices
+    from personagen_core.evaluation.classify import balanced_indices
 
     out: dict[str, Any] = {}
     if gold["test"] is not None:
@@ -471,7 +471,7 @@ def _real_data(
     settings: EvaluationSettings,
     cache: Any,
 ) -> dict[str, Any]:
-    from personagen_core.metrics import real_data_metrics
+    from personagen_core.evaluation.metrics import real_data_metrics
 
     if gold["test"] is not None:
         ref_name, ref_frame, ref_x = "gold test split", gold["test"], gold_emb["test"]
@@ -542,7 +542,7 @@ def _downstream(
     settings: EvaluationSettings,
     cache: Any,
 ) -> dict[str, Any]:
-    from personagen_core.classify import majority_baseline, transfer
+    from personagen_core.evaluation.classify import majority_baseline, transfer
 
     y_test = gold["test"]["label"].to_numpy(dtype=str)
     x_test = gold_emb["test"]

@@ -28,7 +28,6 @@ __all__ = [
     "bootstrap_ci",
     "centroid_distances",
     "cluster_entropy",
-    "cluster_histograms",
     "compression_ratio",
     "distinct_n",
     "diversity_table",
@@ -350,21 +349,6 @@ def equal_size_samples(
     if len(B) > n:
         B = B[np.sort(rng.choice(len(B), n, replace=False))]
     return A, B
-
-
-def cluster_histograms(
-    X_real: Any, X_syn: Any, *, num_clusters: int = 20, random_state: int | None = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster both sets pooled with mini-batch k-means; return the per-cluster counts of each set."""
-    A = _as_matrix(X_real, "X_real", 1)
-    B = _as_matrix(X_syn, "X_syn", 1)
-    if len(A) + len(B) < num_clusters:
-        raise DataError(f"{len(A) + len(B)} points cannot form {num_clusters} clusters")
-    # Sajjadi et al. stack the evaluated set first, then the reference.
-    lab = _pooled_labels(A, B, num_clusters, random_state)
-    h_syn = np.bincount(lab[: len(B)], minlength=num_clusters)
-    h_real = np.bincount(lab[len(B) :], minlength=num_clusters)
-    return h_real, h_syn
 
 
 def _pooled_labels(A: np.ndarray, B: np.ndarray, num_clusters: int, random_state: int | None) -> np.ndarray:

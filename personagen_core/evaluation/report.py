@@ -19,8 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from personagen_core import figures
 from personagen_core.errors import PersonaGenError
+from personagen_core.evaluation import figures
 
 __all__ = ["render_html", "to_jsonable", "write_report"]
 
