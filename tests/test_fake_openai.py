@@ -254,3 +254,72 @@ _SCHEMA = st.recursive(
 def test_instances_satisfy_generated_schemas(schema: dict, seed: int) -> None:
     value = instance_from_schema(schema, rng=random.Random(seed), text_fn=lambda: "Some text.")
     jsonschema.validate(value, schema)
+
+
+# -- faults of real endpoints (issue 12) ---------------------------------------------------------------------------
+def test_bad_bodies_with_status_200() -> None:
+    with FakeOpenAIServer(faults=["broken_body", "html", "no_choices"]) as srv:
+        broken, html, empty = (_chat(srv.base_url, "hello") for _ in range(3))
+    assert broken.status_code == html.status_code == empty.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(broken.text)
+    assert html.headers["content-type"].startswith("text/html") and html.text.lstrip().startswith("<!DOCTYPE")
+    assert "choices" not in empty.json()
+
+
+def test_always_model_404_and_schema_mismatch() -> None:
+    with FakeOpenAIServer(always="model_404") as srv:
+        answers = [_chat(srv.base_url, "hello") for _ in range(3)]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert "`m` does not exist" in answers[0].json()["error"]["message"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA}}
+    with FakeOpenAIServer(always="schema_mismatch") as srv:
+        structured = _chat(srv.base_url, "verdict?", response_format=fmt)
+        plain = _chat(srv.base_url, "Write one sentence about joy.")
+    data = json.loads(structured.json()["choices"][0]["message"]["content"])
+    assert not jsonschema.Draft202012Validator(VERDICT_SCHEMA).is_valid(data)
+    assert "joy" in plain.json()["choices"][0]["message"]["content"]  # plain texts stay normal
+
+
+def test_length_long_and_foreign_texts() -> None:
+    with FakeOpenAIServer(faults=["length", "long", "german", "spanish", "german"]) as srv:
+        cut, long_, de, es, de2 = (_chat(srv.base_url, "Write one sentence about joy.").json() for _ in range(5))
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert cut["choices"][0]["message"]["content"][-1] not in ".!?"
+    long_text = long_["choices"][0]["message"]["content"]
+    assert len(long_text) > 4000 and long_text.count(".") == 1
+    de_text, de2_text = de["choices"][0]["message"]["content"], de2["choices"][0]["message"]["content"]
+    assert re.search(r"\b(ich|als|weil|denn)\b", de_text) and de_text != de2_text
+    assert re.search(r"\b(cuando|porque|me|mi)\b", es["choices"][0]["message"]["content"])
+
+
+def test_serial_mode_serves_one_at_a_time_and_counts_abandoned() -> None:
+    async def main(base_url: str) -> list[int | None]:
+        async with httpx.AsyncClient(timeout=5) as http:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            ok = await asyncio.gather(*(http.post(f"{base_url}/chat/completions", json=body) for _ in range(3)))
+        async with httpx.AsyncClient(timeout=0.1) as impatient:  # gives up while the request is queued
+            with pytest.raises(httpx.TimeoutException):
+                await impatient.post(f"{base_url}/chat/completions", json=body)
+        return [r.status_code for r in ok]
+
+    with FakeOpenAIServer(serial=True, latency=0.2) as srv:
+        statuses = asyncio.run(main(srv.base_url))
+        for _ in range(50):  # the abandoned request is still computed, as llama.cpp's servers do
+            if srv.abandoned:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+    assert statuses == [200, 200, 200]
+    assert srv.max_in_flight >= 3 and srv.max_computing == 1  # connected at once, answered one by one
+    assert srv.abandoned == 1
+
+
+def test_llama_cpp_python_kind() -> None:
+    with FakeOpenAIServer(kind="llama-cpp-python") as srv:
+        info = httpx.get(f"http://127.0.0.1:{srv.port}/openapi.json", timeout=5).json()["info"]
+        rejected = _chat(srv.base_url, "verdict?", response_format={
+            "type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA}})
+        obeyed = _chat(srv.base_url, "verdict?", response_format={"type": "json_object", "schema": BATCH_SCHEMA})
+    assert info["title"].endswith("llama.cpp Python API")
+    assert rejected.status_code == 500 and "json_schema" in rejected.text
+    jsonschema.validate(json.loads(obeyed.json()["choices"][0]["message"]["content"]), BATCH_SCHEMA)

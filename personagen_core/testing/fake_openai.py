@@ -13,9 +13,17 @@ The default responder (:class:`DefaultResponder`) reads the request:
   modes send) -> an instance of the schema found in the prompt, or a verdict / score object by keyword;
 * otherwise a short, distinct one- or two-sentence text that names the emotion found in the prompt.
 
-Faults (``"429"``, ``"500"``, ``"timeout"``, ``"drop"``, ``"malformed_json"``, ``"refusal"``, ``"duplicate"``)
-are scripted either as a queue consumed by successive chat requests (``None`` = answer normally) or as a
-mapping from the 0-based chat request index to a fault.
+Faults are scripted either as a queue consumed by successive chat requests (``None`` = answer normally), as a
+mapping from the 0-based chat request index to a fault, or with ``always=`` for every chat request that has no
+scripted fault. Transport faults: ``"429"``, ``"500"``, ``"timeout"``, ``"drop"``; bad bodies with status 200:
+``"broken_body"`` (truncated JSON), ``"html"`` (an HTML page), ``"no_choices"`` (JSON without ``choices``);
+``"model_404"`` (the model does not exist); bad answers: ``"malformed_json"``, ``"schema_mismatch"`` (valid JSON
+that never matches the requested schema), ``"refusal"``, ``"duplicate"``, ``"length"`` (text cut by the token
+limit, ``finish_reason: length``), ``"long"`` (one sentence of about 5,000 characters), ``"german"`` and
+``"spanish"`` (texts in another language). ``serial=True`` serves one chat request at a time, each taking
+``latency`` seconds, like llama.cpp's servers; requests computed for a client that had already given up are
+counted in ``abandoned``. ``kind="llama-cpp-python"`` imitates llama-cpp-python's server: its ``/openapi.json``
+title, a 500 for ``json_schema`` and a ``json_object`` ``schema`` that is obeyed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import math
 import random
 import re
+import select
 import socket
 import threading
 import time
@@ -35,14 +44,26 @@ from typing import Any, Self
 
 __all__ = [
     "FAULTS",
+    "HTML_PAGE",
+    "KINDS",
+    "LLAMA_CPP_PYTHON_TITLE",
     "REFUSAL_TEXT",
+    "SCHEMA_MISMATCH_ANSWER",
     "DefaultResponder",
     "FakeOpenAIServer",
     "RecordedRequest",
     "instance_from_schema",
 ]
 
-FAULTS = frozenset({"429", "500", "timeout", "drop", "malformed_json", "refusal", "duplicate"})
+FAULTS = frozenset({
+    "429", "500", "timeout", "drop", "malformed_json", "refusal", "duplicate",
+    "broken_body", "html", "no_choices", "model_404", "schema_mismatch", "length", "long", "german", "spanish",
+})
+#: Server kinds the fake can imitate (how it is detected and which structured-output forms it accepts).
+KINDS = frozenset({"openai", "llama-cpp-python"})
+LLAMA_CPP_PYTHON_TITLE = "\U0001f999 llama.cpp Python API"
+HTML_PAGE = "<!DOCTYPE html><html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>"
+SCHEMA_MISMATCH_ANSWER = {"answer": "It seems fine to me.", "confidence": "high"}
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 
 Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | list[Any]"]
@@ -106,6 +127,23 @@ _PERSONS = (
 )
 _THINGS = ("cup of tea", "old photo", "notebook", "umbrella", "bicycle", "letter", "scarf", "plant", "key", "mug")
 _MEALS = ("dinner", "breakfast", "lunch", "coffee", "a late snack")
+# Foreign-language texts (German, Spanish) with slot fillers, so that they stay distinct.
+_FOREIGN = {
+    "german": (
+        ("Ich war so glücklich, als {event} {time}.", "Ich habe mich sehr geärgert, weil {event} {time}.",
+         "Es war für mich ein trauriger Tag, denn {event} {time}."),
+        ("meine Schwester anrief", "der Zug ohne mich abfuhr", "die Prüfungsergebnisse kamen",
+         "mein Hund auf mich zulief", "der Regen unser Picknick ruinierte", "der Brief endlich ankam"),
+        ("heute Morgen", "gestern Abend", "am Sonntag", "nach der Arbeit", "in der Mittagspause"),
+    ),
+    "spanish": (
+        ("Me sentí muy feliz cuando {event} {time}.", "Estaba muy enfadado porque {event} {time}.",
+         "Fue un día triste para mí, porque {event} {time}."),
+        ("mi hermana me llamó", "el tren se fue sin mí", "llegaron los resultados del examen",
+         "mi perro corrió hacia mí", "la lluvia arruinó nuestro picnic", "por fin llegó la carta"),
+        ("esta mañana", "anoche", "el domingo", "después del trabajo", "a la hora de comer"),
+    ),
+}
 
 
 def _schema_in_text(text: str) -> dict[str, Any] | None:
@@ -119,6 +157,13 @@ def _schema_in_text(text: str) -> dict[str, Any] | None:
         if isinstance(value, dict) and ("properties" in value or value.get("type") in ("object", "array")):
             return value
     return None
+
+
+def _wants_json(body: Mapping[str, Any]) -> bool:
+    """Did the request ask for JSON (a response_format, or a prompt mentioning JSON, as the fallbacks send)?"""
+    fmt = body.get("response_format") or {}
+    return bool(fmt.get("type") in ("json_schema", "json_object")
+                or re.search(r"\bjson\b", _messages_text(body), re.IGNORECASE))
 
 
 def _messages_text(body: Mapping[str, Any]) -> str:
@@ -225,6 +270,15 @@ def _instance(schema: Mapping[str, Any], b: _Builder, *, name: str, index: int) 
     if "maxLength" in schema:
         text = text[: int(schema["maxLength"])]
     return text
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the peer closed the connection (readable with nothing to read)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class DefaultResponder:
@@ -372,6 +426,13 @@ class FakeOpenAIServer:
         400 for ``json_object``).
     seed:
         Seed of the default responder.
+    always:
+        A fault for every chat request that has no scripted fault (e.g. ``"model_404"``: a hopeless endpoint).
+    serial:
+        Serve one chat request at a time (the others queue), each taking ``latency`` seconds.
+    kind:
+        ``"openai"`` (default) or ``"llama-cpp-python"``: answers ``GET /openapi.json`` with that server's
+        title, rejects ``json_schema`` with a 500 and obeys ``{"type": "json_object", "schema": S}``.
     """
 
     def __init__(
@@ -387,7 +448,12 @@ class FakeOpenAIServer:
         reject_json_object: bool = False,
         model: str = "fake-model",
         seed: int = 0,
+        always: str | None = None,
+        serial: bool = False,
+        kind: str = "openai",
     ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown server kind {kind!r}; expected one of {sorted(KINDS)}")
         self.responder: Responder = responder if responder is not None else DefaultResponder(seed=seed)
         self.latency = float(latency)
         self._lock = threading.Lock()
@@ -403,6 +469,14 @@ class FakeOpenAIServer:
         self.reject_json_schema = reject_json_schema
         self.reject_json_object = reject_json_object
         self.model = model
+        self.always = self._check_fault(always)
+        self.serial = serial
+        self.kind = kind
+        self._serial_lock = threading.Lock()
+        self.abandoned = 0  # serial mode: requests computed although their client had gone
+        self.computing = 0  # chat requests being answered now (queued ones in serial mode excluded)
+        self.max_computing = 0
+        self._odd_count = 0
         self.requests: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -498,6 +572,8 @@ class FakeOpenAIServer:
                     record.fault = self._fault_plan[record.index]
                 elif self._fault_queue:
                     record.fault = self._fault_queue.popleft()
+                if record.fault is None:
+                    record.fault = self.always
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -519,12 +595,37 @@ class FakeOpenAIServer:
                 "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "personagen-fake"}],
             })
             return
+        if handler.command == "GET" and record.path == "/openapi.json" and self.kind == "llama-cpp-python":
+            self._send_json(handler, record, 200, {
+                "openapi": "3.1.0", "info": {"title": LLAMA_CPP_PYTHON_TITLE, "version": "0.3.36"}, "paths": {},
+            })
+            return
         if not is_chat:
             self._send_error(handler, record, 404, f"no route for {handler.command} {record.path}", "not_found")
             return
+        if self.serial:
+            with self._serial_lock:  # one at a time; the others queue, as on llama.cpp's servers
+                self._chat(handler, record)
+        else:
+            self._chat(handler, record)
+
+    def _chat(self, handler: _Handler, record: RecordedRequest) -> None:
+        with self._lock:
+            self.computing += 1
+            self.max_computing = max(self.max_computing, self.computing)
+        try:
+            self._answer_chat(handler, record)
+        finally:
+            with self._lock:
+                self.computing -= 1
+
+    def _answer_chat(self, handler: _Handler, record: RecordedRequest) -> None:
         body = record.body or {}
         if self.latency > 0:
             self._stopping.wait(self.latency)
+        if self.serial and _client_gone(handler.connection):
+            with self._lock:
+                self.abandoned += 1  # computed for nobody: the client gave up while it was queued or running
         fault = record.fault
         if fault == "timeout":
             self._stopping.wait(self.timeout_sleep)
@@ -542,22 +643,58 @@ class FakeOpenAIServer:
             self._send_error(handler, record, 500, "The server had an error while processing your request.",
                              "server_error")
             return
-        fmt_type = (body.get("response_format") or {}).get("type")
-        if fmt_type == "json_schema" and self.reject_json_schema:
-            # Mirrors llama.cpp's server, which answers 500 to an unsupported response_format.
-            self._send_error(handler, record, 500, "response_format type 'json_schema' is not supported",
-                             "server_error")
+        if fault == "model_404":
+            model = body.get("model")
+            self._send_error(handler, record, 404, f"The model `{model}` does not exist or you do not have access "
+                             "to it.", "invalid_request_error", code="model_not_found")
+            return
+        if fault in ("broken_body", "html", "no_choices"):
+            self._send_bad_body(handler, record, fault)
+            return
+        fmt = body.get("response_format") or {}
+        fmt_type = fmt.get("type")
+        if fmt_type == "json_schema" and (self.reject_json_schema or self.kind == "llama-cpp-python"):
+            # Mirrors llama-cpp-python's server, which answers 500 to an unsupported response_format.
+            self._send_error(handler, record, 500, "1 validation error: ('body', 'response_format', 'type') Input "
+                             "should be 'text' or 'json_object', input: 'json_schema'", "internal_server_error")
             return
         if fmt_type == "json_object" and self.reject_json_object:
             self._send_error(handler, record, 400, "response_format type 'json_object' is not supported",
                              "invalid_request_error", param="response_format")
             return
+        if fmt_type == "json_object" and isinstance(fmt.get("schema"), Mapping) and self.kind == "llama-cpp-python":
+            # llama-cpp-python turns this schema into a grammar: answer as if json_schema had been asked.
+            body = {**body, "response_format": {"type": "json_schema", "json_schema": {"schema": fmt["schema"]}}}
         content = self._content(body, fault)
-        self._send_json(handler, record, 200, self._completion(body, content, record.index or 0))
+        finish = "length" if fault == "length" else "stop"
+        self._send_json(handler, record, 200, self._completion(body, content, record.index or 0, finish))
+
+    @staticmethod
+    def _send_bad_body(handler: _Handler, record: RecordedRequest, fault: str) -> None:
+        """Status 200 with a body that is not a chat completion: cut JSON, an HTML page, or no ``choices``."""
+        if fault == "html":
+            data, ctype = HTML_PAGE.encode(), "text/html; charset=utf-8"
+        elif fault == "no_choices":
+            data, ctype = json.dumps({"id": "chatcmpl-x", "object": "chat.completion", "usage": None}).encode(), \
+                "application/json"
+        else:
+            data, ctype = b'{"id": "chatcmpl-x", "object": "chat.completion", "choices": [{"index": 0, "mess', \
+                "application/json"
+        record.status = 200
+        handler.send_response(200)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.wfile.flush()
 
     def _content(self, body: dict[str, Any], fault: str | None) -> str:
         if fault == "refusal":
             return REFUSAL_TEXT
+        if fault == "schema_mismatch" and _wants_json(body):
+            return json.dumps(SCHEMA_MISMATCH_ANSWER)
+        if fault in ("german", "spanish", "long") and not _wants_json(body):
+            return self._odd_text(fault)
         with self._lock:
             previous = self._previous_text
         if fault == "duplicate" and previous is not None:
@@ -567,11 +704,31 @@ class FakeOpenAIServer:
         if fault == "malformed_json":
             # A truncated answer: not valid JSON whatever was asked.
             return content[: max(1, len(content) // 2)].rstrip("}") + ', "unterminated'
+        if fault == "length":
+            # Cut by the token limit in the middle of a word (the response says finish_reason "length").
+            return content[: max(1, len(content) // 2)].rstrip(" .!?")
         with self._lock:
             self._previous_text = content
         return content
 
-    def _completion(self, body: dict[str, Any], content: str, index: int) -> dict[str, Any]:
+    def _odd_text(self, fault: str) -> str:
+        """A distinct text in German or Spanish, or one sentence of about 5,000 characters (``long``)."""
+        with self._lock:
+            self._odd_count += 1
+            n = self._odd_count
+        if fault == "long":
+            rng = random.Random(n)
+            clauses = [f"{rng.choice(_TIMES)} {rng.choice(_EVENTS)}" for _ in range(120)]
+            text = "I felt joy because " + ", and then ".join(clauses)
+            return text[:4990] + "."
+        templates, events, times = _FOREIGN[fault]
+        # The n-th combination: distinct for the first len(templates) * len(events) * len(times) texts.
+        t, rest = divmod(n - 1, len(events) * len(times))
+        e, k = divmod(rest, len(times))
+        return templates[t % len(templates)].format(event=events[e], time=times[k])
+
+    def _completion(self, body: dict[str, Any], content: str, index: int,
+                    finish_reason: str = "stop") -> dict[str, Any]:
         prompt_tokens = max(1, math.ceil(len(_messages_text(body)) / 4))
         completion_tokens = max(1, math.ceil(len(content) / 4))
         return {
@@ -583,7 +740,7 @@ class FakeOpenAIServer:
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }],
             "usage": {
                 "prompt_tokens": prompt_tokens,
