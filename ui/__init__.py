@@ -9,13 +9,16 @@ helpers re-exported here:
 * :mod:`ui.spec_editor` – sliders, tables, rules, filters and emotions of the spec, cached sampling;
 * :mod:`ui.runs` – run pickers, text filters, LLM backend settings, background generation, exports;
 * :mod:`ui.preview` – persona cards and stage verdicts;
-* :mod:`ui.evaluation_view` – memoised evaluation, its tables and figures, gold data inputs.
+* :mod:`ui.evaluation_view` – memoised evaluation, its tables and figures;
+* :mod:`ui.gold_view` – gold data inputs, the label map editor, Tables VI-VII.
 """
 
 from __future__ import annotations
 
 from ui.evaluation_view import *  # noqa: F403
 from ui.evaluation_view import __all__ as _evaluation_view_all
+from ui.gold_view import *  # noqa: F403
+from ui.gold_view import __all__ as _gold_view_all
 from ui.preview import *  # noqa: F403
 from ui.preview import __all__ as _preview_all
 from ui.probabilities import *  # noqa: F403
@@ -34,4 +37,5 @@ __all__ = [
     *_runs_all,
     *_preview_all,
     *_evaluation_view_all,
+    *_gold_view_all,
 ]

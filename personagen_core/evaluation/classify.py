@@ -19,8 +19,11 @@ __all__ = [
     "SeparabilityResult",
     "TransferResult",
     "balanced_indices",
+    "chance_baseline",
     "gold_baseline",
     "majority_baseline",
+    "score_intervals",
+    "scores_from_confusion",
     "separability",
     "transfer",
 ]
@@ -173,6 +176,9 @@ class TransferResult:
     dropped_train: int = 0
     dropped_test: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    #: The scored test labels and predictions (kept for bootstrap intervals; not in ``to_dict``).
+    y_true: np.ndarray | None = field(default=None, repr=False)
+    y_pred: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -224,7 +230,22 @@ def _score(
         dropped_train=dropped_train,
         dropped_test=dropped_test,
         params=params,
+        y_true=np.asarray(y_test).astype(str),
+        y_pred=np.asarray(pred).astype(str),
     )
+
+
+def _restrict(y: np.ndarray, labels: Sequence[Any] | None, shared: list[str], name: str) -> list[str]:
+    """The label set to score on: ``labels`` when given (each must occur in ``y``), else ``shared``."""
+    if labels is None:
+        return shared
+    wanted = sorted({str(x) for x in labels})
+    missing = [lab for lab in wanted if lab not in shared]
+    if missing:
+        raise DataError(f"{name}: labels {missing} do not occur in both the training and the test set")
+    if len(wanted) < 2:
+        raise DataError(f"{name}: at least 2 labels are needed to score, got {wanted}")
+    return wanted
 
 
 def transfer(
@@ -236,10 +257,13 @@ def transfer(
     random_state: int | None = 0,
     params: Mapping[str, Any] | None = None,
     name: str = "",
+    labels: Sequence[Any] | None = None,
 ) -> TransferResult:
     """Train LightGBM on (X_train, y_train), test on (X_test, y_test), on the labels both sets share.
 
     Rows whose label is not in both sets are left out and counted in ``dropped_train`` / ``dropped_test``.
+    ``labels`` narrows both sets further to these labels (each must occur in both), so that several
+    training sets can be scored on exactly the same test texts (Table VII's like-with-like rows).
     """
     Xtr, ytr = _check(X_train, y_train, "transfer (train)")
     Xte, yte = _check(X_test, y_test, "transfer (test)")
@@ -251,6 +275,7 @@ def transfer(
             f"transfer: train labels {sorted(set(ytr.tolist()))} and test labels {sorted(set(yte.tolist()))} "
             "share fewer than 2 labels; a label map may be missing"
         )
+    shared = _restrict(yte, labels, shared, name or "transfer")
     mtr, mte = np.isin(ytr, shared), np.isin(yte, shared)
     pred, used = _fit_predict(Xtr[mtr], ytr[mtr], Xte[mte], random_state=random_state, params=params)
     return _score(
@@ -285,25 +310,35 @@ def gold_baseline(
     per_class: int = 500,
     random_state: int | None = 0,
     params: Mapping[str, Any] | None = None,
+    labels: Sequence[Any] | None = None,
 ) -> TransferResult:
     """The paper's gold row: LightGBM on a balanced ``per_class`` sample of the gold training split."""
     Xg, yg = _check(X_gold_train, y_gold_train, "gold_baseline (train)")
     idx = balanced_indices(yg, per_class, random_state=random_state)
     res = transfer(Xg[idx], yg[idx], X_test, y_test, random_state=random_state, params=params,
-                   name=f"gold (balanced {per_class}/class)")
+                   name=f"gold (balanced {per_class}/class)", labels=labels)
     res.params["per_class"] = per_class
     return res
 
 
-def majority_baseline(y_train: Sequence[Any], y_test: Sequence[Any]) -> TransferResult:
+def majority_baseline(
+    y_train: Sequence[Any], y_test: Sequence[Any], *, labels: Sequence[Any] | None = None
+) -> TransferResult:
     """Predict the most frequent training label (ties: alphabetically first) for every test row.
 
-    Test rows whose label never occurs in training are left out (``dropped_test``).
+    Test rows whose label never occurs in training are left out (``dropped_test``). With ``labels``, both
+    sets are first narrowed to these labels (the majority is then the most frequent of them).
     """
     ytr = np.asarray(y_train).astype(str)
     yte = np.asarray(y_test).astype(str)
     if len(ytr) == 0 or len(yte) == 0:
         raise DataError("majority_baseline: empty training or test labels")
+    dropped_train = 0
+    if labels is not None:
+        shared = _restrict(yte, labels, sorted(set(ytr.tolist()) & set(yte.tolist())), "majority_baseline")
+        keep = np.isin(ytr, shared)
+        dropped_train = int((~keep).sum())
+        ytr = ytr[keep]
     names, counts = np.unique(ytr, return_counts=True)
     majority = str(names[np.argmax(counts)])  # np.unique sorts, argmax takes the first maximum
     mte = np.isin(yte, names)
@@ -315,7 +350,103 @@ def majority_baseline(y_train: Sequence[Any], y_test: Sequence[Any]) -> Transfer
         pred,
         shared,
         n_train=len(ytr),
-        dropped_train=0,
+        dropped_train=dropped_train,
         dropped_test=int((~mte).sum()),
         params={"majority": majority},
     )
+
+
+def chance_baseline(y_test: Sequence[Any], labels: Sequence[Any]) -> dict[str, Any]:
+    """Expected scores of guessing uniformly at random among ``labels`` on the test rows of those labels.
+
+    Accuracy and every class's recall are ``1/k``; a class with test share ``p`` has expected precision
+    ``p``, hence F1 ``2p(1/k) / (p + 1/k)`` (weighted by ``p``, or averaged for macro F1). The interval of
+    the accuracy is the central binomial interval of ``n`` guesses at ``1/k`` (``ci_accuracy`` at 95 %).
+    """
+    from scipy.stats import binom
+
+    lab = sorted({str(x) for x in labels})
+    yte = np.asarray(y_test).astype(str)
+    yte = yte[np.isin(yte, lab)]
+    if len(lab) < 2 or len(yte) == 0:
+        raise DataError(f"chance_baseline: needs at least 2 labels and some test rows (labels {lab})")
+    k, n = len(lab), len(yte)
+    share = np.array([(yte == name).mean() for name in lab])
+    f1 = np.divide(2 * share / k, share + 1 / k, out=np.zeros(k), where=share > 0)
+    lo, hi = binom.ppf([0.025, 0.975], n, 1 / k) / n
+    return {
+        "labels": lab,
+        "n_test": n,
+        "accuracy": 1 / k,
+        "precision_weighted": float((share * share).sum()),
+        "recall_weighted": 1 / k,
+        "f1_weighted": float((share * f1).sum()),
+        "f1_macro": float(f1.mean()),
+        "ci_accuracy": [float(lo), float(hi)],
+    }
+
+
+_SCORES = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro")
+
+
+def scores_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """Accuracy, weighted P/R/F1 and macro F1 from a confusion matrix (rows = true, cols = predicted).
+
+    Same definitions as scikit-learn with ``zero_division=0`` over the matrix's labels; an extra last
+    column may hold predictions outside the label set (they count as errors).
+    """
+    cm = np.asarray(cm, dtype=float)
+    k = cm.shape[0]
+    tp = np.diag(cm[:, :k])
+    support = cm.sum(axis=1)
+    predicted = cm[:, :k].sum(axis=0)
+    prec = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
+    total = support.sum()
+    w = support / total if total > 0 else np.zeros(k)
+    return {
+        "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+        "precision_weighted": float((w * prec).sum()),
+        "recall_weighted": float((w * rec).sum()),
+        "f1_weighted": float((w * f1).sum()),
+        "f1_macro": float(f1.mean()),
+    }
+
+
+def score_intervals(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    labels: Sequence[Any],
+    *,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    random_state: int | None = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of accuracy, weighted P/R/F1 and macro F1 over the test rows.
+
+    The same seed draws the same resamples for every row of equal length, so rows scored on the same test
+    texts get paired intervals. ``n_boot = 0`` returns no intervals (an empty dict).
+    """
+    if n_boot <= 0:
+        return {}
+    lab = [str(x) for x in labels]
+    index = {name: i for i, name in enumerate(lab)}
+    yt = np.array([index.get(str(v), -1) for v in y_true])
+    yp = np.array([index.get(str(v), len(lab)) for v in y_pred])
+    if (yt < 0).any():
+        raise DataError("score_intervals: a true label is not among the labels")
+    k = len(lab)
+    cell = yt * (k + 1) + yp  # one extra column for predictions outside the label set
+    rng = np.random.default_rng(random_state)
+    n = len(yt)
+    draws = {m: [] for m in _SCORES}
+    for _ in range(n_boot):
+        weights = np.bincount(rng.integers(0, n, n), minlength=n)
+        cm = np.bincount(cell, weights=weights, minlength=k * (k + 1)).reshape(k, k + 1)
+        for m, v in scores_from_confusion(cm).items():
+            draws[m].append(v)
+    alpha = (1 - confidence) / 2
+    return {
+        m: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for m, v in draws.items()
+    }

@@ -14,7 +14,8 @@ Report sections used here (see ``evaluation.py`` for the full layout):
 - ``report["judge"]["datasets"][dataset]`` with ``"distribution"[criterion][score]`` and
   ``"per_emotion"[emotion][criterion]``
 - ``report["real_data"]["datasets"][dataset][metric]`` as ``{"value": v, "ci": [lo, hi] | None}``
-- ``report["downstream"]["rows"][row]`` with ``accuracy``, ``weighted_precision``, ... and ``confusion``
+- ``report["downstream"]["rows"][row]`` with ``accuracy``, ``weighted_precision``, ..., ``ci``, ``scope``,
+  ``labels``, ``left_out``, ``n_test`` and ``confusion``
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "confusion_grid",
     "diversity_figure",
     "downstream_figure",
+    "downstream_frame",
     "judge_distribution_figure",
     "judge_emotion_figure",
     "projection_figure",
@@ -432,17 +434,48 @@ _DOWNSTREAM_COLUMNS = {
 }
 
 
+def _ci_cell(ci: Any) -> str:
+    if not ci or len(ci) != 2 or any(_finite_or_none(v) is None for v in ci):
+        return ""
+    return f"[{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
+
+
+def downstream_frame(report: Mapping[str, Any]) -> pd.DataFrame:
+    """Table VII as a DataFrame (one row per training set): scores with their intervals, the scope
+    (shared labels or full test split), ``n_test``, the labels scored and the gold labels left out."""
+    rows = report["downstream"]["rows"]
+    records = []
+    for name, r in rows.items():
+        rec: dict[str, Any] = {"training data": name, "scope": r.get("scope", "")}
+        for key, title in _DOWNSTREAM_COLUMNS.items():
+            rec[title] = _finite_or_none(r.get(key))
+            if key in ("accuracy", "weighted_f1", "macro_f1"):
+                rec[f"{title} CI"] = _ci_cell((r.get("ci") or {}).get(key))
+        rec["n_train"] = r.get("n_train")
+        rec["n_test"] = r.get("n_test")
+        rec["labels"] = ", ".join(map(str, r.get("labels") or r.get("confusion", {}).get("labels", [])))
+        rec["left out"] = ", ".join(map(str, r.get("left_out") or [])) or "none"
+        records.append(rec)
+    return pd.DataFrame.from_records(records).set_index("training data")
+
+
 def downstream_figure(report: Mapping[str, Any]) -> go.Figure:
-    """Table VII as a plotly table plus grouped bars of accuracy and weighted / macro F1 per training set."""
+    """Table VII as a plotly table plus grouped bars (with bootstrap intervals) of accuracy and weighted /
+    macro F1 per training set; rows on the full test split are labelled as such."""
     rows = report["downstream"]["rows"]
     names = list(rows)
     fig = make_subplots(
         rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "xy"}]], row_heights=[0.45, 0.55]
     )
     cells = [names] + [[_fmt(rows[n].get(k)) for n in names] for k in _DOWNSTREAM_COLUMNS]
+    cells.append([str(rows[n].get("n_test", "")) for n in names])
+    cells.append([", ".join(map(str, rows[n].get("labels") or [])) for n in names])
     fig.add_trace(
         go.Table(
-            header={"values": ["Training data", *_DOWNSTREAM_COLUMNS.values()], "align": "left"},
+            header={
+                "values": ["Training data", *_DOWNSTREAM_COLUMNS.values(), "n_test", "labels scored"],
+                "align": "left",
+            },
             cells={"values": cells, "align": "left"},
         ),
         row=1,
@@ -450,12 +483,19 @@ def downstream_figure(report: Mapping[str, Any]) -> go.Figure:
     )
     colors = color_map(list(_DOWNSTREAM_COLUMNS))
     for key in ("accuracy", "weighted_f1", "macro_f1"):
+        y = [_finite_or_none(rows[n].get(key)) for n in names]
+        cis = [(rows[n].get("ci") or {}).get(key) for n in names]
+        plus = [(_finite_or_none(c[1]) - v) if c and v is not None and _finite_or_none(c[1]) is not None
+                else None for c, v in zip(cis, y, strict=True)]
+        minus = [(v - _finite_or_none(c[0])) if c and v is not None and _finite_or_none(c[0]) is not None
+                 else None for c, v in zip(cis, y, strict=True)]
         fig.add_trace(
             go.Bar(
                 x=names,
-                y=[_finite_or_none(rows[n].get(key)) for n in names],
+                y=y,
                 name=_DOWNSTREAM_COLUMNS[key],
                 marker_color=colors[key],
+                error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": any(plus)},
             ),
             row=2,
             col=1,

@@ -317,23 +317,29 @@ def _real_data_section(report: Mapping[str, Any]) -> str:
 def _downstream_section(report: Mapping[str, Any]) -> str:
     down = report["downstream"]
     rows = down["rows"]
-    keys = {
-        "accuracy": "Accuracy",
-        "weighted_precision": "Precision (weighted)",
-        "weighted_recall": "Recall (weighted)",
-        "weighted_f1": "F1 (weighted)",
-        "macro_f1": "F1 (macro)",
-        "n_train": "training texts",
-    }
-    frame = pd.DataFrame(
-        {label: [r.get(k) for r in rows.values()] for k, label in keys.items()}, index=list(rows)
-    )
-    out = [
-        _table(
-            frame,
-            f"Table VII. Trained on each set, tested on {down.get('test', 'the gold test split')}",
-            down.get("method"),
+    frame = figures.downstream_frame(report)
+    notes: dict[str, str] = {}
+    if down.get("shared_labels") is not None:
+        notes["Test texts"] = str(down.get("test", ""))
+    left = down.get("left_out") or {}
+    if left:
+        notes["Labels left out"] = "; ".join(
+            f"{name}: {', '.join(map(str, labs))}" for name, labs in left.items()
         )
+    lacks = {
+        name: [lab for lab in down.get("test_labels", []) if lab not in covered]
+        for name, covered in (down.get("coverage") or {}).items()
+    }
+    lacks = {name: labs for name, labs in lacks.items() if labs}
+    if lacks:
+        notes["Why"] = "training sets without some gold labels: " + "; ".join(
+            f"{name} has no {', '.join(map(str, labs))}" for name, labs in lacks.items()
+        )
+    out = [
+        _table(frame, f"Table VII. Trained on each set, tested on {down.get('test', 'the gold test split')}",
+               down.get("method")),
+        _notes(notes),
+        _safe_figure(lambda: figures.downstream_figure(report)),
     ]
     matrices = {name: r["confusion"] for name, r in rows.items() if r.get("confusion")}
     if matrices:

@@ -20,8 +20,10 @@ Report layout (every section keyed by dataset name, so several runs sit side by 
                          n_scored, n_failed, n_cached}}
     real_data           {reference, notes, metric_settings, sample_size[name],
                          datasets[name] {metric: {value, ci}}, prd_curves[name] {precision, recall}}
-    downstream          {test, method, rows[row] {accuracy, weighted_precision, weighted_recall, weighted_f1,
-                         macro_f1, confusion, n_train, n_test}}
+    downstream          {test, comparable, shared_labels, test_labels, n_test, n_test_full, coverage[name],
+                         left_out[row], method, rows[row] {accuracy, weighted_precision, weighted_recall,
+                         weighted_f1, macro_f1, ci {metric: [low, high]}, scope, labels, left_out,
+                         confusion, n_train, n_test}}   (Table VII, like with like: see _downstream)
     skipped             {section: reason}   sections not computed and why
     timings             {stage: seconds}
 
@@ -542,35 +544,122 @@ def _downstream(
     settings: EvaluationSettings,
     cache: Any,
 ) -> dict[str, Any]:
-    from personagen_core.evaluation.classify import majority_baseline, transfer
+    """Table VII, like with like: every row is scored on the same gold test texts, those whose labels all
+    compared training sets (each dataset and the balanced gold sample) can predict; the gold and majority
+    rows on the full test split follow as extra rows, and a chance row gives the floor."""
+    from personagen_core.evaluation.classify import (
+        chance_baseline,
+        majority_baseline,
+        score_intervals,
+        transfer,
+    )
 
     y_test = gold["test"]["label"].to_numpy(dtype=str)
     x_test = gold_emb["test"]
-    rows: dict[str, Any] = {}
-    for name, frame in gold["mapped"].items():
-        res = cache.call(
-            transfer,
-            emb[name][frame["row"].to_numpy()],
-            frame["label"].to_numpy(dtype=str),
-            x_test,
-            y_test,
-            random_state=settings.seed,
-        )
-        rows[name] = _transfer_row(res)
+    test_labels = sorted(set(y_test.tolist()))
+    train_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        name: (emb[name][frame["row"].to_numpy()], frame["label"].to_numpy(dtype=str))
+        for name, frame in gold["mapped"].items()
+    }
+    gold_name = f"gold (balanced {settings.gold_per_class}/class)"
+    y_train_full = None
     if gold["train"] is not None:
         y_train_full = gold["train"]["label"].to_numpy(dtype=str)
-        y_bal = y_train_full[gold_emb["train_idx"]]
-        res = cache.call(transfer, gold_emb["train"], y_bal, x_test, y_test, random_state=settings.seed)
-        rows[f"gold (balanced {settings.gold_per_class}/class)"] = _transfer_row(res)
+        train_sets[gold_name] = (gold_emb["train"], y_train_full[gold_emb["train_idx"]])
+    coverage = {name: sorted(set(y.tolist()) & set(test_labels)) for name, (_, y) in train_sets.items()}
+    shared = sorted(set(test_labels).intersection(*map(set, coverage.values())))
+    comparable = len(shared) >= 2
+    on = shared if comparable else None  # None: each row on the labels it shares with the test split
+
+    def interval(res: Any, labels: list[str]) -> dict[str, list[float]]:
+        ci = score_intervals(
+            res.y_true, res.y_pred, labels, n_boot=settings.bootstrap, confidence=settings.confidence,
+            random_state=settings.seed,
+        )
+        return {_ROW_KEYS[m]: [_num(lo), _num(hi)] for m, (lo, hi) in ci.items()}
+
+    def row(res: Any, scope: str) -> dict[str, Any]:
+        out = _transfer_row(res)
+        labels = [str(x) for x in res.labels]
+        out.update(
+            scope=scope,
+            labels=labels,
+            left_out=[lab for lab in test_labels if lab not in labels],
+            ci=interval(res, labels),
+        )
+        return out
+
+    scope = "shared labels" if comparable else "own labels"
+    rows: dict[str, Any] = {}
+    for name, (x, y) in train_sets.items():
+        res = cache.call(transfer, x, y, x_test, y_test, random_state=settings.seed, labels=on)
+        rows[name] = row(res, scope)
+    if y_train_full is not None:
         # Cheap, but cached too: scoring it imports scikit-learn, 1.6 s of a warm re-evaluation otherwise.
-        rows["majority class"] = _transfer_row(cache.call(majority_baseline, y_train_full, y_test))
+        rows["majority class"] = row(cache.call(majority_baseline, y_train_full, y_test, labels=on), scope)
+    if comparable:
+        chance = chance_baseline(y_test, shared)
+        rows[f"chance (uniform over {len(shared)} labels)"] = {
+            "accuracy": _num(chance["accuracy"]),
+            "weighted_precision": _num(chance["precision_weighted"]),
+            "weighted_recall": _num(chance["recall_weighted"]),
+            "weighted_f1": _num(chance["f1_weighted"]),
+            "macro_f1": _num(chance["f1_macro"]),
+            "n_train": 0,
+            "n_test": int(chance["n_test"]),
+            "dropped_test": int(len(y_test) - chance["n_test"]),
+            "scope": "shared labels",
+            "labels": shared,
+            "left_out": [lab for lab in test_labels if lab not in shared],
+            "ci": {"accuracy": [_num(v) for v in chance["ci_accuracy"]]},
+            "expected": True,
+        }
+    if y_train_full is not None and comparable and shared != test_labels:
+        x_g, y_g = train_sets[gold_name]
+        full = "full test split"
+        rows[f"{gold_name}, {full}"] = row(
+            cache.call(transfer, x_g, y_g, x_test, y_test, random_state=settings.seed), full
+        )
+        rows[f"majority class, {full}"] = row(cache.call(majority_baseline, y_train_full, y_test), full)
+    n_shared = int(np.isin(y_test, shared).sum()) if comparable else None
+    left_out = {name: r["left_out"] for name, r in rows.items() if r["left_out"]}
+    if comparable:
+        test = (
+            f"the {n_shared} gold test texts (of {len(y_test)}) labelled {', '.join(shared)}: the labels "
+            "every training set can predict"
+        )
+    else:
+        test = (
+            f"the gold test split (n = {len(y_test)}); the training sets share fewer than two labels, so "
+            "each row is scored on the labels it shares with the test split and rows are not comparable"
+        )
     return {
-        "test": f"the gold test split (n = {len(y_test)})",
-        "method": "LightGBM (defaults) on the embeddings; synthetic labels mapped to gold labels, labels "
-        "absent from the training set left out of the test set (n_test per row); weighted P/R/F1 as in the "
-        f"paper, macro F1 beside it; seed {settings.seed}",
+        "test": test,
+        "comparable": comparable,
+        "shared_labels": shared,
+        "test_labels": test_labels,
+        "n_test": n_shared,
+        "n_test_full": int(len(y_test)),
+        "coverage": coverage,
+        "left_out": left_out,
+        "method": "LightGBM (defaults) on the embeddings; synthetic labels mapped to gold labels. Every row "
+        "marked 'shared labels' is trained and tested on the same labels and the same test texts; rows "
+        "marked 'full test split' use every gold label their training set has. Weighted P/R/F1 as in the "
+        f"paper, macro F1 beside it; {settings.confidence:.0%} percentile intervals from "
+        f"{settings.bootstrap} paired bootstrap resamples of the test texts; the chance row is the "
+        f"expected score of uniform guessing (binomial interval); seed {settings.seed}",
         "rows": rows,
     }
+
+
+#: classify's score names -> report row keys.
+_ROW_KEYS = {
+    "accuracy": "accuracy",
+    "precision_weighted": "weighted_precision",
+    "recall_weighted": "weighted_recall",
+    "f1_weighted": "weighted_f1",
+    "f1_macro": "macro_f1",
+}
 
 
 # ------------------------------------------------------------------------------------------- helpers
