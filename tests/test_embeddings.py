@@ -90,6 +90,47 @@ def test_default_home_and_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert ResultCache().cache_dir == tmp_path / "home" / "results"
 
 
+def test_one_embedder_serves_many_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard shares one embedder between sessions: its SQLite cache is used from many threads
+    (it used to fail with "SQLite objects created in a thread can only be used in that same thread")."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = _FakeModel()
+    emb = _embedder(tmp_path, fake, monkeypatch)
+    emb.encode(["opened in the main thread"])  # the cache connection is created here
+    barrier = threading.Barrier(6)
+
+    def work(i: int) -> np.ndarray:
+        barrier.wait()  # start together so the threads really overlap
+        texts = [f"text {j}" for j in range(i * 5, i * 5 + 40)]  # overlapping ranges: hits and misses
+        out = None
+        for _ in range(3):
+            out = emb.encode(texts)
+        return out
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(work, range(6)))
+    reference = Embedder(cache_dir=tmp_path / "fresh")
+    monkeypatch.setattr(reference, "_load_model", lambda: _FakeModel())
+    for i, got in enumerate(results):
+        expected = reference.encode([f"text {j}" for j in range(i * 5, i * 5 + 40)])
+        assert np.array_equal(got, expected)
+    assert emb.stats.hits + emb.stats.misses == 1 + 6 * 3 * 40  # no update lost
+    emb.close()
+    assert emb.encode(["text 3"]).shape == (1, 3)  # reopens after close
+
+
+def test_result_cache_from_many_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = ResultCache(tmp_path / "results")
+    xs = [np.arange(float(i % 3), float(i % 3) + 5) for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda x: cache.call(_square_sum, x), xs))
+    assert got == [float((x**2).sum()) for x in xs]
+
+
 _CALLS: list[int] = []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,13 +111,20 @@ def _model_identity(model: str | None) -> tuple[str, str]:
 
 
 class _VectorStore:
-    """SQLite table of float32 vectors keyed by (model, sha256(text))."""
+    """SQLite table of float32 vectors keyed by (model, sha256(text)).
+
+    Shared by every thread of a process (the dashboard keeps one embedder for all sessions, and Streamlit
+    runs each script run in a new thread). One connection opened with ``check_same_thread=False`` and a lock
+    around every use: queries take milliseconds, and a connection per thread would pile up one open file per
+    finished script-run thread. WAL and ``busy_timeout`` cover other processes (the CLI) writing meanwhile.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             # A cache: losing the last write on power loss is fine, an fsync per batch is not.
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -125,29 +133,31 @@ class _VectorStore:
                 "vec BLOB NOT NULL, PRIMARY KEY (model, key)) WITHOUT ROWID"
             )
             self._conn.commit()
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise DataError(f"embedding cache {path} cannot be opened: {exc}") from exc
 
     def get(self, model: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
-        for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = list(keys[start : start + _SQL_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT key, vec FROM vectors WHERE model = ? AND key IN ({marks})", [model, *chunk]
-            )
-            found.update(rows)
+        with self._lock:
+            for start in range(0, len(keys), _SQL_CHUNK):
+                chunk = list(keys[start : start + _SQL_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, vec FROM vectors WHERE model = ? AND key IN ({marks})", [model, *chunk]
+                )
+                found.update(rows)
         return found
 
     def put(self, model: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        with self._conn:
+        with self._lock, self._conn:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO vectors (model, key, vec) VALUES (?, ?, ?)",
                 [(model, k, v) for k, v in items],
             )
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
 
 class Embedder:
@@ -187,11 +197,17 @@ class Embedder:
         self.stats = EmbedStats()
         self._model: Any = None
         self._store: _VectorStore | None = None
+        # One embedder serves every dashboard session: the lazy cache/model opening, the stats and the
+        # model itself (torch's thread count is process-wide) are guarded. Encoding is serialised, which on
+        # a CPU costs nothing: one encode already uses every core.
+        self._state_lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     def _get_store(self) -> _VectorStore:
-        if self._store is None:
-            self._store = _VectorStore(self.cache_dir / "embeddings.sqlite")
-        return self._store
+        with self._state_lock:
+            if self._store is None:
+                self._store = _VectorStore(self.cache_dir / "embeddings.sqlite")
+            return self._store
 
     def _load_model(self) -> Any:
         if self._model is None:
@@ -210,6 +226,10 @@ class Embedder:
         return self._model
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        with self._model_lock:
+            return self._embed_locked(texts)
+
+    def _embed_locked(self, texts: list[str]) -> np.ndarray:
         model = self._load_model()
         import torch
 
@@ -259,17 +279,19 @@ class Embedder:
                 self._get_store().put(self.model_id, list(zip(missing, new_bytes, strict=True)))
         missing_set = set(missing)
         n_miss = sum(k in missing_set for k in keys)
-        self.stats.misses += n_miss
-        self.stats.hits += len(keys) - n_miss
+        with self._state_lock:
+            self.stats.misses += n_miss
+            self.stats.hits += len(keys) - n_miss
         # One join + one frombuffer instead of n small arrays: the warm path stays well under 0.1 s.
         flat = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.float32)
         return flat.reshape(len(keys), -1).copy()
 
     def close(self) -> None:
         """Close the cache database (the embedder stays usable; it reopens on demand)."""
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        with self._state_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
 
 class ResultCache:
@@ -284,16 +306,25 @@ class ResultCache:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.home() / "results"
         self.enabled = enabled
         self._memory: Any = None
+        self._lock = threading.Lock()
+
+    def _get_memory(self) -> Any:
+        with self._lock:
+            if self._memory is None:
+                from joblib import Memory
+
+                self._memory = Memory(self.cache_dir, verbose=0)
+            return self._memory
 
     def call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Return ``func(*args, **kwargs)``, from the cache when the same call was made before."""
+        """Return ``func(*args, **kwargs)``, from the cache when the same call was made before.
+
+        Safe from several threads and processes at once: joblib writes each result to a temporary file and
+        renames it into place, so a reader sees a whole result or none (then computes it itself).
+        """
         if not self.enabled:
             return func(*args, **kwargs)
-        if self._memory is None:
-            from joblib import Memory
-
-            self._memory = Memory(self.cache_dir, verbose=0)
-        return self._memory.cache(func)(*args, **kwargs)
+        return self._get_memory().cache(func)(*args, **kwargs)
 
     def clear(self) -> None:
         """Delete every cached result."""
