@@ -47,8 +47,13 @@ def test_separability_errors() -> None:
         C.separability(X, np.full(len(y), "a"))
     y2 = y.astype(object)
     y2[0] = "lonely"
-    with pytest.raises(DataError, match="'lonely' has 1"):
+    with pytest.raises(DataError, match=r"at least 5 texts per label .* too few: 'lonely' \(1\)"):
         C.separability(X, y2)
+    # scikit-learn's own condition, checked first: 7 labels x 3 texts cannot give a 20 % test part of 7
+    y3 = np.repeat([f"l{i}" for i in range(7)], 3)
+    with pytest.raises(DataError, match="at least 5 texts per label"):
+        C.separability(X[:21], y3)
+    assert C.min_per_class(0.2) == 5 and C.min_per_class(0.5) == 2 and C.min_per_class(0.9) == 10
     with pytest.raises(DataError, match="rows"):
         C.separability(X[:-1], y)
 

@@ -6,6 +6,7 @@ the orchestration wraps them in :class:`personagen_core.evaluation.embeddings.Re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = [
     "majority_baseline",
     "score_intervals",
     "scores_from_confusion",
+    "min_child_samples",
+    "min_per_class",
     "separability",
     "transfer",
 ]
@@ -35,6 +38,23 @@ __all__ = [
 # embeddings took 10-11 s instead of 19 s with one. OMP_WAIT_POLICY=PASSIVE makes LightGBM 1.7x slower,
 # so only what runs the embedded LLM sets it (docs/METRICS.md, "Threads").
 LGBM_DEFAULTS: dict[str, Any] = {"verbose": -1, "force_col_wise": True, "n_jobs": 2}
+
+
+def min_child_samples(params: Mapping[str, Any] | None = None) -> int:
+    """LightGBM's ``min_child_samples`` (default 20) under ``params``: no leaf holds fewer training rows,
+    so a class with fewer training texts cannot get a leaf of its own, and a training set under twice this
+    size cannot be split at all (the model then predicts one class for everything)."""
+    used = {**LGBM_DEFAULTS, **(params or {})}
+    return int(used.get("min_child_samples", used.get("min_data_in_leaf", 20)))
+
+
+def min_per_class(test_size: float) -> int:
+    """Fewest texts per class for a stratified split that puts every class in both parts.
+
+    scikit-learn needs at least one text of each class on each side: ``ceil(1 / test_size)`` texts per class
+    for the test part, ``ceil(1 / (1 - test_size))`` for the training part, and never fewer than 2.
+    """
+    return max(2, math.ceil(1 / test_size - 1e-9), math.ceil(1 / (1 - test_size) - 1e-9))
 
 
 def _fit_predict(
@@ -125,10 +145,12 @@ def separability(
     names, counts = np.unique(y, return_counts=True)
     if len(names) < 2:
         raise DataError(f"separability needs at least 2 labels, got {names.tolist()}")
-    if counts.min() < 2:
+    need = min_per_class(test_size)
+    if counts.min() < need:
+        small = ", ".join(f"{str(n)!r} ({c})" for n, c in zip(names, counts, strict=True) if c < need)
         raise DataError(
-            f"separability: label {str(names[counts.argmin()])!r} has {counts.min()} text(s); a stratified "
-            "split needs at least 2 per label"
+            f"separability needs at least {need} texts per label for a stratified "
+            f"{1 - test_size:.0%}/{test_size:.0%} split (every label on both sides); too few: {small}"
         )
     X_tr, X_te, y_tr, y_te = train_test_split(
         Xa, y, test_size=test_size, stratify=y, random_state=random_state

@@ -25,7 +25,13 @@ Report layout (every section keyed by dataset name, so several runs sit side by 
                          weighted_f1, macro_f1, ci {metric: [low, high]}, scope, labels, left_out,
                          confusion, n_train, n_test}}   (Table VII, like with like: see _downstream)
     skipped             {section: reason}   sections not computed and why
+    warnings            [{section, dataset, message}]   figures computed from too few texts, left-out labels
     timings             {stage: seconds}
+
+Small or unbalanced data gives partial results rather than an error: a section (or one dataset of it) that
+needs more texts is left out with the reason (``report["skipped"][section]`` when no dataset could be
+computed, else ``section["skipped"][dataset]``), and figures resting on few texts carry a warning and
+their ``n`` per class (thresholds derived from the settings; see :data:`RELIABILITY`).
 
 A confusion block is ``{"labels": [...], "counts": [[...]], "normalised": [[...]]}`` (rows = true label).
 """
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +54,7 @@ from personagen_core.errors import DataError, PersonaGenError
 
 __all__ = [
     "DIVERSITY_DEFINITIONS",
+    "RELIABILITY",
     "EvaluationSettings",
     "ProgressCallback",
     "evaluate",
@@ -86,6 +94,24 @@ DIVERSITY_DEFINITIONS: dict[str, str] = {
     "self_bleu_4": "Self-BLEU with n-grams up to 4 on a seeded sample of the texts (lower = more diverse)",
     "compression_ratio": "size of the newline-joined texts / their gzip size (higher = more repetitive)",
 }
+
+
+#: How the reliability thresholds are derived (also written into the report).
+RELIABILITY: dict[str, str] = {
+    "separability": "a label needs min_child_samples / (1 - test_size) texts (25 with LightGBM's defaults) so "
+    "that its training part can fill one LightGBM leaf; fewer and the classifier can hardly learn it. A label "
+    "needs ceil(1 / test_size) texts (5) to be in the held-out part at all, below that it is left out.",
+    "diversity": "5 texts per k-means cluster (25 per emotion with k = 5): cluster entropy, Vendi score and "
+    "distinct-n depend on the number of texts and are noisy below that; cluster entropy needs k texts and "
+    "mean cosine distance 2.",
+    "projection": "t-SNE needs 4 texts; below 3 x perplexity + 1 (91) texts the perplexity is lowered, and a "
+    "picture of a few dozen points says little about the structure.",
+    "real_data": "FID fits a covariance in the embedding space: with no more texts than dimensions it is "
+    "singular and FID is dominated by that bias; the bootstrap intervals show the uncertainty.",
+}
+_TEXTS_PER_CLUSTER = 5
+_TSNE_MIN = 4
+_TSNE_FULL_PERPLEXITY = 91  # 3 x perplexity 30 + 1
 
 
 class EvaluationSettings(BaseModel):
@@ -207,8 +233,11 @@ def evaluate(
             for name, f in data.items()
         },
         "skipped": {},
+        "warnings": [],
+        "reliability": dict(RELIABILITY),
         "timings": {},
     }
+    warn = _Warnings(report["warnings"])
 
     with progress.stage("embeddings", report):
         emb = {name: _encode(embedder, f["text"]) for name, f in data.items()}
@@ -220,15 +249,17 @@ def evaluate(
         report["settings"]["embedding_model"] = report["embedding"]["model"]
 
     with progress.stage("projections", report):
-        report["projections"] = _projections(data, emb, settings, cache)
+        report["projections"] = _projections(data, emb, settings, cache, warn)
         if not settings.projections:
             report["skipped"]["projections"] = "no projection method selected (hover fields only)"
 
     with progress.stage("diversity", report):
-        report["diversity"] = _diversity(data, emb, settings, cache)
+        report["diversity"] = _diversity(data, emb, settings, cache, warn)
 
     with progress.stage("separability", report):
-        report["separability"] = _separability(data, emb, settings, cache)
+        report["separability"] = _separability(data, emb, settings, cache, warn)
+        if report["separability"] is None:
+            report["skipped"]["separability"] = "; ".join(warn.skipped.pop("separability", {}).values())
 
     with progress.stage("judge", report):
         if settings.judge:
@@ -248,16 +279,23 @@ def evaluate(
         report["skipped"]["downstream"] = "no gold test split given"
     else:
         report["gold"] = gold["summary"]
+        for name, reason in gold["unusable"].items():
+            warn.skip("real_data", name, reason)
+            warn.skip("downstream", name, reason)
         with progress.stage("gold embeddings", report):
             gold_emb = _embed_gold(embedder, gold, settings)
         with progress.stage("real data", report):
-            report["real_data"] = _real_data(gold, gold_emb, data, emb, settings, cache)
+            report["real_data"] = _real_data(gold, gold_emb, data, emb, settings, cache, warn)
+            if report["real_data"] is None:
+                report["skipped"]["real_data"] = "; ".join(warn.skipped.pop("real_data", {}).values())
         with progress.stage("downstream", report):
             if gold["test"] is None:
                 report["downstream"] = None
                 report["skipped"]["downstream"] = "no gold test split given"
             else:
-                report["downstream"] = _downstream(gold, gold_emb, data, emb, settings, cache)
+                report["downstream"] = _downstream(gold, gold_emb, data, emb, settings, cache, warn)
+                if report["downstream"] is None:
+                    report["skipped"]["downstream"] = "; ".join(warn.skipped.pop("downstream", {}).values())
     progress.done()
     return report
 
@@ -270,15 +308,34 @@ def _projections(
     emb: Mapping[str, np.ndarray],
     settings: EvaluationSettings,
     cache: Any,
+    warn: _Warnings,
 ) -> dict[str, Any]:
     from personagen_core.evaluation.projection import project
 
+    names = {"tsne": "t-SNE", "umap": "UMAP"}
     out: dict[str, Any] = {}
     for name, frame in data.items():
-        coords = {}
+        coords, skipped = {}, {}
+        n = len(frame)
         for method in settings.projections:
-            xy = np.asarray(cache.call(project, emb[name], method=method, random_state=settings.seed))
+            if n < _TSNE_MIN:
+                skipped[method] = f"{names[method]} needs at least {_TSNE_MIN} texts; this dataset has {n}"
+                continue
+            try:
+                xy = np.asarray(cache.call(project, emb[name], method=method, random_state=settings.seed))
+            except (DataError, ValueError) as exc:  # degenerate input (e.g. identical texts)
+                skipped[method] = f"{names[method]} could not lay out these {n} texts: {exc}"
+                continue
             coords[method] = {"x": _round(xy[:, 0]), "y": _round(xy[:, 1])}
+        if coords and n < _TSNE_FULL_PERPLEXITY:
+            warn.add(
+                "projections",
+                name,
+                f"the projection shows {_counts_text(frame)}; a picture of so few points says "
+                f"little about the structure (t-SNE's perplexity lowered to {max(1.0, (n - 1) / 3):.1f})",
+            )
+        for reason in skipped.values():
+            warn.add("projections", name, reason)
         attributes = {
             col: frame[col].astype(str).tolist()
             for col in frame.columns
@@ -294,14 +351,21 @@ def _projections(
             "persona": _persona_summaries(frame, list(attributes)),
             "attributes": attributes,
         }
+        if skipped:
+            out[name]["skipped"] = skipped
     return out
 
 
 def _diversity(
-    data: Mapping[str, pd.DataFrame], emb: Mapping[str, np.ndarray], settings: EvaluationSettings, cache: Any
+    data: Mapping[str, pd.DataFrame],
+    emb: Mapping[str, np.ndarray],
+    settings: EvaluationSettings,
+    cache: Any,
+    warn: _Warnings,
 ) -> dict[str, Any]:
     from personagen_core.evaluation.metrics import diversity_table
 
+    reliable_n = _TEXTS_PER_CLUSTER * settings.cluster_k
     per_ds = {}
     for name, frame in data.items():
         table = cache.call(
@@ -315,7 +379,18 @@ def _diversity(
         )
         rows = {str(idx): {str(c): _num(v) for c, v in row.items()} for idx, row in table.iterrows()}
         overall = rows.pop("average", {})
-        per_ds[name] = {"per_emotion": rows, "overall": overall}
+        few = {e: int(r["n"] or 0) for e, r in rows.items() if (r.get("n") or 0) < reliable_n}
+        per_ds[name] = {"per_emotion": rows, "overall": overall, "unreliable": sorted(few),
+                        "min_reliable": reliable_n}
+        if few:
+            listed = ", ".join(f"{e} ({c})" for e, c in few.items())
+            warn.add(
+                "diversity",
+                name,
+                f"unreliable: {listed} {'has' if len(few) == 1 else 'have'} fewer than {reliable_n} texts "
+                f"({_TEXTS_PER_CLUSTER} per k-means cluster, k = {settings.cluster_k}); cluster entropy needs "
+                f"{settings.cluster_k} texts and mean cosine distance 2 (blank below that)",
+            )
     return {
         "datasets": per_ds,
         "definitions": dict(DIVERSITY_DEFINITIONS),
@@ -326,34 +401,90 @@ def _diversity(
 
 
 def _separability(
-    data: Mapping[str, pd.DataFrame], emb: Mapping[str, np.ndarray], settings: EvaluationSettings, cache: Any
-) -> dict[str, Any]:
-    from personagen_core.evaluation.classify import separability
+    data: Mapping[str, pd.DataFrame],
+    emb: Mapping[str, np.ndarray],
+    settings: EvaluationSettings,
+    cache: Any,
+    warn: _Warnings,
+) -> dict[str, Any] | None:
+    from personagen_core.evaluation.classify import min_child_samples, min_per_class, separability
 
+    need = min_per_class(settings.test_size)
+    leaf = min_child_samples()
+    reliable_n = math.ceil(leaf / (1 - settings.test_size) - 1e-9)
+    split = f"{1 - settings.test_size:.0%}/{settings.test_size:.0%}"
     per_ds = {}
     for name, frame in data.items():
+        y = frame["label"].to_numpy(dtype=str)
+        counts = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
+        kept = [lab for lab, c in counts.items() if c >= need]
+        left_out = {lab: c for lab, c in counts.items() if c < need}
+        if len(kept) < 2:
+            warn.skip(
+                "separability",
+                name,
+                f"separability of {name!r} needs at least 2 labels with {need} or more texts each (a "
+                f"stratified {split} split puts every label on both sides); this dataset has "
+                f"{_counts_text(frame)}",
+            )
+            continue
+        mask = np.isin(y, kept)
         res = cache.call(
-            separability,
-            emb[name],
-            frame["label"].to_numpy(dtype=str),
-            random_state=settings.seed,
-            test_size=settings.test_size,
+            separability, emb[name][mask], y[mask], random_state=settings.seed, test_size=settings.test_size
         )
         labels = [str(x) for x in res.labels]
+        confusion = np.asarray(res.confusion)
+        predicted = [lab for lab, col in zip(labels, confusion.sum(axis=0), strict=True) if col > 0]
         per_ds[name] = {
             "accuracy": _num(res.accuracy),
+            "accuracy_ci": _wilson(res.accuracy, int(res.n_test), settings.confidence),
             "per_class": {str(k): {m: _num(v) for m, v in d.items()} for k, d in res.per_class.items()},
             "macro": {m: _num(v) for m, v in res.macro_avg.items()},
             "weighted": {m: _num(v) for m, v in res.weighted_avg.items()},
             "confusion": _confusion(labels, res.confusion, res.confusion_normalised),
             "n_train": int(res.n_train),
             "n_test": int(res.n_test),
+            "n_per_class": {lab: counts[lab] for lab in labels},
+            "left_out": left_out,
+            "predicted_labels": predicted,
+            "min_reliable": reliable_n,
         }
-    return {
-        "method": f"LightGBM (defaults) on the embeddings, stratified {1 - settings.test_size:.0%}/"
-        f"{settings.test_size:.0%} split, seed {settings.seed}",
+        if left_out:
+            warn.add(
+                "separability",
+                name,
+                "left out of separability (fewer than "
+                f"{need} texts, too few for the {split} split): "
+                + ", ".join(f"{lab} ({c})" for lab, c in left_out.items()),
+            )
+        few = {lab: counts[lab] for lab in labels if counts[lab] < reliable_n}
+        if len(predicted) == 1:
+            warn.add(
+                "separability",
+                name,
+                f"the classifier predicted {predicted[0]!r} for every held-out text (accuracy "
+                f"{res.accuracy:.3f} on {res.n_test} texts): the sample is too small to mean anything; "
+                f"LightGBM trained on {res.n_train} texts cannot split leaves of {leaf}",
+            )
+        elif few:
+            warn.add(
+                "separability",
+                name,
+                "unreliable: " + ", ".join(f"{lab} ({c})" for lab, c in few.items())
+                + f" {'has' if len(few) == 1 else 'have'} fewer than {reliable_n} texts, so LightGBM "
+                f"(leaves of at least {leaf} training texts) can hardly learn them; accuracy "
+                f"{res.accuracy:.3f} on {res.n_test} held-out texts",
+            )
+    if not per_ds:
+        return None
+    out: dict[str, Any] = {
+        "method": f"LightGBM (defaults) on the embeddings, stratified {split} split, seed {settings.seed}; "
+        f"accuracy interval: Wilson {settings.confidence:.0%} on the held-out texts",
         "datasets": per_ds,
     }
+    if warn.skipped.get("separability"):
+        out["skipped"] = warn.skipped.pop("separability")
+    return out
 
 
 def _judge(
@@ -425,14 +556,17 @@ def _prepare_gold(
         {lab for f in data.values() for lab in f["label"] if mapping.get(lab, lab) is None}
         | (syn_labels ^ gold_labels)
     )
-    for name, frame in mapped.items():
+    unusable: dict[str, str] = {}
+    for name, frame in list(mapped.items()):
         shared = set(frame["label"]) & gold_labels
         if len(shared) < 2:
-            raise DataError(
+            # Not an error: the other sections of this dataset stay; only the comparison is left out.
+            unusable[name] = (
                 f"dataset {name!r} shares {len(shared)} label(s) {sorted(shared)} with the gold data "
-                f"({sorted(gold_labels)}); at least two are needed. Give a label map (--label-map) from "
-                f"its labels {sorted(set(data[name]['label']))} to the gold labels"
+                f"({sorted(gold_labels)}); at least two are needed. Map its labels "
+                f"{sorted(set(data[name]['label']))} to the gold labels with a label map"
             )
+            del mapped[name]
     summary = {
         split: (
             {
@@ -447,7 +581,7 @@ def _prepare_gold(
     }
     summary["label_map"] = mapping
     summary["dropped_labels"] = dropped
-    return {"train": train, "test": test, "mapped": mapped, "summary": summary}
+    return {"train": train, "test": test, "mapped": mapped, "summary": summary, "unusable": unusable}
 
 
 def _embed_gold(embedder: Any, gold: Mapping[str, Any], settings: EvaluationSettings) -> dict[str, Any]:
@@ -472,7 +606,8 @@ def _real_data(
     emb: Mapping[str, np.ndarray],
     settings: EvaluationSettings,
     cache: Any,
-) -> dict[str, Any]:
+    warn: _Warnings,
+) -> dict[str, Any] | None:
     from personagen_core.evaluation.metrics import real_data_metrics
 
     if gold["test"] is not None:
@@ -493,18 +628,29 @@ def _real_data(
         ref_mask = np.isin(ref_labels, shared)
         x_syn = emb[name][frame["row"].to_numpy()[syn_mask]]
         x_ref = ref_x[ref_mask]
-        res = cache.call(
-            real_data_metrics,
-            x_ref,
-            x_syn,
-            random_state=settings.seed,
-            n_boot=settings.bootstrap,
-            confidence=settings.confidence,
-            num_clusters=settings.prd_clusters,
-            prd_runs=settings.prd_runs,
-            k=settings.prdc_k,
-        )
+        try:
+            res = cache.call(
+                real_data_metrics,
+                x_ref,
+                x_syn,
+                random_state=settings.seed,
+                n_boot=settings.bootstrap,
+                confidence=settings.confidence,
+                num_clusters=settings.prd_clusters,
+                prd_runs=settings.prd_runs,
+                k=settings.prdc_k,
+            )
+        except DataError as exc:  # too few texts on one side
+            warn.skip("real_data", name, f"{name}: {exc} (shared labels {', '.join(shared)})")
+            continue
         d = res.to_dict()
+        if int(d["n"]) <= x_syn.shape[1]:
+            warn.add(
+                "real_data",
+                name,
+                f"unreliable: {d['n']} texts per side, not more than the {x_syn.shape[1]} embedding dimensions, "
+                "so FID's covariances are singular and its value is mostly bias; see the confidence intervals",
+            )
         metric_settings = d.get("settings", {})
         per_ds[name] = {
             m: {"value": _num(v["value"]), "ci": [_num(v.get("ci_low")), _num(v.get("ci_high"))]}
@@ -513,7 +659,11 @@ def _real_data(
         sizes[name] = {"n": int(d["n"]), "labels": shared}
         if d.get("prd_curve"):
             curves[name] = {k: _round(v) for k, v in d["prd_curve"].items()}
+    if not per_ds:
+        return None
+    skipped = warn.skipped.pop("real_data", None)
     return {
+        **({"skipped": skipped} if skipped else {}),
         "reference": ref_name,
         "datasets": per_ds,
         "sample_size": sizes,
@@ -543,13 +693,15 @@ def _downstream(
     emb: Mapping[str, np.ndarray],
     settings: EvaluationSettings,
     cache: Any,
-) -> dict[str, Any]:
+    warn: _Warnings,
+) -> dict[str, Any] | None:
     """Table VII, like with like: every row is scored on the same gold test texts, those whose labels all
     compared training sets (each dataset and the balanced gold sample) can predict; the gold and majority
     rows on the full test split follow as extra rows, and a chance row gives the floor."""
     from personagen_core.evaluation.classify import (
         chance_baseline,
         majority_baseline,
+        min_child_samples,
         score_intervals,
         transfer,
     )
@@ -589,11 +741,14 @@ def _downstream(
         )
         return out
 
+    if not train_sets:
+        return None  # every dataset was left out (reasons in warn.skipped) and no gold training split
     scope = "shared labels" if comparable else "own labels"
     rows: dict[str, Any] = {}
     for name, (x, y) in train_sets.items():
         res = cache.call(transfer, x, y, x_test, y_test, random_state=settings.seed, labels=on)
         rows[name] = row(res, scope)
+        _warn_small_training(warn, name, rows[name], y, min_child_samples())
     if y_train_full is not None:
         # Cheap, but cached too: scoring it imports scikit-learn, 1.6 s of a warm re-evaluation otherwise.
         rows["majority class"] = row(cache.call(majority_baseline, y_train_full, y_test, labels=on), scope)
@@ -633,7 +788,9 @@ def _downstream(
             f"the gold test split (n = {len(y_test)}); the training sets share fewer than two labels, so "
             "each row is scored on the labels it shares with the test split and rows are not comparable"
         )
+    skipped = warn.skipped.pop("downstream", None)
     return {
+        **({"skipped": skipped} if skipped else {}),
         "test": test,
         "comparable": comparable,
         "shared_labels": shared,
@@ -663,6 +820,36 @@ _ROW_KEYS = {
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+class _Warnings:
+    """Collects the report's warnings, and the datasets each section had to leave out (and why)."""
+
+    def __init__(self, out: list[dict[str, Any]]) -> None:
+        self.out = out
+        self.skipped: dict[str, dict[str, str]] = {}
+
+    def add(self, section: str, dataset: str | None, message: str) -> None:
+        self.out.append({"section": section, "dataset": dataset, "message": message})
+
+    def skip(self, section: str, dataset: str, reason: str) -> None:
+        self.skipped.setdefault(section, {})[dataset] = reason
+
+
+def _counts_text(frame: pd.DataFrame) -> str:
+    """``"21 texts: anger 3, fear 3, ..."`` for messages."""
+    counts = frame["label"].value_counts().sort_index()
+    return f"{len(frame)} texts: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _wilson(accuracy: float, n: int, confidence: float) -> list[float | None]:
+    """Wilson score interval of an accuracy measured on ``n`` texts (scipy's binomial test)."""
+    if n <= 0:
+        return [None, None]
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(accuracy * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [_num(ci.low), _num(ci.high)]
 
 
 class _Progress:
@@ -737,10 +924,6 @@ def _check_dataset(name: str, frame: Any) -> pd.DataFrame:
     out = out[out["text"].str.strip() != ""].reset_index(drop=True)
     if len(out) == 0:
         raise DataError(f"dataset {name!r} has no non-empty texts")
-    if out["label"].nunique() < 2:
-        raise DataError(
-            f"dataset {name!r} has a single label ({out['label'].iloc[0]!r}); at least two are needed"
-        )
     out.attrs = dict(frame.attrs)
     return out
 
@@ -802,6 +985,28 @@ def _confusion(labels: list[str], counts: Any, normalised: Any) -> dict[str, Any
     }
 
 
+def _warn_small_training(warn: _Warnings, name: str, row: dict[str, Any], y: np.ndarray, leaf: int) -> None:
+    """Warn when a Table VII row's classifier learnt from too few texts to mean anything."""
+    if len(row.get("predicted_labels", [])) == 1:
+        warn.add(
+            "downstream",
+            name,
+            f"the classifier trained on {name!r} predicted {row['predicted_labels'][0]!r} for every test text: "
+            f"{row['n_train']} training texts are too few to mean anything (LightGBM leaves hold at least "
+            f"{leaf})",
+        )
+        return
+    labels, counts = np.unique(y, return_counts=True)
+    few = {str(k): int(v) for k, v in zip(labels, counts, strict=True) if v < leaf}
+    if few:
+        warn.add(
+            "downstream",
+            name,
+            f"unreliable: trained on fewer than {leaf} texts (one LightGBM leaf) of "
+            + ", ".join(f"{k} ({v})" for k, v in few.items()),
+        )
+
+
 def _transfer_row(res: Any) -> dict[str, Any]:
     labels = [str(x) for x in res.labels]
     counts = np.asarray(res.confusion, dtype=float)
@@ -816,6 +1021,7 @@ def _transfer_row(res: Any) -> dict[str, Any]:
         "n_train": int(res.n_train),
         "n_test": int(res.n_test),
         "dropped_test": int(getattr(res, "dropped_test", 0)),
+        "predicted_labels": [lab for lab, col in zip(labels, counts.sum(axis=0), strict=True) if col > 0],
         "confusion": _confusion(labels, counts, normalised),
     }
 
