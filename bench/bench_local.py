@@ -1,14 +1,19 @@
 """Throughput of the embedded models end to end: accepted texts per minute through the real pipeline.
 
-For each model, ``personagen_core.generation.pipeline.run_generation`` runs with the local backend and every validation
-stage on (the japan pack, default settings unless given), into a throw-away run store. Printed per model:
-accepted texts per minute (wall clock of the run, model load excluded and reported apart), llama.cpp's own
+For each model and validation mode (``--validation rules``: rules and tables only, the embedded default;
+``llm``: stage 1-3 LLM verdicts as in the paper; ``both``), ``personagen_core.generation.pipeline.run_generation``
+runs with the local backend (the japan pack, default settings unless given) into a throw-away run store.
+Printed per run: accepted texts per minute (wall clock of the run, model load excluded and reported apart),
+the time from launch to the first accepted text, llama.cpp's own
 prompt-reading and generation time and tokens/s, the prompt tokens served from the KV cache, the time per
 call role (validation vs generation, from the client's call records) and the machine's load average, since
 the machine is shared and timings are noisy.
 
     .venv/bin/python bench/bench_local.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 2]
-        [--verdict-reasons rejected]   # verdict first, reasons for implausible verdicts only
+        [--validation rules|llm|both] [--verdict-reasons rejected] [--write]
+
+``--write`` stores the rates in ``personagen_core/local/model_speed.json`` (the "about N x slower" of the
+validation policy's message and ``personagen models list`` come from there).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp / LightGBM load libgomp
 
 import argparse
+import datetime as dt
+import itertools
 import json
+import platform
 import sys
 import tempfile
 import time
@@ -28,10 +36,14 @@ from typing import Any
 
 import httpx
 
+ROOT = Path(__file__).resolve().parents[1]
+SPEED_FILE = ROOT / "personagen_core" / "local" / "model_speed.json"
+MODES = {"rules": False, "llm": True}
+
 
 def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed: int,
-                workdir: Path, verdict_reasons: str = "all") -> dict[str, Any]:
-    """One pipeline run on ``key``; returns the measured figures."""
+                workdir: Path, verdict_reasons: str = "all", validate: bool = True) -> dict[str, Any]:
+    """One pipeline run on ``key`` (``validate``: stage 1-3 LLM verdicts or rules only); the measured figures."""
     from personagen_core import local as local_llm
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import GenerationConfig, run_generation
@@ -43,13 +55,21 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
     model = pool.model(key)
     model.load()
     settings = LLMSettings(backend="local", local_model=key, verdict_reasons=verdict_reasons)
-    config = GenerationConfig(emotions=emotions, per_emotion=per_emotion, seed=seed, llm=settings)
-    store = RunStore(workdir / f"{key}.sqlite")
+    config = GenerationConfig(emotions=emotions, per_emotion=per_emotion, seed=seed, llm=settings,
+                              validate=validate)
+    store = RunStore(workdir / f"{key}-{validate}.sqlite")
     load_before = os.getloadavg()
+    first: list[float] = []
+
+    def on_event(ev: Any) -> None:
+        # Time from launch to the first accepted text (events come about five times a second).
+        if not first and sum(ev.accepted.values()) > 0:
+            first.append(time.perf_counter() - start)
+
     start = time.perf_counter()
     http = httpx.AsyncClient(transport=pool.transport(key))
     try:
-        summary = run_generation(spec, config, store, http_client=http)
+        summary = run_generation(spec, config, store, http_client=http, on_event=on_event)
     finally:
         pool.close()
     wall = time.perf_counter() - start
@@ -64,6 +84,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
     stats = model.stats.as_dict()
     return {
         "model": key,
+        "validation": "llm" if validate else "rules",
         "state": summary.state,
         "accepted": accepted,
         "target": sum(summary.target.values()),
@@ -71,6 +92,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
         "calls": summary.calls,
         "wall_s": wall,
         "accepted_per_min": accepted / (wall / 60) if wall else 0.0,
+        "first_text_s": first[0] if first else None,
         "load_ms": stats["load_ms"],
         "prompt_s": stats["prompt_ms"] / 1000,
         "generation_s": stats["generation_ms"] / 1000,
@@ -97,20 +119,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
                         help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
+    parser.add_argument("--validation", choices=["rules", "llm", "both"], default="both",
+                        help="rules: rules and tables only; llm: stage 1-3 LLM verdicts; both (default)")
+    parser.add_argument("--write", action="store_true", help=f"store the rates in {SPEED_FILE.name}")
     args = parser.parse_args(argv)
+    modes = ["rules", "llm"] if args.validation == "both" else [args.validation]
     keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]
     emotions = args.emotions.split(",") if args.emotions else None
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for key in keys:
-            print(f"== {key}: running the pipeline ...", file=sys.stderr, flush=True)
+        for key, mode in itertools.product(keys, modes):
+            print(f"== {key}, validation {mode}: running the pipeline ...", file=sys.stderr, flush=True)
             r = bench_model(key, per_emotion=args.per_emotion, emotions=emotions, seed=args.seed,
-                            workdir=Path(tmp), verdict_reasons=args.verdict_reasons)
+                            workdir=Path(tmp), verdict_reasons=args.verdict_reasons, validate=MODES[mode])
             results.append(r)
             other = r["decode_wall_s"] - r["prompt_s"] - r["generation_s"]
-            print(f"{key}: {r['accepted']}/{r['target']} accepted ({r['state']}) in {r['wall_s']:.0f} s = "
-                  f"{r['accepted_per_min']:.1f} accepted texts/min; {r['calls']} calls; "
-                  f"rejections {r['rejections']}")
+            first = f"{r['first_text_s']:.1f} s" if r["first_text_s"] is not None else "none"
+            print(f"{key} [{mode}]: {r['accepted']}/{r['target']} accepted ({r['state']}) in {r['wall_s']:.0f} s "
+                  f"= {r['accepted_per_min']:.1f} accepted texts/min; first text after {first}; "
+                  f"{r['calls']} calls; rejections {r['rejections']}")
             print(f"  llama.cpp: prompt reading {r['prompt_s']:.1f} s ({r['prompt_tokens_per_s']:.0f} tok/s on "
                   f"{r['prompt_tokens'] - r['cached_prompt_tokens']} tokens; {r['cached_prompt_tokens']} of "
                   f"{r['prompt_tokens']} prompt tokens reused from the KV cache), generation "
@@ -125,7 +152,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"(2 cores, shared machine)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.write:
+        _write_speed(results, argv)
     return 0
+
+
+def _write_speed(results: list[dict[str, Any]], argv: list[str] | None) -> None:
+    """Merge this run's rates into model_speed.json (models and modes not re-measured keep theirs)."""
+    data = json.loads(SPEED_FILE.read_text()) if SPEED_FILE.is_file() else {}
+    models = data.setdefault("models", {})
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    command = "python bench/bench_local.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for r in results:
+        mode = "validated" if r["validation"] == "llm" else "rules_only"
+        models.setdefault(r["model"], {})[mode] = {
+            "accepted_per_min": r["accepted_per_min"], "accepted": r["accepted"], "wall_s": r["wall_s"],
+            "first_text_s": r["first_text_s"], "calls": r["calls"], "measured": now, "command": command,
+            "loadavg_before": r["loadavg_before"][0], "cpus": os.cpu_count(), "node": platform.node(),
+        }
+    data["note"] = ("End-to-end accepted texts per minute on the japan pack (model load excluded), measured by "
+                    "bench/bench_local.py on a shared machine: the ratio between modes matters more than the rates.")
+    SPEED_FILE.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -201,9 +201,21 @@ def generate(
     stages: Annotated[
         _Stages, typer.Option("--stages", help="Ablation: condition on stage 1, 1+2 or 1+2+3.")
     ] = _Stages.s123,
+    llm_validation: Annotated[
+        bool | None,
+        typer.Option("--llm-validation/--no-llm-validation",
+                     help="Stage 1-3 LLM verdicts on or off. Default: on, unless the validator's measured "
+                     "accuracy is at chance (the embedded models): then rules and tables only."),
+    ] = None,
     no_validate: Annotated[
-        bool, typer.Option("--no-validate", help="Skip the stage 1-3 LLM validation.")
+        bool, typer.Option("--no-validate", hidden=True, help="Same as --no-llm-validation.")
     ] = False,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option("--calibrate/--no-calibrate",
+                     help="Time a 3-text run first when these settings were never timed on this machine "
+                     "(default: only for the embedded backend; a remote one costs tokens)."),
+    ] = None,
     backend: Annotated[
         _Backend | None,
         typer.Option("--backend", help="openai (any compatible endpoint) or local (embedded model)."),
@@ -251,14 +263,19 @@ def generate(
 
     Exit code: 0 when every quota is met, 3 when it stopped resumable (budget, attempts, Ctrl-C), 2 on errors.
     """
+    import httpx
+
+    from personagen_core.generation import throughput
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import (
+        METHODS,
         GenerationConfig,
         estimate_cost,
+        resolve_validation,
         resume_generation,
         run_generation,
     )
-    from personagen_core.local import prefer_passive_openmp
+    from personagen_core.local import LocalModelPool, prefer_passive_openmp
     from personagen_core.store import new_run_id
 
     prefer_passive_openmp()
@@ -297,7 +314,7 @@ def generate(
         per_emotion=per_emotion,
         seed=seed,
         stages=stages.value,
-        validate=not no_validate,
+        validate=False if no_validate else llm_validation,
         emotions=[e.strip() for e in emotions.split(",") if e.strip()] if emotions else None,
         max_cost=max_cost,
         max_tokens=max_tokens,
@@ -315,15 +332,43 @@ def generate(
         f"estimate: ~{int(est.prompt_tokens + est.completion_tokens):,} tokens, cost {price} "
         f"({config.method}, {where}, model {config.llm.model_for('generator')})"
     )
-    run_id = new_run_id()
-    typer.echo(f"run {run_id} -> {store.path}")
     names = config.emotions or spec.emotion_names
-    summary = _run_with_progress(
-        lambda on_event, cancel: run_generation(
-            spec, config, store, on_event=on_event, cancel=cancel, run_id=run_id
-        ),
-        {e: per_emotion for e in names},
-    )
+    config = resolve_validation(config)
+    if config.validation_policy and config.validation_policy.get("message") and METHODS[config.method].validate:
+        typer.echo(config.validation_policy["message"])
+    # The embedded model is loaded once for the calibration and the run.
+    pool = LocalModelPool() if config.llm.backend == "local" else None
+
+    def http() -> Any:
+        return httpx.AsyncClient(transport=pool.transport(config.llm.local_model)) if pool else None
+
+    try:
+        book = throughput.ThroughputBook()
+        timing = throughput.estimate_run_time(config, per_emotion * len(names), book)
+        if timing is None and (calibrate or (calibrate is None and pool is not None)):
+            typer.echo(f"time: these settings were never timed on this machine; timing "
+                       f"{throughput.CALIBRATION_TEXTS} texts first ...", err=True)
+            throughput.calibrate(spec, config, book=book, http_client=http())
+            timing = throughput.estimate_run_time(config, per_emotion * len(names), book)
+        typer.echo(f"time: {timing.message}" if timing else
+                   "time: not measured on this machine yet (--calibrate times a 3-text run first)")
+        run_id = new_run_id()
+        typer.echo(f"run {run_id} -> {store.path}")
+        timer = throughput.RunTimer()
+
+        def start(on_event: Any, cancel: threading.Event) -> RunSummary:
+            def both(ev: Any) -> None:
+                timer.observe(ev)
+                on_event(ev)
+
+            return run_generation(spec, config, store, on_event=both, cancel=cancel, run_id=run_id,
+                                  http_client=http())
+
+        summary = _run_with_progress(start, {e: per_emotion for e in names})
+        book.record(throughput.profile_key(config), timer.measurement("run"))  # the next estimate learns
+    finally:
+        if pool is not None:
+            pool.close()
     _finish(summary)
 
 

@@ -11,7 +11,7 @@ Methods (same output schema):
 
 * ``personagen``: stage 1-3 attributes from the spec's real-world distributions and rules, LLM-validated
   (ablations: ``stages="1"`` or ``"12"`` conditions on fewer stages, ``validate=False`` skips the LLM
-  checks), full output checks.
+  checks; the default follows the validator's measured quality, :mod:`validation_policy`), full output checks.
 * ``attrprompt`` (the paper's baseline): attribute values drawn uniformly at random, no validation, only
   empty and exact-duplicate outputs rejected.
 * ``priorwork``: random personas drawn from the spec's distributions without LLM validation, with a basic
@@ -45,6 +45,7 @@ from personagen_core.generation._scheduler import (
 from personagen_core.generation._validation import Validator, Verdict
 from personagen_core.generation.llm import LLMClient, LLMSettings, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, validation_columns, validation_messages
+from personagen_core.generation.validation_policy import decide
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
@@ -62,6 +63,7 @@ __all__ = [
     "avalidate_personas",
     "estimate_cost",
     "funnel",
+    "resolve_validation",
     "resume_generation",
     "run_generation",
     "validate_personas",
@@ -74,7 +76,10 @@ RESUME_OVERRIDES = ("max_attempts", "max_cost", "max_tokens")
 
 class GenerationConfig(BaseModel):
     """What to generate and the limits of a run. ``validate`` (attribute ``validate_``) turns the stage 1-3
-    LLM validation on or off; ``stages`` is the ablation switch (``"1"``, ``"12"`` or ``"123"``).
+    LLM validation on or off; None (default) leaves it to :func:`validation_policy.decide` (off for a validator
+    measured at chance, such as the embedded models; on otherwise). A started run records the resolved value
+    and the decision (``validation_policy``) in its stored config. ``stages`` is the ablation switch (``"1"``,
+    ``"12"`` or ``"123"``).
 
     ``max_attempts`` bounds accepted + rejected outputs + rejected candidates over the whole run (default:
     ten per wanted text plus 50); ``max_cost`` (USD) and ``max_tokens`` bound the run's usage: once reached no
@@ -89,7 +94,8 @@ class GenerationConfig(BaseModel):
     per_emotion: int = Field(default=10, ge=1, le=10_000_000)
     seed: int = 0
     stages: Literal["1", "12", "123"] = "123"
-    validate_: bool = Field(default=True, alias="validate")
+    validate_: bool | None = Field(default=None, alias="validate")
+    validation_policy: dict[str, Any] | None = None
     validation_batch: int = Field(default=8, ge=1, le=64)
     texts_per_persona: int | None = Field(default=None, ge=1, le=100)
     max_attempts: int | None = Field(default=None, ge=1)
@@ -102,6 +108,15 @@ class GenerationConfig(BaseModel):
     def stored(self) -> dict[str, Any]:
         """JSON-safe dict for the run store; the API key is excluded by :class:`LLMSettings`."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def resolve_validation(config: GenerationConfig) -> GenerationConfig:
+    """``config`` with ``validate`` decided (the user's choice, else the measured-quality policy) and the
+    decision recorded in ``validation_policy``; a config already resolved is returned unchanged."""
+    if config.validate_ is not None and config.validation_policy is not None:
+        return config
+    decision = decide(config.llm, config.validate_)
+    return config.model_copy(update={"validate_": decision.validate, "validation_policy": decision.to_dict()})
 
 
 def _check_budget_prices(config: GenerationConfig) -> None:
@@ -129,6 +144,7 @@ async def arun_generation(
     """Start a new run (id ``run_id`` or a fresh one) and generate to its quotas (:func:`run_generation`)."""
     names = emotions_of(spec, config)
     _check_budget_prices(config)
+    config = resolve_validation(config)
     run_id = store.create_run(
         method=config.method,
         config=config.stored(),
@@ -187,7 +203,7 @@ async def aresume_generation(
     data.update({k: v for k, v in overrides.items() if v is not None})
     stored_llm = data.pop("llm", {}) or {}
     data["llm"] = llm if llm is not None else LLMSettings.from_env(**stored_llm)
-    config = GenerationConfig.model_validate(data)
+    config = resolve_validation(GenerationConfig.model_validate(data))
     _check_budget_prices(config)
     return await RunSession(spec, config, store, run_id, on_event, cancel).execute(http_client)
 
@@ -234,7 +250,7 @@ def estimate_cost(
     names = emotions_of(spec, config)
     info = METHODS[config.method]
     stages = stages_of(spec, config)
-    validate = info.validate and config.validate_
+    validate = info.validate and bool(resolve_validation(config).validate_)
     per = config.texts_per_persona or spec.generation.texts_per_persona
     batch = config.validation_batch
     sample = build_model(spec, mode=info.mode).sample(batch, random_state=np.random.default_rng(config.seed))

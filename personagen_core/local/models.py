@@ -26,6 +26,7 @@ __all__ = [
     "ModelInfo",
     "ModelStatus",
     "model_quality",
+    "model_speed",
     "model_status",
     "models_dir",
     "models_overview",
@@ -289,39 +290,77 @@ def model_status(model: str | ModelInfo, *, home: str | Path | None = None) -> M
 
 
 
-def model_quality() -> dict[str, Any]:
-    """The measured quality of the bundled models (``model_quality.json``, written by
-    ``bench/bench_local_quality.py``); an empty dict when it has not been measured."""
+def _packaged_json(name: str) -> dict[str, Any]:
     from importlib.resources import files
 
-    resource = files("personagen_core.local").joinpath("model_quality.json")
+    resource = files("personagen_core.local").joinpath(name)
     try:
         return json.loads(resource.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
 
 
+def model_quality() -> dict[str, Any]:
+    """The measured quality of the bundled models (``model_quality.json``, written by
+    ``bench/bench_local_quality.py``); an empty dict when it has not been measured."""
+    return _packaged_json("model_quality.json")
+
+
+def model_speed() -> dict[str, Any]:
+    """The measured end-to-end throughput of the bundled models, rules-only and LLM-validated
+    (``model_speed.json``, written by ``bench/bench_local.py --write``); an empty dict when not measured."""
+    return _packaged_json("model_speed.json")
+
+
 def _fmt_share(value: Any, pattern: str = "{:.0%}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def _fmt_ci(value: Any, n: Any, ci: Any) -> str:
+    """"55% of 44 (95% CI 40-69%)", or "-" when not measured."""
+    if value is None:
+        return "-"
+    out = f"{value:.0%}" + (f" of {n}" if n else "")
+    if ci:
+        out += f" (CI {ci[0]:.0%}-{ci[1]:.0%})"
+    return out
+
+
 def models_overview(home: Path | None = None) -> list[dict[str, str]]:
-    """One row per bundled model: state, size, sha256 status and the measured quality figures."""
+    """One row per bundled model: state, size, sha256 status and the measured quality figures, each with its
+    n and 95 % interval (validator accuracy on the plausibility fixture, emotion match of generated texts,
+    rules-only and LLM-validated where both were measured)."""
+    from personagen_core.generation.validation_policy import wilson_interval
+
     quality = model_quality().get("models", {})
+    speed = model_speed().get("models", {})
     rows = []
     for key in MODELS:
         status = model_status(key, home=home)
         q = quality.get(key, {})
         val, gen = q.get("validation", {}), q.get("generation", {})
+        conf = val.get("confusion") or {}
+        n_val = sum(conf.values()) or None
+        val_ci = (wilson_interval(conf.get("plausible_kept", 0) + conf.get("implausible_rejected", 0), n_val)
+                  if n_val else None)
+        ladder = q.get("ladder", {})
+        match = {mode: _fmt_ci(r.get("emotion_match"), r.get("emotion_match_n"), r.get("emotion_match_ci"))
+                 for mode, r in ladder.items()}
+        if not match:
+            match = {"": _fmt_ci(gen.get("emotion_match"), gen.get("emotion_match_n"),
+                                 gen.get("emotion_match_ci"))}
+        rate = speed.get(key, {})
         rows.append({
             "model": key + (" (default)" if key == DEFAULT_MODEL else ""),
             "installed": "yes" if status.installed else "no",
             "size": f"{status.size / 1e6:,.0f} MB",
             "sha256": status.sha256,
-            "validator accuracy": _fmt_share(val.get("accuracy")),
+            "validator accuracy": _fmt_ci(val.get("accuracy"), n_val, val_ci),
             "says natural": _fmt_share(val.get("natural_share")),
             "refusals": _fmt_share(gen.get("refusal_rate")),
-            "emotion match": _fmt_share(gen.get("emotion_match"))
-            + (f" (n={gen['emotion_match_n']})" if gen.get("emotion_match") is not None else ""),
+            "emotion match": "; ".join(f"{m}: {v}" if m else v for m, v in match.items()),
+            "texts/min": "; ".join(
+                f"{m.replace('_', '-')}: {r['accepted_per_min']:.1f}" for m, r in rate.items()
+                if isinstance(r, dict) and r.get("accepted_per_min") is not None) or "-",
         })
     return rows
