@@ -333,3 +333,42 @@ def test_pipeline_runs_end_to_end_on_the_embedded_model(pool: LocalModelPool, tm
     assert sorted(texts["emotion"].to_numpy().tolist()) == ["anger", "joy"]
     assert all(isinstance(t, str) and t.strip() for t in texts["text"].to_numpy())
     assert summary.calls >= 3  # at least one validation call plus two generations
+
+
+@pytest.mark.llm
+@pytest.mark.slow
+@needs_runtime
+def test_cli_generate_on_the_embedded_model_is_rules_only_timed_and_estimated(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch
+                                                                             ) -> None:
+    """``personagen generate`` on the embedded backend: the policy line with the measured figure, no LLM
+    verdicts (recorded in the run's config), a calibration at first use, then an estimate from it."""
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+    from personagen_core.generation.validation_policy import default_validation
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.store import RunStore
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path / "home"))
+    db = tmp_path / "runs.sqlite"
+    args = ["generate", "--backend", "local", "--local-model", SMOL, "--emotions", "joy,anger",
+            "--per-emotion", "1", "--db", str(db)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    decision = default_validation(LLMSettings(backend="local", local_model=SMOL))
+    assert decision.message and decision.message in first.output
+    assert "never timed on this machine" in first.output and "on this machine for 2 texts" in first.output
+    store = RunStore(db)
+    run = store.list_runs()["run_id"].iloc[0]
+    config = store.run(run)["config"]
+    assert config["validate"] is False and config["validation_policy"]["message"] == decision.message
+    assert store.funnel(run)["stages"] == {} or all(
+        v.get("validated", 0) == 0 for v in store.funnel(run)["stages"].values())
+    assert (tmp_path / "home" / "throughput.json").is_file()
+    second = CliRunner().invoke(app, [*args, "--llm-validation", "--stages", "1", "--no-calibrate"])
+    assert second.exit_code == 0, second.output
+    assert "LLM validation is on" in second.output  # the same figure, as a warning
+    # LLM validation is another timing profile: no figure is borrowed from the rules-only timings.
+    assert "time: not measured on this machine yet" in second.output
+    assert store.run(store.list_runs()["run_id"].iloc[0])["config"]["validate"] is True
