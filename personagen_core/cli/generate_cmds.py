@@ -62,11 +62,15 @@ def _store(db: Path | None) -> RunStore:
 
 
 def _load_spec(spec_file: Path | None, pack: str | None) -> Spec:
-    from personagen_core.personas.spec import DEFAULT_PACK, load_pack, load_spec
+    from personagen_core.personas.spec import DEFAULT_PACK, load_pack
 
     if spec_file is not None and pack is not None:
         raise typer.BadParameter("give --spec or --pack, not both")
-    return load_spec(spec_file) if spec_file is not None else load_pack(pack or DEFAULT_PACK)
+    if spec_file is not None:
+        from personagen_core.spec_library import resolve_spec
+
+        return resolve_spec(spec_file)  # a YAML file, or the name of a saved spec
+    return load_pack(pack or DEFAULT_PACK)
 
 
 def _llm_overrides(
@@ -189,7 +193,7 @@ def _finish(summary: RunSummary) -> None:
 
 
 def generate(
-    spec_file: Annotated[Path | None, typer.Option("--spec", help="Spec YAML file.")] = None,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Spec YAML file or saved spec name.")] = None,
     pack: Annotated[str | None, typer.Option("--pack", help="Shipped pack (default: japan).")] = None,
     emotions: Annotated[
         str | None, typer.Option("--emotions", help="Comma-separated subset of the spec's emotions.")

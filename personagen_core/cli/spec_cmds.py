@@ -20,17 +20,20 @@ __all__ = ["register", "personas_frame", "write_frame"]
 spec_app = typer.Typer(help="Validate, show and export generation specs.", no_args_is_help=True)
 
 _PackOpt = Annotated[str | None, typer.Option("--pack", help="Shipped pack name (japan, united_states).")]
-_SpecOpt = Annotated[Path | None, typer.Option("--spec", help="Spec YAML file.")]
+_SpecOpt = Annotated[
+    Path | None, typer.Option("--spec", help="Spec YAML file, or the name of a saved spec (`spec list`).")
+]
 _NormOpt = Annotated[bool, typer.Option("--normalise", help="Rescale probabilities that do not sum to 1.")]
 
 
 def _load(spec_file: Path | None, pack: str | None, normalise: bool = False) -> Spec:
-    from personagen_core.personas.spec import DEFAULT_PACK, load_pack, load_spec
+    from personagen_core.personas.spec import DEFAULT_PACK, load_pack
+    from personagen_core.spec_library import resolve_spec
 
     if spec_file is not None and pack is not None:
         raise typer.BadParameter("give --spec or --pack, not both")
     if spec_file is not None:
-        return load_spec(spec_file, normalise=normalise)
+        return resolve_spec(spec_file, normalise=normalise)
     return load_pack(pack or DEFAULT_PACK)
 
 
@@ -102,6 +105,49 @@ def export(
     spec = _load(spec_file, pack)
     _atomic_write_text(out, dump_spec(spec))
     typer.echo(f"wrote {out}")
+
+
+@spec_app.command("list")
+def list_saved() -> None:
+    """List the saved specs (saved from the dashboard or with `spec save`), newest first."""
+    import datetime as dt
+
+    from personagen_core.spec_library import SpecLibrary
+
+    with SpecLibrary() as lib:
+        rows = lib.list()
+        if not rows:
+            typer.echo(f"no saved specs in {lib.path}")
+            return
+        for r in rows:
+            when = dt.datetime.fromtimestamp(r.updated_at, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+            typer.echo(f"{r.name}\t{r.spec_name}\tsha256 {r.spec_hash[:12]}\tupdated {when} UTC")
+
+
+@spec_app.command("save")
+def save(
+    name: Annotated[str, typer.Argument(help="Name to save the spec under.")],
+    pack: _PackOpt = None,
+    spec_file: _SpecOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a saved spec of that name.")] = False,
+) -> None:
+    """Save a spec file (or a pack) in the spec library under NAME, for `--spec NAME` and the dashboard."""
+    from personagen_core.spec_library import SpecLibrary
+
+    spec = _load(spec_file, pack)
+    with SpecLibrary() as lib:
+        saved = lib.save(name, spec, overwrite=overwrite)
+        typer.echo(f"saved {saved.name!r} (spec {spec.name!r}, sha256 {saved.spec_hash[:12]}) in {lib.path}")
+
+
+@spec_app.command("delete")
+def delete(name: Annotated[str, typer.Argument(help="Saved spec to delete.")]) -> None:
+    """Delete a saved spec."""
+    from personagen_core.spec_library import SpecLibrary
+
+    with SpecLibrary() as lib:
+        lib.delete(name)
+        typer.echo(f"deleted {name!r} from {lib.path}")
 
 
 def personas_frame(
