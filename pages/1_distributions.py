@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 import ui
@@ -31,10 +33,11 @@ with c_upload:
     upload = st.file_uploader("Load a spec (YAML)", type=["yaml", "yml"], key="spec_upload")
     ui.handle_spec_upload(upload, spec_mod)
 with c_save:
-    # Deferred: the YAML is written only when the button is clicked.
+    # Deferred (the YAML dump takes ~0.1 s), but bound to this run's spec object: the callable runs later,
+    # outside the session, where st.session_state is not available.
     st.download_button(
         "Download spec (YAML)",
-        lambda: spec_mod.dump_spec(st.session_state["spec"]),
+        functools.partial(spec_mod.dump_spec, spec),
         file_name=f"{spec.name}.yaml",
         mime="application/x-yaml",
         icon=":material/download:",
@@ -48,7 +51,8 @@ categories = ui.category_options(spec)
 left, right = st.columns([3, 4], gap="large")
 with left:
     key = st.selectbox(
-        "Category", list(categories), format_func=lambda k: categories[k], key="keep_dist_category"
+        "Category", list(categories), format_func=lambda k: categories[k],
+        **ui.keep("dist_category", next(iter(categories)), options=categories),
     )
     ui.category_editor(spec, key)
     if ui.has_table(spec, key):
@@ -58,9 +62,8 @@ with left:
 # ---- spec vs sampled marginals -----------------------------------------------------------------------
 with right:
     c_n, c_seed = st.columns(2)
-    ui.defaults(keep_dist_n=1000, keep_dist_seed=0)
-    n = c_n.number_input("Personas sampled", 100, 20_000, step=100, key="keep_dist_n")
-    seed = c_seed.number_input("Seed", 0, 2**31 - 1, key="keep_dist_seed")
+    n = c_n.number_input("Personas sampled", 100, 20_000, step=100, **ui.keep("dist_n", 1000))
+    seed = c_seed.number_input("Seed", 0, 2**31 - 1, **ui.keep("dist_seed", 0))
     with ui.error_boundary("sampling"):
         df = ui.sampled(ui.current_spec(), int(n), int(seed))
         summary = ui.marginals(ui.current_spec(), int(n), int(seed))

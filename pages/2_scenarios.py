@@ -32,7 +32,8 @@ with left:
 with right:
     if spec.scenario:
         element = st.selectbox(
-            "Element", list(spec.scenario), format_func=lambda k: spec.scenario[k].label or k
+            "Element", list(spec.scenario), format_func=lambda k: spec.scenario[k].label or k,
+            **ui.keep("scenario_element", next(iter(spec.scenario)), options=spec.scenario),
         )
         with ui.error_boundary("sampling scenarios"):
             summary = ui.marginals(spec, 1000, 0)

@@ -12,9 +12,8 @@ ui.page_title("Persona preview")
 
 spec = ui.current_spec()
 c_n, c_seed, c_val = st.columns([1, 1, 2], vertical_alignment="bottom")
-ui.defaults(keep_preview_n=6, keep_preview_seed=0)
-n = c_n.number_input("Personas", 1, 50, key="keep_preview_n")
-seed = c_seed.number_input("Seed", 0, 2**31 - 1, key="keep_preview_seed")
+n = c_n.number_input("Personas", 1, 50, **ui.keep("preview_n", 6))
+seed = c_seed.number_input("Seed", 0, 2**31 - 1, **ui.keep("preview_seed", 0))
 validate = c_val.button(
     "Validate with the LLM",
     icon=":material/fact_check:",

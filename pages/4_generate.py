@@ -17,33 +17,27 @@ with left:
     with ui.error_boundary("LLM settings"):
         llm = ui.llm_settings_form()
     st.subheader("Run")
+    methods = {
+        "personagen": "PersonaGen (validated personas)",
+        "attrprompt": "AttrPrompt",
+        "priorwork": "Prior work (unvalidated personas)",
+    }
     method = st.selectbox(
-        "Method",
-        list(pipeline.METHODS),
-        key="keep_method",
-        format_func={
-            "personagen": "PersonaGen (validated personas)",
-            "attrprompt": "AttrPrompt",
-            "priorwork": "Prior work (unvalidated personas)",
-        }.get,
+        "Method", list(pipeline.METHODS), format_func=methods.get,
+        **ui.keep("method", "personagen", options=pipeline.METHODS),
     )
     c1, c2 = st.columns(2)
-    ui.defaults(
-        keep_per_emotion=10,
-        keep_gen_seed=0,
-        keep_temperature=float(spec.generation.temperature),
-        keep_concurrency=8,
-        keep_max_cost=0.0,
-        keep_emotions=spec.emotion_names,
+    per_emotion = c1.number_input("Texts per emotion", 1, 1_000_000, **ui.keep("per_emotion", 10))
+    seed = c2.number_input("Seed", 0, 2**31 - 1, **ui.keep("gen_seed", 0))
+    temperature = c1.slider(
+        "Temperature", 0.0, 2.0, step=0.05, **ui.keep("temperature", float(spec.generation.temperature))
     )
-    per_emotion = c1.number_input("Texts per emotion", 1, 1_000_000, key="keep_per_emotion")
-    seed = c2.number_input("Seed", 0, 2**31 - 1, key="keep_gen_seed")
-    temperature = c1.slider("Temperature", 0.0, 2.0, step=0.05, key="keep_temperature")
-    c2.number_input("Concurrency", 1, 256, key="keep_concurrency")
-    max_cost = c1.number_input("Max cost (USD, 0 = none)", 0.0, 10_000.0, step=1.0, key="keep_max_cost")
-    if any(e not in spec.emotion_names for e in st.session_state["keep_emotions"]):  # the spec's set changed
-        st.session_state["keep_emotions"] = spec.emotion_names
-    emotions = c2.multiselect("Emotions", spec.emotion_names, key="keep_emotions")
+    c2.number_input("Concurrency", 1, 256, **ui.keep("concurrency", 8))
+    max_cost = c1.number_input("Max cost (USD, 0 = none)", 0.0, 10_000.0, step=1.0, **ui.keep("max_cost", 0.0))
+    # Emotions no longer in the spec's label set are dropped from the kept choice.
+    emotions = c2.multiselect(
+        "Emotions", spec.emotion_names, **ui.keep("emotions", spec.emotion_names, options=spec.emotion_names)
+    )
 
     ready = False
     with ui.error_boundary("settings"):
@@ -70,7 +64,7 @@ with left:
         ready = True
     if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=not ready):
         with ui.error_boundary("launching"):
-            run_id = ui.start_generation(run_spec, config)
+            run_id = ui.start_generation(run_spec, config)  # also selects it in the run pickers
             st.toast(f"Run {run_id} started.")
 
 with right:
@@ -85,3 +79,6 @@ with right:
             ui.show_run_progress(run_id)
 
     monitor()
+    with ui.error_boundary("reading the run store"):
+        if ui.kept("run"):
+            ui.run_details(ui.kept("run"))

@@ -15,9 +15,11 @@ if len(texts) == 0:
     st.stop()
 
 c_search, c_emotion = st.columns([3, 2])
-query = c_search.text_input("Search the texts", placeholder="word or phrase")
+query = c_search.text_input("Search the texts", placeholder="word or phrase", **ui.keep("explore_query", ""))
 emotions = sorted(texts["emotion"].astype(str).unique())
-chosen = c_emotion.multiselect("Emotion", emotions, default=emotions)
+# Kept per run: another run has other emotions, and its own choice.
+chosen = c_emotion.multiselect("Emotion", emotions, **ui.keep(f"explore_emotions:{run_id}", emotions, options=emotions,
+                                                              key="explore_emotions"))
 
 verdicts = ui.verdict_filters(texts)
 values, ranges = ui.attribute_filters(texts)

@@ -681,6 +681,25 @@ class RunStore:
             "cost": float(r[4]),
         }
 
+    def last_call(self, run_id: str, *, failed: bool = False) -> dict[str, Any] | None:
+        """The run's most recent LLM call (``failed=True``: the most recent one with an error) as a dict
+        ``stage, role, model, status, error, created_at``; None when there is none."""
+        where = " AND error IS NOT NULL" if failed else ""
+        rows = self._query(
+            f"SELECT stage, role, model, status, error, created_at FROM calls WHERE run_id = ?{where}"
+            " ORDER BY id DESC LIMIT 1",
+            (run_id,),
+        )
+        return dict(rows[0]) if rows else None
+
+    def latest_texts(self, run_id: str, n: int = 5) -> list[dict[str, Any]]:
+        """The ``n`` newest accepted texts of a run, newest first: ``text_id, emotion, text, created_at``."""
+        rows = self._query(
+            "SELECT text_id, emotion, text, created_at FROM texts WHERE run_id = ? ORDER BY text_id DESC LIMIT ?",
+            (run_id, int(n)),
+        )
+        return [dict(r) for r in rows]
+
     def funnel(self, run_id: str) -> dict[str, Any]:
         """The run's funnel: candidates sampled, verdicts per stage, outputs generated/accepted/rejected."""
         sampled = int(self._query("SELECT COUNT(*) FROM personas WHERE run_id = ?", (run_id,))[0][0])

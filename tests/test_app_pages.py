@@ -473,3 +473,54 @@ def test_add_and_remove_an_item(home: Path) -> None:
     at.text_input(key="add_name:attributes.age").set_value(cat.names[0])
     next(b for b in at.button if b.key == "add:attributes.age").click().run()
     assert any("already exists" in e.value for e in at.error)
+
+
+def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -> None:
+    """Widget values live outside Streamlit's widget state and in the server-side draft (no API key)."""
+    at = _open(_app().run(), "pages/4_generate.py")
+    at.radio(key="keep_backend").set_value("compatible").run()
+    values = {"keep_per_emotion": 3, "keep_gen_seed": 7, "keep_concurrency": 5, "keep_max_cost": 2.0}
+    for key, value in values.items():
+        at.number_input(key=key).set_value(value)
+    at.slider(key="keep_temperature").set_value(0.7)
+    at.multiselect(key="keep_emotions").set_value(["joy", "fear"])
+    at.selectbox(key="keep_method").set_value("attrprompt")
+    at.text_input(key="keep_base_url").set_value("http://127.0.0.1:9/v1")
+    at.text_input(key="keep_model").set_value("my-model")
+    at.text_input(key="keep_api_key").set_value("sk-never-on-disk-123")
+    at.run()
+    _open(at, "pages/1_distributions.py")
+    _open(at, "pages/5_explore.py")
+    _open(at, "pages/4_generate.py")
+
+    def check(at, *, key_kept: bool) -> None:
+        for key, value in values.items():
+            assert at.number_input(key=key).value == value, key
+        assert at.slider(key="keep_temperature").value == pytest.approx(0.7)
+        assert at.multiselect(key="keep_emotions").value == ["joy", "fear"]
+        assert at.selectbox(key="keep_method").value == "attrprompt"
+        assert at.radio(key="keep_backend").value == "compatible"
+        assert at.text_input(key="keep_base_url").value == "http://127.0.0.1:9/v1"
+        assert at.text_input(key="keep_model").value == "my-model"
+        assert at.text_input(key="keep_api_key").value == ("sk-never-on-disk-123" if key_kept else "")
+
+    check(at, key_kept=True)
+    # A new session (a reload, another tab, a restarted server) gets the same values from the draft,
+    # except the API key, which never left the first session's memory.
+    fresh = _open(_app().run(), "pages/4_generate.py")
+    check(fresh, key_kept=False)
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert b"sk-never-on-disk-123" not in path.read_bytes(), path
+
+
+def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
+    at = _open(_app().run(), "pages/1_distributions.py")
+    key = next(s.key for s in at.slider if s.key.startswith("p:") and s.key.endswith("attributes.age:0"))
+    at.slider(key=key).set_value(0.55).run()
+    _open(at, "pages/3_preview.py")
+    _open(at, "pages/1_distributions.py")
+    assert at.slider(key=key).value == pytest.approx(0.55)
+    fresh = _open(_app().run(), "pages/1_distributions.py")
+    assert fresh.session_state["spec"].attributes["age"].items[0].p == pytest.approx(0.55)
+    assert fresh.slider(key=key).value == pytest.approx(0.55)

@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 
 from ui.probabilities import redact
-from ui.state import _store_for, error_boundary, get_store, home_dir, store_path
+from ui.state import _store_for, error_boundary, get_store, home_dir, keep, kept, set_kept, store_path
 
 __all__ = [
     "BACKENDS",
@@ -33,7 +33,9 @@ __all__ = [
     "run_picker",
     "run_registry",
     "run_status",
+    "run_details",
     "run_texts",
+    "select_run",
     "show_run_progress",
     "start_generation",
     "text_card",
@@ -78,19 +80,33 @@ def _run_label(row: Any) -> str:
 
 
 def run_picker(label: str = "Run", *, key: str = "run_pick", multiple: bool = False) -> Any:
-    """Select one run (or several) from the run store; stops the page with a hint when there is none."""
+    """Select one run (or several) from the run store; stops the page with a hint when there is none.
+
+    Every single-run picker shows the same kept choice ("the run I am looking at"), on every page and
+    after a reload; launching a run selects it. A run just launched from this session is listed as
+    "starting" until its thread has created it in the store, so a launch that fails at once is visible.
+    """
     runs = get_store().list_runs()
-    if runs is None or len(runs) == 0:
+    labels = {str(r["run_id"]): _run_label(r) for r in runs.to_dict("records")}
+    launched = st.session_state.get("last_run_id")
+    if launched and launched not in labels and launched in run_registry():
+        labels = {launched: f"{launched} · starting", **labels}
+    if not labels:
         st.info("No runs in the run store yet: launch a generation on the **Generate** page.")
         st.stop()
-    labels = {str(r["run_id"]): _run_label(r) for r in runs.to_dict("records")}
     ids = list(labels)
-    default = st.session_state.get("last_run_id")
     if multiple:
-        pre = [default] if default in labels else ids[:1]
-        return st.multiselect(label, ids, default=pre, format_func=labels.get, key=key)
-    index = ids.index(default) if default in labels else 0
-    return st.selectbox(label, ids, index=index, format_func=labels.get, key=key)
+        default = [launched] if launched in labels else ids[:1]
+        return st.multiselect(label, ids, format_func=labels.get, **keep(key, default, options=ids))
+    return st.selectbox(
+        label, ids, format_func=labels.get, **keep("run", ids[0], options=ids, key=f"keep_run_{key}")
+    )
+
+
+def select_run(run_id: str) -> None:
+    """Make ``run_id`` the run shown by every single-run picker (e.g. right after launching it)."""
+    st.session_state["last_run_id"] = run_id
+    set_kept("run", run_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=32, ttl=2)
@@ -150,7 +166,8 @@ def verdict_filters(df: Any) -> dict[str, list[str]]:
         if df[col].isna().any():
             options.append(_NOT_VALIDATED)
         chosen[col] = box.multiselect(
-            f"Stage {stage} verdict", options, default=options, key=f"verdict_filter_{stage}"
+            f"Stage {stage} verdict", options,
+            **keep(f"verdict_filter_{stage}", options, options=options, key=f"verdict_filter_{stage}"),
         )
     return chosen
 
@@ -179,14 +196,18 @@ def attribute_filters(df: Any) -> tuple[dict[str, list[str]], dict[str, tuple[fl
     values: dict[str, list[str]] = {}
     ranges: dict[str, tuple[float, float]] = {}
     with st.expander("Filter by attribute or score"):
-        for col in st.multiselect("Columns", categorical + numeric, key="filter_columns"):
+        columns = categorical + numeric
+        for col in st.multiselect("Columns", columns, **keep("filter_columns", [], options=columns)):
             if col in numeric:
                 lo, hi = float(df[col].min()), float(df[col].max())
                 if lo < hi:
-                    ranges[col] = st.slider(col, lo, hi, (lo, hi), key=f"filter_range_{col}")
+                    kept_range = kept(f"filter_range_{col}")
+                    if not (isinstance(kept_range, (list, tuple)) and lo <= kept_range[0] <= kept_range[1] <= hi):
+                        set_kept(f"filter_range_{col}", (lo, hi))
+                    ranges[col] = st.slider(col, lo, hi, **keep(f"filter_range_{col}", (lo, hi)))
             else:
                 options = sorted(df[col].astype(str).unique())
-                values[col] = st.multiselect(col, options, default=options, key=f"filter_values_{col}")
+                values[col] = st.multiselect(col, options, **keep(f"filter_values_{col}", options, options=options))
     return values, ranges
 
 
@@ -207,34 +228,31 @@ def _default_backend() -> str:
 
 
 def llm_settings() -> Any:
-    """``LLMSettings`` from the Generate page's widgets (or the environment when they were never shown).
+    """``LLMSettings`` from the Generate page's kept values (or the environment when they were never set).
 
-    The API key comes from this session's memory (``keep_api_key``) or ``OPENAI_API_KEY``; it is never
+    The API key comes from this session's memory (kept ``session_only``) or ``OPENAI_API_KEY``; it is never
     stored anywhere else.
     """
     from personagen_core.generation.llm import LLMSettings
+    from personagen_core.local import DEFAULT_MODEL as DEFAULT_LOCAL
 
-    s = st.session_state
-    backend = s.get("keep_backend", _default_backend())
-    common: dict[str, Any] = {"concurrency": int(s.get("keep_concurrency", 8)),
-                              "verdict_reasons": s.get("keep_verdict_reasons", "all")}
-    models = {r: s[f"keep_model_{r}"].strip() for r in ROLES if str(s.get(f"keep_model_{r}") or "").strip()}
+    backend = kept("backend", _default_backend())
+    common: dict[str, Any] = {"concurrency": int(kept("concurrency", 8)),
+                              "verdict_reasons": kept("verdict_reasons", "all")}
+    models = {r: str(kept(f"model_{r}")).strip() for r in ROLES if str(kept(f"model_{r}") or "").strip()}
     if backend == "local":
-        from personagen_core.local import DEFAULT_MODEL as DEFAULT_LOCAL
-
-        return LLMSettings(
-            backend="local", local_model=s.get("keep_local_model", DEFAULT_LOCAL), models=models, **common
-        )
+        return LLMSettings(backend="local", local_model=kept("local_model", DEFAULT_LOCAL), models=models,
+                           **common)
     env = {"OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
     base_url = None
     if backend == "compatible":
-        base_url = (s.get("keep_base_url") or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
-    model = str(s.get("keep_model") or "").strip() or None
+        base_url = (kept("base_url") or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+    model = str(kept("model") or "").strip() or None
     return LLMSettings.from_env(
         env,
         backend="openai",
         base_url=base_url,
-        api_key=s.get("keep_api_key") or None,
+        api_key=kept("api_key") or None,
         model=model,
         models=models,
         **common,
@@ -260,26 +278,27 @@ def _local_model_quality() -> None:
 
 
 def llm_settings_form() -> Any:
-    """Backend, endpoint, key and models; returns the resulting ``LLMSettings``."""
+    """Backend, endpoint, key and models (every value kept across pages and reloads, except the key,
+    which stays in this session's memory); returns the resulting ``LLMSettings``."""
+    from personagen_core.local import DEFAULT_MODEL as DEFAULT_LOCAL
     from personagen_core.local import MODELS
 
-    s = st.session_state
-    s.setdefault("keep_backend", _default_backend())
     backend = st.radio(
-        "Backend", list(BACKENDS), format_func=BACKENDS.get, horizontal=True, key="keep_backend"
+        "Backend", list(BACKENDS), format_func=BACKENDS.get, horizontal=True,
+        **keep("backend", _default_backend(), options=BACKENDS),
     )
     if backend == "local":
         st.selectbox(
-            "Embedded model", list(MODELS), format_func=lambda k: MODELS[k].label, key="keep_local_model"
+            "Embedded model", list(MODELS), format_func=lambda k: MODELS[k].label,
+            **keep("local_model", DEFAULT_LOCAL, options=MODELS),
         )
         st.caption("Runs in this process on the CPU; no network, no key, no cost.")
         _local_model_quality()
     else:
         if backend == "compatible":
-            s.setdefault("keep_base_url", os.environ.get("OPENAI_BASE_URL", ""))
-            st.text_input("Base URL", key="keep_base_url", placeholder="http://localhost:8000/v1")
-        s.setdefault("keep_model", "gpt-4.1-mini")
-        st.text_input("Model", key="keep_model")
+            st.text_input("Base URL", placeholder="http://localhost:8000/v1",
+                          **keep("base_url", os.environ.get("OPENAI_BASE_URL", "")))
+        st.text_input("Model", **keep("model", "gpt-4.1-mini"))
         env_key = (
             " (leave empty to use OPENAI_API_KEY from the environment)"
             if os.environ.get("OPENAI_API_KEY")
@@ -288,18 +307,18 @@ def llm_settings_form() -> Any:
         st.text_input(
             f"API key{env_key}",
             type="password",
-            key="keep_api_key",
             help="Kept in this browser session's memory only: never saved, logged or exported.",
+            **keep("api_key", "", session_only=True),
         )
     with st.expander("Model per stage (optional)"):
         for role in ROLES:
-            st.text_input(f"{role.capitalize()} model", key=f"keep_model_{role}", placeholder="same as above")
+            st.text_input(f"{role.capitalize()} model", placeholder="same as above", **keep(f"model_{role}", ""))
         st.selectbox(
             "Reasons of validation verdicts", list(VERDICT_REASONS), format_func=VERDICT_REASONS.get,
-            key="keep_verdict_reasons",
             help="A one-sentence reason before every verdict (as in the paper), or the verdict first and a "
             "reason after 'implausible' only: fewer tokens, but on the embedded 1.5B model it rejected a "
             "third of the candidates at random (docs/LOCAL_LLM.md).",
+            **keep("verdict_reasons", "all", options=VERDICT_REASONS),
         )
     return llm_settings()
 
@@ -347,7 +366,7 @@ def _start(run_id: str, call: Any, settings: Any, cancel: threading.Event) -> st
     )
     run_registry()[run_id] = handle
     handle.thread.start()
-    st.session_state["last_run_id"] = run_id
+    select_run(run_id)
     return run_id
 
 
@@ -396,15 +415,43 @@ def run_status(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, RunH
 _STALE_S = 30.0
 
 
+_STAGE_WORK = {1: "validating stage 1 personas", 2: "validating stage 2 personas",
+               3: "validating stage 3 scenarios", 4: "generating texts"}
+
+
+def _stage_line(last: dict[str, Any] | None, alive: bool, backend: str | None) -> str:
+    """What the run is doing now, from its latest recorded LLM call."""
+    if last is None:
+        slow = " (the embedded model loads on first use)" if backend == "local" else ""
+        return f"Starting: waiting for the first LLM answer{slow}." if alive else "No LLM call recorded."
+    work = _STAGE_WORK.get(int(last["stage"]) if last.get("stage") is not None else 0, "calling the LLM")
+    return f"{'Now' if alive else 'Last'}: {work} ({last.get('role') or 'llm'} · {last.get('model') or '?'})."
+
+
 def show_run_progress(run_id: str) -> None:
-    """Progress of one run read from the run store: bar, per-emotion counts, rejections, usage, ETA;
-    cancel while it runs here, resume when it was interrupted."""
+    """Progress of one run read from the run store: what it is doing (stage), calls done and failing with
+    the last error, the newest accepted texts, per-emotion counts, rejections, usage and ETA; cancel while
+    it runs here, resume when it was interrupted. A launch that failed before the run was stored shows
+    its error."""
     import time
 
     import pandas as pd
 
-    info, event, handle = run_status(run_id)
+    from personagen_core.errors import StoreError
+
     store = get_store()
+    handle = run_registry().get(run_id)
+    try:
+        info = store.run(run_id)
+    except StoreError:
+        if handle is not None and handle.error:
+            st.error(f"The run could not start: {handle.error}")
+        elif handle is not None:
+            st.info("Starting the run…")
+        else:
+            st.warning(f"Run {run_id} is not in the run store.")
+        return
+    event = store.latest_event(run_id)
     alive = handle is not None and handle.alive
     accepted = store.accepted_counts(run_id)
     target = info["target"]
@@ -415,11 +462,33 @@ def show_run_progress(run_id: str) -> None:
     shown = "interrupted" if stale else status
     st.progress(done / total if total else 0.0, text=f"{done} / {total} texts · {shown}")
     totals = store.totals(run_id)
-    c1, c2, c3, c4 = st.columns(4)
+    backend = ((info.get("config") or {}).get("llm") or {}).get("backend")
+    if status == "running" or alive:
+        st.caption(_stage_line(store.last_call(run_id), alive, backend))
+    c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("Accepted", f"{done}/{total}")
-    c2.metric("Tokens", f"{totals['tokens']:,}")
-    c3.metric("Cost", f"${totals['cost']:.4f}")
-    c4.metric("ETA", _fmt_seconds(event.get("eta_s") if event and alive else None))
+    c2.metric("LLM calls", f"{totals['calls']:,}", help="HTTP attempts, retries included")
+    c3.metric("Failing", f"{totals['failed_calls']:,}")
+    c4.metric("Tokens", f"{totals['tokens']:,}")
+    eta = event.get("eta_s") if event and alive else None
+    c5.metric("ETA", _fmt_seconds(eta) if eta is not None else ("estimating…" if alive else "–"),
+              help="Estimated once texts are being accepted.")
+    st.caption(f"Cost so far: ${totals['cost']:.4f}")
+    if totals["failed_calls"]:
+        last_err = store.last_call(run_id, failed=True)
+        if last_err and last_err.get("error"):
+            stage = _STAGE_WORK.get(int(last_err["stage"] or 0), "a call")
+            st.warning(
+                f"{totals['failed_calls']} call(s) failed (retried where possible). Latest error, "
+                f"while {stage}: {redact(str(last_err['error']), _secrets_of(llm_settings()))}"
+            )
+    newest = store.latest_texts(run_id, 5)
+    if newest:
+        st.caption("Newest accepted texts")
+        st.dataframe(
+            pd.DataFrame(newest)[["emotion", "text"]], hide_index=True, width="stretch",
+            key=f"tail_{run_id}_{len(newest)}_{newest[0]['text_id']}",
+        )
     per = pd.DataFrame(
         {"accepted": [accepted.get(e, 0) for e in target], "target": list(target.values())},
         index=list(target),
@@ -448,6 +517,64 @@ def show_run_progress(run_id: str) -> None:
             with error_boundary("resuming the run"):
                 resume_run(run_id, llm_settings())
                 st.rerun()
+
+
+def _changes_frame(changes: Sequence[Any]) -> Any:
+    import pandas as pd
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    return pd.DataFrame(
+        [{"field": c.path, "change": c.kind, "before": cell(c.before), "after": cell(c.after)} for c in changes],
+        columns=["field", "change", "before", "after"],
+    )
+
+
+def run_details(run_id: str) -> None:
+    """The exact spec and settings a run was launched with, and what differs from another run."""
+    import json
+
+    from personagen_core.diff import diff_runs
+    from personagen_core.errors import StoreError
+
+    store = get_store()
+    try:
+        info = store.run(run_id)
+    except StoreError:
+        return
+    with st.expander("Spec and settings of this run"):
+        st.caption(
+            f"Method `{info['method']}` · spec `{info.get('spec_name')}` (sha256 "
+            f"{str(info.get('spec_hash') or '')[:12]}) · target {json.dumps(info['target'])}"
+        )
+        st.json(info.get("config") or {}, expanded=1)
+        if info.get("spec_yaml"):
+            st.download_button(
+                "Download this run's spec (YAML)", info["spec_yaml"], file_name=f"{run_id}_spec.yaml",
+                mime="application/x-yaml", key=f"run_spec_dl_{run_id}", icon=":material/download:",
+            )
+    runs = store.list_runs()
+    others = [r for r in runs["run_id"].astype(str) if r != run_id]
+    with st.expander("Compare with another run"):
+        if not others:
+            st.caption("No other run to compare with yet.")
+            return
+        other = st.selectbox(
+            "Compare with", others, **keep("compare_run", others[0], options=others)
+        )
+        diff = diff_runs(store.run(other), info)
+        st.caption(f"From run `{other}` (before) to run `{run_id}` (after).")
+        for part, title in (("config", "Settings"), ("target", "Target"), ("spec", "Spec")):
+            changes = diff[part]
+            if changes:
+                st.markdown(f"**{title}**: {len(changes)} change(s)")
+                st.dataframe(_changes_frame(changes), hide_index=True, width="stretch",
+                             key=f"diff_{part}_{other}_{run_id}")
+            else:
+                st.markdown(f"**{title}**: identical")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
