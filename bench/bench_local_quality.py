@@ -1,4 +1,5 @@
-"""Quality of the embedded models: validator accuracy on the plausibility fixture, refusals, emotion match.
+"""Quality of the embedded models: validator accuracy on the plausibility fixture, and a quality ladder of
+real pipeline runs, rules-only and LLM-validated.
 
 For each installed bundled model (or those named with --models):
 
@@ -7,15 +8,23 @@ For each installed bundled model (or those named with --models):
   44 personas of ``personagen_core/fixtures/plausibility.jsonl`` (22 plausible, 22 clearly implausible).
   A persona is kept when both stages keep it, as in the pipeline. Reported: accuracy of that decision,
   confusion counts, the share of "natural" verdicts (a model that calls everything natural shows ~100 %).
-* generation: stage-4 texts for the five emotions CARER shares with the paper's set, with the real
-  generation prompt and the spec's temperature; the pipeline's output checks count refusals and other
-  rejections. Emotion match = accuracy of a LightGBM classifier trained on CARER (all-MiniLM-L6-v2
-  embeddings, the evaluation's classifier in ``personagen_core.evaluation.classify``) at predicting each accepted
-  text's target emotion; the same classifier's accuracy on CARER test texts is reported beside it.
+* ladder (per model and validation mode, ``--modes rules llm``): ``pipeline.run_generation`` on the japan
+  pack for the five emotions CARER shares with the paper's set, ``--per-emotion`` accepted texts each
+  (at least 20 for figures worth reading), rules-only (the embedded default) or with stage 1-3 LLM
+  verdicts (the paper). Reported with their n and 95 % intervals:
+  - emotion match: accuracy of a LightGBM classifier trained on CARER (400 per emotion, all-MiniLM-L6-v2
+    embeddings, ``personagen_core.evaluation.classify``) at predicting each accepted text's target
+    emotion (Wilson interval); the same classifier's accuracy on CARER test texts is its ceiling;
+  - train on synthetic / test on real: LightGBM trained on the run's texts, tested on a balanced CARER test
+    sample, next to the majority-class row and gold rows (CARER train, as many texts per emotion as the
+    synthetic set, and 400 per emotion) scored on the same test texts;
+  - the run itself: accepted, calls, rejections, wall time and texts/min (a busy shared machine).
 
-Writes ``personagen_core/model_quality.json`` (shown by ``personagen models list``) and prints it.
+Writes ``personagen_core/local/model_quality.json`` after every model and mode (so a long run that is stopped
+keeps what it measured; shown by ``personagen models list`` and the Generate page) and prints it.
 
-    .venv/bin/python bench/bench_local_quality.py [--models smollm2-135m qwen2.5-coder-0.5b] [--per-emotion 4]
+    .venv/bin/python bench/bench_local_quality.py [--models smollm2-135m qwen2.5-coder-1.5b] [--per-emotion 20]
+        [--modes rules llm] [--reuse-validator]   # keep the stored fixture figures (same prompts)
 """
 
 from __future__ import annotations
@@ -41,8 +50,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "personagen_core" / "fixtures" / "plausibility.jsonl"
-OUT = ROOT / "personagen_core" / "model_quality.json"
+FIXTURE = ROOT / "personagen_core" / "local" / "fixtures" / "plausibility.jsonl"
+OUT = ROOT / "personagen_core" / "local" / "model_quality.json"
 CARER = ROOT.parent / "shared" / "data" / "carer"
 EMOTIONS = ["joy", "anger", "sadness", "surprise", "fear"]  # paper7 ∩ CARER
 
@@ -88,67 +97,93 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
     }
 
 
-async def _generate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]], per_emotion: int,
-                    seed: int) -> list[dict[str, Any]]:
-    from personagen_core.generation import checks, prompts
-    from personagen_core.generation.llm import LLMClient, LLMSettings
-    from personagen_core.personas import render
-    from personagen_core.personas.sampling import sample_personas
+def _ladder_run(key: str, pool: Any, spec: Any, per_emotion: int, seed: int, validate: bool,
+                workdir: Path) -> dict[str, Any]:
+    """One real pipeline run (rules-only or LLM-validated) on the CARER-shared emotions; its texts and stats."""
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.store import RunStore
 
-    emotions = {e.name: e for e in spec.emotions}
-    scenes = sample_personas(spec, len(EMOTIONS) * per_emotion, random_state=seed)
-    plausible = [p for p in fixture if p["expected"] == "plausible"]
-    out = []
     settings = LLMSettings(backend="local", local_model=key)
-    async with httpx.AsyncClient(transport=pool.transport(key)) as http:
-        async with LLMClient(settings, http_client=http) as client:
-            for i in range(len(EMOTIONS) * per_emotion):
-                emotion = EMOTIONS[i % len(EMOTIONS)]
-                persona = plausible[i % len(plausible)]
-                persona_text = render.describe_persona({**persona["stage1"], **persona["stage2"]}, spec)
-                scene = render.describe_scenario(scenes.iloc[i].to_dict(), spec)
-                comp = await client.complete(
-                    prompts.generation_messages(emotions[emotion], persona_text, scene, spec=spec),
-                    role="generator", temperature=spec.generation.temperature,
-                    max_tokens=spec.generation.max_tokens, seed=seed + i,
-                    grammar=prompts.sentence_grammar(spec.generation.max_sentences))
-                check = checks.check_output(comp.text, language=spec.language,
-                                            max_sentences=spec.generation.max_sentences,
-                                            persona_description=persona_text)
-                out.append({"emotion": emotion, "text": check.text, "raw": comp.text, "ok": check.ok,
-                            "reason": None if check.ok else check.reason,
-                            "refusal": checks.is_refusal(comp.text)})
-    return out
+    config = GenerationConfig(emotions=EMOTIONS, per_emotion=per_emotion, seed=seed, llm=settings,
+                              validate=validate)
+    store = RunStore(workdir / f"{key}-{validate}.sqlite")
+    start = time.perf_counter()
+    summary = run_generation(spec, config, store, http_client=httpx.AsyncClient(transport=pool.transport(key)))
+    wall = time.perf_counter() - start
+    texts = store.texts(summary.run_id)
+    accepted = sum(summary.accepted.values())
+    return {
+        "texts": texts["text"].tolist(), "labels": texts["emotion"].tolist(),
+        "run": {"state": summary.state, "accepted": accepted, "target": sum(summary.target.values()),
+                "calls": summary.calls, "rejections": summary.rejections, "wall_s": wall,
+                "accepted_per_min": accepted / (wall / 60) if wall else 0.0,
+                "loadavg_end": list(os.getloadavg())},
+    }
 
 
-def _emotion_classifier(seed: int) -> tuple[Any, dict[str, Any]] | None:
-    """(predict(texts) -> labels, info) from LightGBM on CARER train embeddings; None without CARER."""
-    if not (CARER / "train.txt").is_file():
-        return None
-    from personagen_core.evaluation import classify, gold
-    from personagen_core.evaluation.embeddings import Embedder
+def _wilson(k: int, n: int) -> list[float] | None:
+    from personagen_core.generation.validation_policy import wilson_interval
 
-    train = gold.load_dataset(CARER / "train.txt")
-    test = gold.load_dataset(CARER / "test.txt")
-    train = train[train["label"].isin(EMOTIONS)].reset_index(drop=True)
-    test = test[test["label"].isin(EMOTIONS)].reset_index(drop=True)
-    tr = train.iloc[classify.balanced_indices(train["label"].to_numpy(), per_class=400, random_state=seed)]
-    te = test.iloc[classify.balanced_indices(test["label"].to_numpy(), per_class=60, random_state=seed)]
-    embedder = Embedder(num_threads=2)
-    x_tr = embedder.encode(tr["text"].to_numpy().tolist())
-    x_te = embedder.encode(te["text"].to_numpy().tolist())
-    ceiling = classify.transfer(x_tr, tr["label"].to_numpy(), x_te, te["label"].to_numpy(), random_state=seed)
-    info = {"train": "CARER train, 400 per emotion", "features": "all-MiniLM-L6-v2", "model": "LightGBM",
-            "carer_test_accuracy": ceiling.accuracy, "carer_test_n": ceiling.n_test}
+    return list(wilson_interval(k, n)) if n else None
 
-    def match(texts: list[str], targets: list[str]) -> float | None:
-        if len(set(targets)) < 2:
-            return None
-        res = classify.transfer(x_tr, tr["label"].to_numpy(), embedder.encode(texts), np.asarray(targets),
-                                random_state=seed)
-        return res.accuracy
 
-    return match, info
+class _Carer:
+    """CARER-based yardsticks: the emotion classifier, and the test sample train-on-synthetic is scored on."""
+
+    def __init__(self, seed: int, test_per_class: int) -> None:
+        from personagen_core.evaluation import classify, gold
+        from personagen_core.evaluation.embeddings import Embedder
+
+        self.seed, self.classify = seed, classify
+        train = gold.load_dataset(CARER / "train.txt")
+        test = gold.load_dataset(CARER / "test.txt")
+        train = train[train["label"].isin(EMOTIONS)].reset_index(drop=True)
+        test = test[test["label"].isin(EMOTIONS)].reset_index(drop=True)
+        self.embedder = Embedder(num_threads=2)
+        # 400 per emotion: the classifier's training set, and the pool the gold rows sample from.
+        train = train.iloc[classify.balanced_indices(train["label"].to_numpy(), per_class=400, random_state=seed)]
+        self.y_train = train["label"].to_numpy()
+        self.x_train = self.embedder.encode(train["text"].tolist())
+        self.x_clf, self.y_clf = self.x_train, self.y_train
+        te = test.iloc[classify.balanced_indices(test["label"].to_numpy(), per_class=test_per_class,
+                                                 random_state=seed)]
+        self.x_test, self.y_test = self.embedder.encode(te["text"].tolist()), te["label"].to_numpy()
+        ceiling = classify.transfer(self.x_clf, self.y_clf, self.x_test, self.y_test, random_state=seed)
+        self.info = {"train": "CARER train, 400 per emotion", "features": "all-MiniLM-L6-v2", "model": "LightGBM",
+                     "carer_test_accuracy": ceiling.accuracy, "carer_test_n": ceiling.n_test,
+                     "carer_test_ci": _wilson(round(ceiling.accuracy * ceiling.n_test), ceiling.n_test)}
+
+    def emotion_match(self, texts: list[str], labels: list[str]) -> dict[str, Any]:
+        """Share of texts the CARER classifier assigns to their target emotion, with a Wilson interval."""
+        if not texts:
+            return {"emotion_match": None, "emotion_match_n": 0, "emotion_match_ci": None}
+        res = self.classify.transfer(self.x_clf, self.y_clf, self.embedder.encode(texts), np.asarray(labels),
+                                     random_state=self.seed)
+        hits = int((res.y_pred == res.y_true).sum())
+        return {"emotion_match": hits / res.n_test, "emotion_match_n": res.n_test,
+                "emotion_match_ci": _wilson(hits, res.n_test)}
+
+    def tstr(self, texts: list[str], labels: list[str]) -> dict[str, Any]:
+        """Train on synthetic / test on real, beside majority and gold rows on the same test texts."""
+        c = self.classify
+
+        def row(res: Any) -> dict[str, Any]:
+            k = round(res.accuracy * res.n_test)
+            return {"accuracy": res.accuracy, "f1_macro": res.f1_macro, "n_train": res.n_train,
+                    "n_test": res.n_test, "ci": _wilson(k, res.n_test)}
+
+        out: dict[str, Any] = {"test": f"CARER test, balanced, {len(self.y_test)} texts"}
+        if len(set(labels)) >= 2:
+            out["synthetic"] = row(c.transfer(self.embedder.encode(texts), np.asarray(labels), self.x_test,
+                                              self.y_test, random_state=self.seed))
+        per = max(1, len(texts) // len(EMOTIONS))
+        out["gold_same_size"] = row(c.gold_baseline(self.x_train, self.y_train, self.x_test, self.y_test,
+                                                    per_class=per, random_state=self.seed))
+        out["gold_400"] = row(c.gold_baseline(self.x_train, self.y_train, self.x_test, self.y_test,
+                                              per_class=400, random_state=self.seed))
+        out["majority"] = row(c.majority_baseline(self.y_clf, self.y_test))
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model keys (default: all installed)")
-    parser.add_argument("--per-emotion", type=int, default=4)
+    parser.add_argument("--per-emotion", type=int, default=20)
+    parser.add_argument("--modes", nargs="*", choices=["rules", "llm"], default=["rules", "llm"])
+    parser.add_argument("--test-per-class", type=int, default=100, help="CARER test texts per emotion")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--reuse-validator", action="store_true",
+                        help="keep the stored fixture figures of each model instead of re-measuring them")
     parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
                         help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
     args = parser.parse_args(argv)
@@ -170,52 +209,61 @@ def main(argv: list[str] | None = None) -> int:
     fixture = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
     batch = GenerationConfig().validation_batch
     machine = _machine()
-    classifier = _emotion_classifier(args.seed)
+    carer = _Carer(args.seed, args.test_per_class) if (CARER / "train.txt").is_file() else None
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python bench/bench_local_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine,
         "fixture": str(FIXTURE.relative_to(ROOT)),
         "fixture_size": len(fixture),
-        "validation_prompt": f"personagen_core.generation.prompts.validation_messages via validation.Validator, batch {batch}",
+        "validation_prompt": f"personagen_core.generation.prompts.validation_messages via Validator, batch {batch}",
         "emotions": EMOTIONS,
-        "emotion_classifier": classifier[1] if classifier else "pending: CARER data not found at " + str(CARER),
+        "emotion_classifier": carer.info if carer else "pending: CARER data not found at " + str(CARER),
         # keep figures of models not re-measured this time, each with its own date
         "models": {k: v for k, v in previous.get("models", {}).items() if k not in keys},
     }
+
+    def write() -> None:
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
     pool = local_llm.LocalModelPool()
     try:
-        for key in keys:
-            start = time.perf_counter()
-            print(f"== {key}", file=sys.stderr, flush=True)
-            validation = asyncio.run(_validate(key, pool, spec, fixture, batch, args.verdict_reasons))
-            print(json.dumps(validation), file=sys.stderr, flush=True)
-            texts = asyncio.run(_generate(key, pool, spec, fixture, args.per_emotion, args.seed))
-            accepted = [t for t in texts if t["ok"]]
-            match = classifier[0]([t["text"] for t in accepted], [t["emotion"] for t in accepted]) \
-                if classifier and accepted else None
-            report["models"][key] = {
-                "label": local_llm.MODELS[key].label,
-                "measured": report["date"],
-                "validation": validation,
-                "generation": {
-                    "n": len(texts),
-                    "accepted": len(accepted),
-                    "refusal_rate": sum(t["refusal"] for t in texts) / len(texts),
-                    "rejections": dict(Counter(t["reason"] for t in texts if not t["ok"])),
-                    "emotion_match": match,
-                    "emotion_match_n": len(accepted),
-                    "examples": [{"emotion": t["emotion"], "text": t["text"]} for t in accepted[:5]],
-                },
-                "seconds": time.perf_counter() - start,
-                "llama_stats": pool.model(key).stats.as_dict(),
-                "loadavg_end": list(os.getloadavg()),
-            }
-            pool.model(key).close()  # free memory before the next model
+        with tempfile.TemporaryDirectory() as tmp:
+            for key in keys:
+                start = time.perf_counter()
+                print(f"== {key}", file=sys.stderr, flush=True)
+                old = previous.get("models", {}).get(key, {})
+                entry: dict[str, Any] = {"label": local_llm.MODELS[key].label, "measured": report["date"],
+                                         "ladder": {}}
+                if args.reuse_validator and old.get("validation"):
+                    entry["validation"] = {**old["validation"],
+                                           "measured": old["validation"].get("measured", old.get("measured"))}
+                else:
+                    entry["validation"] = asyncio.run(
+                        _validate(key, pool, spec, fixture, batch, args.verdict_reasons))
+                    entry["validation"]["measured"] = report["date"]
+                print(json.dumps(entry["validation"]), file=sys.stderr, flush=True)
+                report["models"][key] = entry
+                for mode in args.modes:
+                    r = _ladder_run(key, pool, spec, args.per_emotion, args.seed, mode == "llm", Path(tmp))
+                    row: dict[str, Any] = {"per_emotion": args.per_emotion, **r["run"]}
+                    if carer:
+                        row.update(carer.emotion_match(r["texts"], r["labels"]))
+                        row["train_synthetic_test_real"] = carer.tstr(r["texts"], r["labels"])
+                    row["examples"] = [{"emotion": e, "text": t} for t, e in
+                                       list(zip(r["texts"], r["labels"], strict=True))[:: max(1, len(r["texts"]) // 5)][:5]]
+                    entry["ladder"][mode] = row
+                    entry["seconds"] = time.perf_counter() - start
+                    print(json.dumps({k: v for k, v in row.items() if k != "examples"}), file=sys.stderr, flush=True)
+                    write()
+                entry["llama_stats"] = pool.model(key).stats.as_dict()
+                entry["loadavg_end"] = list(os.getloadavg())
+                write()
+                pool.model(key).close()  # free memory before the next model
     finally:
         pool.close()
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write()
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
