@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from personagen_core.generation import pipeline
+from personagen_core.generation import pipeline, validation_policy
 from personagen_core.personas import render
 
 ui.page_title("Persona preview")
@@ -19,6 +19,12 @@ validate = c_val.button(
     icon=":material/fact_check:",
     help="Runs the stage 1-3 plausibility checks with the backend set on the Generate page.",
 )
+
+with ui.error_boundary("LLM settings"):
+    # The same warning as the Generate page when the chosen validator measured at chance.
+    decision = validation_policy.decide(ui.llm_settings(), True)
+    if decision.at_chance:
+        st.warning(decision.message)
 
 with ui.error_boundary("sampling"):
     df = ui.sampled(spec, int(n), int(seed))

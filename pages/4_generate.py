@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from personagen_core.generation import pipeline
+from personagen_core.generation import pipeline, throughput, validation_policy
 
 ui.page_title("Generate")
 
@@ -27,7 +27,12 @@ with left:
         **ui.keep("method", "personagen", options=pipeline.METHODS),
     )
     c1, c2 = st.columns(2)
-    per_emotion = c1.number_input("Texts per emotion", 1, 1_000_000, **ui.keep("per_emotion", 10))
+    # The embedded model writes a few texts a minute on a laptop-class CPU: its default run is small.
+    embedded = getattr(llm, "backend", None) == "local"
+    per_emotion = c1.number_input(
+        "Texts per emotion", 1, 1_000_000,
+        **ui.keep("per_emotion_embedded", 2) if embedded else ui.keep("per_emotion", 10),
+    )
     seed = c2.number_input("Seed", 0, 2**31 - 1, **ui.keep("gen_seed", 0))
     temperature = c1.slider(
         "Temperature", 0.0, 2.0, step=0.05, **ui.keep("temperature", float(spec.generation.temperature))
@@ -39,9 +44,26 @@ with left:
         "Emotions", spec.emotion_names, **ui.keep("emotions", spec.emotion_names, options=spec.emotion_names)
     )
 
+    if embedded:
+        st.caption("Embedded model: a small run by default (2 per emotion). For a bigger one raise "
+                   "*Texts per emotion* (the time estimate below follows) or use a remote endpoint.")
+
     ready = False
     with ui.error_boundary("settings"):
         llm = ui.llm_settings()
+        validate = None  # the policy's default: rules only where the validator measured at chance
+        if pipeline.METHODS[method].validate:
+            policy = validation_policy.default_validation(llm)
+            chosen = st.toggle(
+                "LLM validation (stages 1-3)",
+                help="The paper asks the LLM whether each persona and scene is plausible. Off: the spec's "
+                "rules and conditional tables only.",
+                **ui.keep(f"llm_validation_{policy.model}", policy.default),
+            )
+            validate = None if chosen == policy.default else chosen
+            decision = validation_policy.decide(llm, validate)
+            if decision.message:
+                (st.warning if decision.validate else st.caption)(decision.message)
         run_spec = spec.model_copy(deep=True)
         run_spec.generation.temperature = float(temperature)
         config = pipeline.GenerationConfig(
@@ -50,8 +72,21 @@ with left:
             seed=int(seed),
             emotions=[e for e in spec.emotion_names if e in emotions] or None,
             max_cost=float(max_cost) or None,
+            validate=validate,
             llm=llm,
         )
+        n_texts = int(per_emotion) * len(config.emotions or spec.emotion_names)
+        timing = throughput.estimate_run_time(config, n_texts)
+        if timing is not None:
+            st.info(f"Time: {timing.message}.")
+        elif llm.backend == "local":
+            st.caption("Time: these settings were never timed on this machine.")
+            if st.button(f"Time {throughput.CALIBRATION_TEXTS} texts on this machine", icon=":material/timer:"):
+                with st.spinner("Timing a short run (the model loads first) ..."):
+                    throughput.calibrate(run_spec, config, http_client=ui.http_client_for(config.llm))
+                st.rerun()
+        else:
+            st.caption("Time: not measured on this machine yet; each finished run is timed for the next estimate.")
         estimate = pipeline.estimate_cost(run_spec, config)
         tokens = estimate.prompt_tokens + estimate.completion_tokens
         if estimate.total_usd is not None:

@@ -378,9 +378,13 @@ def start_generation(spec: Any, config: Any) -> str:
     store, run_id, cancel = get_store(), new_run_id(), threading.Event()
 
     def call() -> Any:
-        return run_generation(
-            spec, config, store, cancel=cancel, run_id=run_id, http_client=http_client_for(config.llm)
-        )
+        from personagen_core.generation import throughput
+
+        timer = throughput.RunTimer()  # the run's own timing feeds the next time estimate
+        summary = run_generation(spec, config, store, cancel=cancel, run_id=run_id,
+                                 http_client=http_client_for(config.llm), on_event=timer.observe)
+        throughput.ThroughputBook().record(throughput.profile_key(config), timer.measurement("run"))
+        return summary
 
     return _start(run_id, call, config.llm, cancel)
 
