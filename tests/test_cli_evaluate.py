@@ -209,3 +209,29 @@ def test_run_from_store_with_judge_over_http(
     assert len(saved) == 24
     text = (tmp_path / "out" / "report.json").read_text() + (tmp_path / "out" / "report.html").read_text()
     assert "sk-cli-test-secret-42" not in text
+
+
+@pytest.mark.slow
+def test_small_file_gives_partial_results_and_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 texts per label: CLI users get the projection and diversity with warnings, and a stored evaluation."""
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path / "home"))
+    data = tmp_path / "small.csv"
+    make_texts(3).to_csv(data, index=False)
+    code, stdout, stderr = _run(
+        ["evaluate", "--data", str(data), "--projection", "tsne", "-o", str(tmp_path / "out")], capsys
+    )
+    assert code == 0, stderr
+    assert "skipped separability" in stderr and "5 or more texts" in stderr
+    assert "warning (diversity, small)" in stderr and "fewer than 25 texts" in stderr
+    eval_id = re.search(r"stored as evaluation (ev-\S+)", stdout).group(1)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["projections"]["small"]["coords"]["tsne"]["x"] and report["diversity"]
+
+    code, stdout, _ = _run(["evaluations", "list"], capsys)
+    assert code == 0 and eval_id in stdout and "small · 9 texts · projections t-SNE" in stdout
+    code, stdout, _ = _run(["evaluations", "export", eval_id, "-o", str(tmp_path / "again")], capsys)
+    assert code == 0 and (tmp_path / "again" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    code, _, stderr = _run(["evaluations", "export", "ev-nope", "-o", str(tmp_path / "x")], capsys)
+    assert code == 2 and "no stored evaluation 'ev-nope'" in stderr

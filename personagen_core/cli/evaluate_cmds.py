@@ -54,6 +54,7 @@ def run_evaluate(
     bootstrap: int = 20,
     prd_runs: int = 10,
     use_cache: bool = True,
+    store_result: bool = True,
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report)."""
     from personagen_core.evaluation import gold
@@ -125,6 +126,15 @@ def run_evaluate(
         on_event=_progress_printer(),
     )
     json_path, html_path = write_report(report, out_dir)
+    if store_result:
+        from personagen_core.evaluation.stored import EvaluationStore
+
+        evaluations = EvaluationStore()
+        try:
+            eval_id = evaluations.save(report, runs=run_ids, source="cli")
+        finally:
+            evaluations.close()
+        report["stored"] = {"eval_id": eval_id, "path": str(evaluations.path)}
     return json_path, html_path, report
 
 
@@ -150,7 +160,8 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    """Register the ``evaluate`` command on the ``personagen`` typer application."""
+    """Register ``evaluate`` and the ``evaluations`` group on the ``personagen`` typer application."""
+    register_evaluations(app)
 
     @app.command("evaluate")
     def evaluate_cmd(
@@ -198,6 +209,9 @@ def register(app: typer.Typer) -> None:
         ),
         prd_runs: int = typer.Option(10, "--prd-runs", help="PRD clusterings averaged (the paper: 10)."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached results on disk."),
+        store: bool = typer.Option(
+            True, "--store/--no-store", help="Keep the evaluation in $PERSONAGEN_HOME/evaluations.sqlite."
+        ),
     ) -> None:
         """Evaluate runs and/or data files side by side (Tables IV-VII) and write an offline HTML report."""
         json_path, html_path, report = run_evaluate(
@@ -221,11 +235,53 @@ def register(app: typer.Typer) -> None:
             bootstrap=bootstrap,
             prd_runs=prd_runs,
             use_cache=cache,
+            store_result=store,
         )
         for line in _summary_lines(report):
             typer.echo(line)
         for section, reason in report.get("skipped", {}).items():
             typer.echo(f"  (skipped {section}: {reason})", err=True)
+        for w in report.get("warnings", []):
+            where = f"{w['section']}, {w['dataset']}" if w.get("dataset") else w["section"]
+            typer.echo(f"  warning ({where}): {w['message']}", err=True)
+        if report.get("stored"):
+            typer.echo(f"stored as evaluation {report['stored']['eval_id']} (personagen evaluations list)")
         typer.echo(f"wrote {json_path}")
         typer.echo(f"wrote {html_path}")
         sys.stdout.flush()
+
+
+def register_evaluations(app: typer.Typer) -> None:
+    """Register the ``evaluations`` group: stored evaluations (list, export)."""
+    group = typer.Typer(help="Stored evaluations (dashboard and CLI).", no_args_is_help=True)
+
+    @group.command("list")
+    def list_cmd(
+        run: str | None = typer.Option(None, "--run", help="Only evaluations of this run id."),
+        limit: int = typer.Option(20, "--limit", help="How many, newest first."),
+    ) -> None:
+        """List stored evaluations: id, date, datasets, texts, settings."""
+        from personagen_core.evaluation.stored import EvaluationStore
+
+        rows = EvaluationStore().list(limit=limit, run_id=run)
+        if rows.empty:
+            typer.echo("no stored evaluations")
+            return
+        for r in rows.itertuples():
+            warn = f" · {r.warnings} warning(s)" if r.warnings else ""
+            typer.echo(f"{r.eval_id}  {r.created_at}  {r.source:9}  {r.summary}{warn}")
+
+    @group.command("export")
+    def export_cmd(
+        eval_id: str = typer.Argument(..., help="Evaluation id (see: personagen evaluations list)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output directory for report.json and report.html."),
+    ) -> None:
+        """Write a stored evaluation as report.json and the self-contained report.html."""
+        from personagen_core.evaluation.report import write_report
+        from personagen_core.evaluation.stored import EvaluationStore
+
+        json_path, html_path = write_report(EvaluationStore().get(eval_id), out)
+        typer.echo(f"wrote {json_path}")
+        typer.echo(f"wrote {html_path}")
+
+    app.add_typer(group, name="evaluations")
