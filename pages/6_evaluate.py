@@ -1,4 +1,7 @@
-"""Evaluate: projections, separability, diversity and judge scores of one or several runs side by side."""
+"""Evaluate: projections, separability, diversity and judge scores of one or several runs side by side.
+
+Every evaluation is stored; the picker below reopens any of them, also after a reload or a restart.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +14,33 @@ from personagen_core.evaluation import suite as evaluation
 ui.page_title("Evaluate")
 
 run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True)
+ui.defaults(keep_eval_methods=["tsne"], keep_eval_cap=0, keep_eval_judge=False)
 c_proj, c_cap, c_judge = st.columns([2, 1, 1])
-methods = c_proj.multiselect("Projections", ["tsne", "umap"], default=["tsne"])
-cap = c_cap.number_input("Max texts per run (0 = all)", 0, 100_000, 0, step=100)
-judge = c_judge.toggle("LLM judge", help="Scores every text with the LLM set on the Generate page.")
+methods = c_proj.multiselect(
+    "Projections", ["tsne", "umap"], key="keep_eval_methods", format_func={"tsne": "t-SNE", "umap": "UMAP"}.get
+)
+cap = c_cap.number_input("Max texts per run (0 = all)", 0, 100_000, step=100, key="keep_eval_cap")
+judge = c_judge.toggle(
+    "LLM judge", key="keep_eval_judge", help="Scores every text with the LLM set on the Generate page."
+)
 
 if not run_ids:
     st.info("Pick at least one run.")
-    st.stop()
-if (
-    st.button("Evaluate", type="primary", icon=":material/insights:")
-    or st.session_state.get("eval_shown") == run_ids
-):
-    st.session_state["eval_shown"] = list(run_ids)
+elif st.button("Evaluate", type="primary", icon=":material/insights:"):
     with ui.error_boundary("evaluation"):
         settings = evaluation.EvaluationSettings(
             projections=tuple(methods), max_texts=int(cap) or None, judge=judge
         )
         report = ui.evaluate_runs(run_ids, settings, llm=ui.llm_settings() if judge else None)
+        # Show what was just evaluated (the picker is drawn below, so its value can still be set).
+        st.session_state["keep_eval_open"] = report["stored"]["eval_id"]
+
+st.subheader("Stored evaluations")
+with ui.error_boundary("stored evaluation"):
+    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", key="keep_eval_open")
+    if eval_id is None:
+        st.info("No stored evaluation yet: pick runs and press **Evaluate**.")
+    else:
+        report = ui.open_evaluation(eval_id)
         st.session_state["last_report"] = report
         ui.show_evaluation(report, figures)

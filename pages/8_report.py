@@ -1,4 +1,5 @@
-"""Report & export: download a run's dataset (CSV, JSONL, Parquet) and the self-contained HTML report."""
+"""Report & export: download a run's dataset (CSV, JSONL, Parquet) and the self-contained HTML report of any
+stored evaluation (it survives reloads and restarts)."""
 
 from __future__ import annotations
 
@@ -23,25 +24,28 @@ for col, fmt in zip(cols, ("csv", "jsonl", "parquet"), strict=True):
         )
 
 st.subheader("HTML report")
-report = st.session_state.get("last_report")
-if report is None:
-    st.info(
-        "Evaluate a run on the **Evaluate** page (or the **Real data** page) first; the report is built "
-        "from that evaluation."
-    )
-else:
-    names = ", ".join(report.get("datasets", {}))
-    with ui.error_boundary("building the report"):
+with ui.error_boundary("building the report"):
+    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", key="keep_report_eval")
+    if eval_id is None:
+        st.info(
+            "No stored evaluation yet: evaluate runs on the **Evaluate** page (or the **Real data** page); "
+            "the report is built from a stored evaluation."
+        )
+    else:
+        report = ui.open_evaluation(eval_id)
         html = ui.report_html(report)
         st.download_button(
             "Download the HTML report",
             html,
-            file_name="personagen_report.html",
+            file_name=f"personagen_report_{eval_id}.html",
             mime="text/html",
             icon=":material/description:",
             key="dl_report",
         )
+        names = ", ".join(report.get("datasets", {}))
+        n_warn = len(report.get("warnings") or [])
         st.caption(
-            f"Evaluation of {names}, generated {report.get('generated_at', '')}. Self-contained: "
-            "it opens offline and can be sent as one file."
+            f"Evaluation {eval_id} of {names}, generated {report.get('generated_at', '')}"
+            + (f"; {n_warn} warning(s) about small samples are in the report" if n_warn else "")
+            + ". Self-contained: it opens offline and can be sent as one file."
         )

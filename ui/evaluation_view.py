@@ -1,5 +1,5 @@
-"""Evaluation views (Evaluate, Real data and Report pages): memoised evaluation with a live progress bar,
-tables and figures. Gold data inputs, the label map editor and Tables VI-VII live in :mod:`ui.gold_view`.
+"""Evaluation views (Evaluate, Real data and Report pages): stored evaluations with a live progress bar,
+a picker to reopen them, tables and figures with their warnings. Gold data inputs, the label map editor and Tables VI-VII live in :mod:`ui.gold_view`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from ui.state import error_boundary, get_store, store_path
 __all__ = [
     "embedder",
     "evaluate_runs",
+    "evaluation_store",
+    "open_evaluation",
+    "stored_evaluation_picker",
     "overall_table",
     "per_emotion_table",
     "report_html",
@@ -37,13 +40,35 @@ def _datasets_key(run_ids: Sequence[str]) -> tuple[tuple[str, int], ...]:
 
 
 @st.cache_resource(show_spinner=False)
-def _report_memo() -> dict[str, dict[str, Any]]:
-    """Evaluation reports of this process keyed by inputs and settings (a plain memo rather than
-    ``st.cache_data``, whose element replay does not allow the live progress bar drawn during evaluation)."""
-    return {}
+def _evaluations_for(path: str) -> Any:
+    from personagen_core.evaluation.stored import EvaluationStore
+
+    return EvaluationStore(path)
 
 
-_MEMO_SIZE = 16
+def evaluation_store() -> Any:
+    """The stored evaluations (``$PERSONAGEN_HOME/evaluations.sqlite``), opened once per process and shared
+    by every session (the store guards its connection with a lock)."""
+    from personagen_core.evaluation.stored import default_path
+
+    return _evaluations_for(str(default_path()))
+
+
+def _inputs_key(
+    run_ids: Sequence[str], settings: Any, gold_key: str, label_map: dict[str, str | None] | None, llm: Any
+) -> str:
+    """What an evaluation depends on: the runs and their sizes (a run that grew is new input), settings,
+    gold data and label map, and for the judge its endpoint and model."""
+    import json
+
+    key = json.dumps(
+        [str(store_path()), _datasets_key(run_ids), settings.model_dump_json(), gold_key, label_map or {}],
+        sort_keys=True,
+        default=str,
+    )
+    if llm is not None and settings.judge:
+        key += f"|{llm.backend}|{llm.base_url}|{llm.model_for('judge')}"
+    return key
 
 
 def evaluate_runs(
@@ -55,23 +80,17 @@ def evaluate_runs(
     label_map: dict[str, str | None] | None = None,
     llm: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate runs from the store, showing progress; memoised per runs, their sizes, settings, gold data
-    and label map (the core also caches embeddings and expensive results on disk)."""
-    import json
-
+    """Evaluate runs from the store, showing progress, and store the evaluation (its id is in
+    ``report["stored"]["eval_id"]``). The same inputs (runs and their sizes, settings, gold data, label map)
+    reopen the stored evaluation instead of recomputing it; the core also caches embeddings and results."""
     from personagen_core.evaluation.suite import evaluate, load_run_dataset
 
     store = get_store()
-    key = json.dumps(
-        [str(store_path()), _datasets_key(run_ids), settings.model_dump_json(), gold_key, label_map or {}],
-        sort_keys=True,
-        default=str,
-    )
-    if llm is not None and settings.judge:  # the judge's answers depend on the endpoint and model
-        key += f"|{llm.backend}|{llm.base_url}|{llm.model_for('judge')}"
-    memo = _report_memo()
-    if key in memo:
-        return memo[key]
+    evaluations = evaluation_store()
+    key = _inputs_key(run_ids, settings, gold_key, label_map, llm)
+    found = evaluations.find(key)
+    if found is not None:
+        return evaluations.get(found)
     bar = st.progress(0.0, text="Evaluating…")
 
     def on_event(stage: str, fraction: float) -> None:
@@ -93,10 +112,29 @@ def evaluate_runs(
         )
     finally:
         bar.empty()
-    while len(memo) >= _MEMO_SIZE:
-        memo.pop(next(iter(memo)))
-    memo[key] = report
-    return report
+    eval_id = evaluations.save(report, runs=list(run_ids), source="dashboard", key=key)
+    return evaluations.get(eval_id)
+
+
+def open_evaluation(eval_id: str) -> dict[str, Any]:
+    """A stored evaluation's report (StoreError if it no longer exists)."""
+    return evaluation_store().get(eval_id)
+
+
+def stored_evaluation_picker(label: str = "Stored evaluation", *, key: str) -> str | None:
+    """Pick a stored evaluation (newest first: id, date, runs, settings); None when there is none yet."""
+    listed = evaluation_store().list(limit=200)
+    if listed.empty:
+        return None
+    labels = {
+        r["eval_id"]: f"{r['created_at'].replace('T', ' ')[:16]} · {r['summary']}"
+        + (f" · ⚠ {r['warnings']}" if r["warnings"] else "")
+        + f" · {r['eval_id']}"
+        for r in listed.to_dict("records")
+    }
+    if st.session_state.get(key) not in labels:
+        st.session_state.pop(key, None)  # deleted or from another home: fall back to the newest
+    return st.selectbox(label, list(labels), format_func=labels.get, key=key)
 
 
 def overall_table(section: dict[str, Any], field_name: str = "overall") -> Any:
@@ -118,24 +156,67 @@ def _skipped(report: dict[str, Any], section: str) -> None:
     st.info(f"Not computed: {reason}.")
 
 
+def _warnings(report: dict[str, Any], section: str) -> None:
+    """The report's warnings of ``section`` (figures from too few texts, left-out labels), one per line."""
+    for w in report.get("warnings") or []:
+        if w.get("section") == section:
+            prefix = f"**{w['dataset']}**: " if w.get("dataset") else ""
+            st.warning(prefix + str(w["message"]), icon=":material/warning:")
+
+
+def _section_skips(section: dict[str, Any] | None) -> None:
+    for name, reason in ((section or {}).get("skipped") or {}).items():
+        st.info(f"**{name}** left out: {reason}")
+
+
+def _counts(report: dict[str, Any], name: str) -> str:
+    labels = report["datasets"][name].get("labels") or {}
+    return ", ".join(f"{k} {v}" for k, v in labels.items())
+
+
+def _separability_table(sep: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    rows = {}
+    for name, d in sep["datasets"].items():
+        low, high = (d.get("accuracy_ci") or [None, None])[:2]
+        rows[name] = {
+            "accuracy": d.get("accuracy"),
+            "accuracy interval": f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else "–",
+            **{f"macro {m}": v for m, v in (d.get("macro") or {}).items()},
+            "n_train": d.get("n_train"),
+            "n_test": d.get("n_test"),
+            "texts per class": ", ".join(f"{k} {v}" for k, v in (d.get("n_per_class") or {}).items()),
+        }
+    return pd.DataFrame(rows).T
+
+
 def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
-    """Draw an evaluation report: projection, confusion matrices, diversity and judge tabs."""
+    """Draw an evaluation report: projection, separability, diversity and judge tabs, each with its warnings
+    and the number of texts per class behind it."""
     names = list(report.get("datasets", {}))
-    st.caption("Texts per dataset: " + ", ".join(f"{n} ({report['datasets'][n]['n']})" for n in names))
+    st.caption(
+        "Texts per dataset: "
+        + "; ".join(f"{n}: {report['datasets'][n]['n']} ({_counts(report, n)})" for n in names)
+    )
     t_proj, t_sep, t_div, t_judge = st.tabs(["Projection", "Separability", "Diversity", "Judge"])
     with t_proj:
         proj = report.get("projections") or {}
         methods = sorted({m for p in proj.values() for m in p.get("coords", {})})
+        _warnings(report, "projections")
         if not methods:
-            _skipped(report, "projections")
+            if "projections" in (report.get("skipped") or {}):
+                _skipped(report, "projections")
         else:
             attrs = sorted({c for p in proj.values() for c in (p.get("attributes") or {})})
             c1, c2 = st.columns(2)
             method = c1.radio(
-                "Method", methods, horizontal=True, format_func={"tsne": "t-SNE", "umap": "UMAP"}.get
+                "Method", methods, horizontal=True, format_func={"tsne": "t-SNE", "umap": "UMAP"}.get,
+                key="eval_proj_method",
             )
             color_by = c2.selectbox(
-                "Colour by", ["label", *attrs], format_func=lambda c: "emotion" if c == "label" else c
+                "Colour by", ["label", *attrs], format_func=lambda c: "emotion" if c == "label" else c,
+                key="eval_proj_color",
             )
             st.plotly_chart(
                 figures.projection_figure_from_report(report, method=method, color_by=color_by),
@@ -143,22 +224,28 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
             )
     with t_sep:
         sep = report.get("separability")
+        _warnings(report, "separability")
         if not sep:
             _skipped(report, "separability")
         else:
-            st.dataframe(overall_table(sep, "macro"), key="eval_macro")
+            _section_skips(sep)
+            st.dataframe(_separability_table(sep), key="eval_macro")
+            st.caption(sep.get("method", ""))
             matrices = {n: d["confusion"] for n, d in sep["datasets"].items() if d.get("confusion")}
             if matrices:
                 st.plotly_chart(
-                    figures.confusion_grid(matrices, title=f"Confusion ({sep.get('method', '')})"),
+                    figures.confusion_grid(matrices, title="Confusion on the held-out texts"),
                     key="eval_confusion",
                 )
     with t_div:
         div = report.get("diversity")
+        _warnings(report, "diversity")
         if not div:
             _skipped(report, "diversity")
         else:
             table = overall_table(div).rename(columns=figures.DIVERSITY_METRICS)
+            for col in ("unreliable", "min_reliable"):
+                table = table.drop(columns=col, errors="ignore")
             st.dataframe(table, key="eval_diversity_table")
             dataset = st.selectbox("Per emotion for", names, key="eval_div_ds")
             st.dataframe(
@@ -176,12 +263,14 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _report_html_cached(generated_at: str, names: tuple[str, ...], _report: dict[str, Any]) -> str:
+def _report_html_cached(identity: str, _report: dict[str, Any]) -> str:
     from personagen_core.evaluation.report import render_html, to_jsonable
 
     return render_html(to_jsonable(_report))
 
 
 def report_html(report: dict[str, Any]) -> str:
-    """The self-contained HTML page of a report (cached per report)."""
-    return _report_html_cached(str(report.get("generated_at")), tuple(report.get("datasets", {})), report)
+    """The self-contained HTML page of a report (cached per stored evaluation)."""
+    stored = (report.get("stored") or {}).get("eval_id")
+    identity = stored or f"{report.get('generated_at')}|{','.join(report.get('datasets', {}))}"
+    return _report_html_cached(str(identity), report)

@@ -460,27 +460,15 @@ def downstream_frame(report: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def downstream_figure(report: Mapping[str, Any]) -> go.Figure:
-    """Table VII as a plotly table plus grouped bars (with bootstrap intervals) of accuracy and weighted /
-    macro F1 per training set; rows on the full test split are labelled as such."""
+    """Table VII as a chart: grouped bars of accuracy and weighted / macro F1 per training set, with their
+    bootstrap intervals; each bar group is labelled with the test texts it was scored on (the numbers
+    themselves are in the table beside it, so the chart does not repeat them)."""
     rows = report["downstream"]["rows"]
     names = list(rows)
-    fig = make_subplots(
-        rows=2, cols=1, specs=[[{"type": "table"}], [{"type": "xy"}]], row_heights=[0.45, 0.55]
-    )
-    cells = [names] + [[_fmt(rows[n].get(k)) for n in names] for k in _DOWNSTREAM_COLUMNS]
-    cells.append([str(rows[n].get("n_test", "")) for n in names])
-    cells.append([", ".join(map(str, rows[n].get("labels") or [])) for n in names])
-    fig.add_trace(
-        go.Table(
-            header={
-                "values": ["Training data", *_DOWNSTREAM_COLUMNS.values(), "n_test", "labels scored"],
-                "align": "left",
-            },
-            cells={"values": cells, "align": "left"},
-        ),
-        row=1,
-        col=1,
-    )
+    ticks = [
+        f"{n}<br>n_test = {rows[n]['n_test']}" if rows[n].get("n_test") is not None else n for n in names
+    ]
+    fig = go.Figure()
     colors = color_map(list(_DOWNSTREAM_COLUMNS))
     for key in ("accuracy", "weighted_f1", "macro_f1"):
         y = [_finite_or_none(rows[n].get(key)) for n in names]
@@ -491,21 +479,21 @@ def downstream_figure(report: Mapping[str, Any]) -> go.Figure:
                  else None for c, v in zip(cis, y, strict=True)]
         fig.add_trace(
             go.Bar(
-                x=names,
+                x=ticks,
                 y=y,
                 name=_DOWNSTREAM_COLUMNS[key],
                 marker_color=colors[key],
                 error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": any(plus)},
-            ),
-            row=2,
-            col=1,
+                hovertemplate="%{x}: %{y:.4f}<extra>" + _DOWNSTREAM_COLUMNS[key] + "</extra>",
+            )
         )
-    fig.update_yaxes(range=[0, 1], row=2, col=1)
+    fig.update_yaxes(range=[0, 1], title="score on the gold test texts")
     fig.update_layout(
         barmode="group",
-        height=300 + 30 * len(names) + 300,
+        height=460,
         title="Train on synthetic, test on real",
         template="plotly_white",
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 
