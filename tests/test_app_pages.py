@@ -175,7 +175,7 @@ def _sampled_bar(at, category: str) -> list[float]:
     chart = at.get("plotly_chart")[0]
     fig = json.loads(chart.proto.spec)
     trace = next(t for t in fig["data"] if t["name"] == "sampled")
-    return list(trace["y"])
+    return list(trace["x"] if trace.get("orientation") == "h" else trace["y"])
 
 
 def test_slider_changes_spec_and_sampled_marginals(home: Path) -> None:
@@ -524,3 +524,49 @@ def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
     fresh = _open(_app().run(), "pages/1_distributions.py")
     assert fresh.session_state["spec"].attributes["age"].items[0].p == pytest.approx(0.55)
     assert fresh.slider(key=key).value == pytest.approx(0.55)
+
+
+def test_conditional_rows_are_edited_where_they_act(home: Path) -> None:
+    """Education is conditioned on age: a row is picked, its sliders change that row of the table, and the
+    sampled marginal follows (the category's own items would have no effect)."""
+    at = _open(_app().run(), "pages/1_distributions.py")
+    at.selectbox(key="keep_dist_category").set_value("attributes.education").run()
+    spec = at.session_state["spec"]
+    cat = spec.attributes["education"]
+    row = next(i for i, r in enumerate(cat.table) if r.when == {"age": ["25-34"]})
+    at.selectbox(key="keep_cond_row:attributes.education").set_value(f"attributes.education@{row}").run()
+    assert not at.exception
+    uni = cat.names.index("university")
+    before = ui.target_probs(spec, f"attributes.education@{row}")
+    key = next(s.key for s in at.slider if s.key.endswith(f"attributes.education@{row}:{uni}"))
+    at.slider(key=key).set_value(0.9).run()
+    assert not at.exception
+    new = at.session_state["spec"]
+    after = ui.target_probs(new, f"attributes.education@{row}")
+    assert after[uni] == pytest.approx(0.9) and sum(after) == pytest.approx(1.0)
+    assert after != before and new.attributes["education"].probs == cat.probs  # the row moved, not the fallback
+    # Other rows are untouched.
+    assert [r.model_dump() for i, r in enumerate(new.attributes["education"].table) if i != row] == [
+        r.model_dump() for i, r in enumerate(cat.table) if i != row
+    ]
+    import json
+
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t["name"] for t in fig["data"]]
+    assert names[0].startswith("edited: age = 25-34") and "marginal (exact)" in names
+    ui.revalidate(new)  # still a valid spec
+
+
+def test_long_category_uses_a_searchable_table_and_labels_every_bar(home: Path) -> None:
+    import json
+
+    at = _open(_app().run(), "pages/1_distributions.py")
+    at.selectbox(key="keep_dist_category").set_value("attributes.mbti").run()
+    n = len(at.session_state["spec"].attributes["mbti"].items)
+    assert n > ui.LONG_CATEGORY
+    assert not [s for s in at.slider if s.key.startswith("p:")]  # no column of 32 sliders
+    grids = [d.value for d in at.dataframe if list(d.value.columns) == ["item", "p", "lock"]]
+    assert len(grids) == 1 and len(grids[0]) == n
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["layout"]["yaxis"]["dtick"] == 1 and fig["data"][0]["orientation"] == "h"
+    assert len(fig["data"][0]["y"]) == n

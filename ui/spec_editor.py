@@ -18,10 +18,12 @@ from ui.probabilities import (
     renormalise,
     spec_error_field,
 )
-from ui.state import _set_field_error, field_error, set_spec
+from ui.state import _set_field_error, field_error, keep, set_spec
 
 __all__ = [
+    "LONG_CATEGORY",
     "category_editor",
+    "edit_target",
     "category_options",
     "emotion_editor",
     "handle_spec_upload",
@@ -31,12 +33,16 @@ __all__ = [
     "on_filter_change",
     "revalidate",
     "rules_editor",
+    "row_label",
     "rules_frame",
     "sampled",
     "spec_digest",
+    "spec_library_panel",
     "table_editor",
     "table_frame",
+    "target_probs",
     "with_probs",
+    "with_target_probs",
 ]
 
 
@@ -87,22 +93,36 @@ def marginals(spec: Any, n: int, seed: int) -> Any:
     return _marginals_cached(_spec_hash(spec), n, seed, spec)
 
 
-def marginal_figure(summary: Any, qualified: str, title: str) -> Any:
-    """Grouped bars: the spec's probability beside the sampled frequency of each item of one category."""
+def marginal_figure(summary: Any, qualified: str, title: str, *, row: Sequence[float] | None = None,
+                    row_label: str = "selected row") -> Any:
+    """Horizontal bars, one label per item (long categories stay readable): the spec's probability, the
+    exact marginal after tables and rules, and the sampled frequency. For a conditioned category the
+    spec's own items only act where no table row matches, so ``row`` (the row being edited) is drawn
+    instead of them."""
     import plotly.graph_objects as go
 
     key = qualified.split(".", 1)[1]
     part = summary[summary["category"] == key]
+    items = part["item"].tolist()
     fig = go.Figure()
-    fig.add_bar(x=part["item"].tolist(), y=part["spec_p"].tolist(), name="spec", marker_color="#9aa9d8")
-    fig.add_bar(x=part["item"].tolist(), y=part["sampled_p"].tolist(), name="sampled", marker_color="#3b5bdb")
+    if row is not None:
+        fig.add_bar(y=items, x=list(row), name=row_label, marker_color="#f08c00", orientation="h")
+    else:
+        fig.add_bar(y=items, x=part["spec_p"].tolist(), name="spec", marker_color="#9aa9d8", orientation="h")
+    if "expected_p" in part and row is not None:
+        fig.add_bar(y=items, x=part["expected_p"].tolist(), name="marginal (exact)", marker_color="#74b816",
+                    orientation="h")
+    fig.add_bar(y=items, x=part["sampled_p"].tolist(), name="sampled", marker_color="#3b5bdb", orientation="h")
+    n_traces = len(fig.data)
     fig.update_layout(
         barmode="group",
         title=title,
-        height=380,
-        margin=dict(l=10, r=10, t=40, b=10),
-        yaxis_title="probability",
-        legend=dict(orientation="h", y=1.12, x=1, xanchor="right"),
+        height=max(320, 90 + len(items) * (9 + 7 * n_traces)),
+        margin=dict(l=10, r=10, t=60, b=10),
+        xaxis_title="probability",
+        # Every item labelled, first item at the top.
+        yaxis=dict(type="category", tickmode="linear", dtick=1, autorange="reversed", automargin=True),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
     )
     return fig
 
@@ -132,28 +152,80 @@ def revalidate(spec: Any) -> Any:
     return parse_spec(dump_spec(spec), source="the edited spec")
 
 
-def _slider_key(qualified: str, index: int) -> str:
-    return f"p:{st.session_state.get('spec_rev', 0)}:{qualified}:{index}"
+def _split_target(target: str) -> tuple[str, int | None]:
+    """``attributes.occupation@2`` → ``("attributes.occupation", 2)``; no ``@`` → the category's own items."""
+    qualified, _, row = target.partition("@")
+    return qualified, (int(row) if row else None)
 
 
-def _lock_key(qualified: str, index: int) -> str:
-    return f"lock:{st.session_state.get('spec_rev', 0)}:{qualified}:{index}"
-
-
-def _locked(qualified: str, n: int) -> list[int]:
-    return [j for j in range(n) if st.session_state.get(_lock_key(qualified, j))]
-
-
-def _on_slide(qualified: str, index: int) -> None:
-    spec = st.session_state["spec"]
+def target_probs(spec: Any, target: str) -> list[float]:
+    """The probabilities a target edits, one per item of the category (a table row's missing items are 0)."""
+    qualified, row = _split_target(target)
     cat = _category(spec, qualified)
-    n = len(cat.items)
-    probs = renormalise(
-        cat.probs, index, st.session_state[_slider_key(qualified, index)], _locked(qualified, n)
-    )
-    st.session_state["spec"] = with_probs(spec, qualified, probs)
+    if row is None:
+        return list(cat.probs)
+    given = {it.name: it.p for it in cat.table[row].items}
+    return [float(given.get(n, 0.0)) for n in cat.names]
+
+
+def with_target_probs(spec: Any, target: str, probs: Sequence[float]) -> Any:
+    """A copy of ``spec`` where the target (the category's items or one table row) gets ``probs``."""
+    from personagen_core.personas.spec import Item
+
+    qualified, row = _split_target(target)
+    if row is None:
+        return with_probs(spec, qualified, probs)
+    section, key = qualified.split(".", 1)
+    cat = getattr(spec, section)[key]
+    if len(probs) != len(cat.items):
+        raise ValueError(f"{target}: {len(probs)} probabilities for {len(cat.items)} items")
+    items = [Item(name=n, p=float(p)) for n, p in zip(cat.names, probs, strict=True) if p > 0]
+    table = list(cat.table)
+    table[row] = table[row].model_copy(update={"items": items})
+    new_cat = cat.model_copy(update={"table": table})
+    return spec.model_copy(update={section: {**getattr(spec, section), key: new_cat}})
+
+
+def _slider_key(target: str, index: int) -> str:
+    return f"p:{st.session_state.get('spec_rev', 0)}:{target}:{index}"
+
+
+def _lock_key(target: str, index: int) -> str:
+    return f"lock:{st.session_state.get('spec_rev', 0)}:{target}:{index}"
+
+
+def _locked(target: str, n: int) -> list[int]:
+    return [j for j in range(n) if st.session_state.get(_lock_key(target, j))]
+
+
+def _adopt_probs(target: str, index: int, value: float) -> None:
+    spec = st.session_state["spec"]
+    current = target_probs(spec, target)
+    probs = renormalise(current, index, value, _locked(target, len(current)))
+    st.session_state["spec"] = with_target_probs(spec, target, probs)
     for j, p in enumerate(probs):
-        st.session_state[_slider_key(qualified, j)] = p
+        st.session_state[_slider_key(target, j)] = p
+
+
+def _on_slide(target: str, index: int) -> None:
+    _adopt_probs(target, index, st.session_state[_slider_key(target, index)])
+
+
+def _grid_key(target: str) -> str:
+    return f"grid:{st.session_state.get('spec_rev', 0)}:{target}:{st.session_state.get('grid_edits', 0)}"
+
+
+def _on_grid_edit(target: str) -> None:
+    """A cell of the long-category editor changed: locks first, then each edited probability in turn."""
+    edits = (st.session_state.get(_grid_key(target)) or {}).get("edited_rows", {})
+    for i, change in sorted(edits.items()):
+        if "lock" in change:
+            st.session_state[_lock_key(target, int(i))] = bool(change["lock"])
+    for i, change in sorted(edits.items()):
+        if change.get("p") is not None:
+            _adopt_probs(target, int(i), float(change["p"]))
+    # A new editor key: the next run shows the renormalised values, not the stale edit.
+    st.session_state["grid_edits"] = st.session_state.get("grid_edits", 0) + 1
 
 
 def _apply(new_spec: Any, field_key: str) -> bool:
@@ -213,38 +285,114 @@ def _on_add(qualified: str) -> None:
         st.session_state[f"add_name:{qualified}"] = ""
 
 
-def category_editor(spec: Any, qualified: str) -> None:
-    """Sliders (one per item) with lock and remove, plus an "add item" row, for one category."""
+#: Above this many items a category is edited in a searchable table instead of one slider per item.
+LONG_CATEGORY = 12
+
+
+def row_label(cat: Any, row: int | None) -> str:
+    """How a target is named in the row picker: the table row's condition, or the fallback items."""
+    if row is None:
+        return "no row matches (the category's own items)"
+    return format_conditions(cat.table[row].when) or "every other case (default row)"
+
+
+def edit_target(spec: Any, qualified: str) -> str:
+    """For a conditioned category, a picker of the row to edit (kept per category); else the category.
+
+    Returns the target that :func:`category_editor` edits: ``qualified`` or ``qualified@row``.
+    """
+    cat = _category(spec, qualified)
+    if not cat.given:
+        return qualified
+    options = [*(f"{qualified}@{i}" for i in range(len(cat.table))), qualified]
+    return st.selectbox(
+        f"Edit P({qualified.split('.', 1)[1]} | {', '.join(cat.given)}) when",
+        options,
+        format_func=lambda t: row_label(cat, _split_target(t)[1]),
+        help="Conditional rows are matched in order, first match wins. The chart beside shows this row and "
+        "the marginal that follows from every row.",
+        **keep(f"cond_row:{qualified}", options[0], options=options),
+    )
+
+
+def category_editor(spec: Any, target: str) -> None:
+    """Edit one target: sliders with lock and remove (a searchable table for long categories), plus an
+    "add item" row. ``target`` is a category (``section.key``) or one of its table rows (``…@row``)."""
+    qualified, row = _split_target(target)
     cat = _category(spec, qualified)
     if cat.source:
         st.caption(f"Source: {cat.source}")
-    if cat.given:
+    if cat.given and row is None:
         st.caption(
-            f"Conditioned on {', '.join(cat.given)}: these sliders set the distribution used when no row "
-            "of the conditional table below matches."
+            f"Conditioned on {', '.join(cat.given)}: these probabilities are used only when no row of the "
+            "conditional table matches."
         )
     field_error(qualified)
-    for i, item in enumerate(cat.items):
-        key = _slider_key(qualified, i)
-        if key not in st.session_state:
-            st.session_state[key] = float(item.p)
-        c_slider, c_lock, c_remove = st.columns([6, 2, 1], vertical_alignment="center")
-        c_slider.slider(
-            item.name, 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=_on_slide, args=(qualified, i)
-        )
-        c_lock.checkbox("lock", key=_lock_key(qualified, i))
-        c_remove.button(
-            "✕",
-            type="tertiary",
-            key=f"rm:{st.session_state.get('spec_rev', 0)}:{qualified}:{i}",
-            on_click=_on_remove,
-            args=(qualified, i),
-            help=f"Remove {item.name}",
-        )
+    probs = target_probs(spec, target)
+    if len(cat.items) > LONG_CATEGORY:
+        _grid_editor(cat, target, probs)
+    else:
+        for i, item in enumerate(cat.items):
+            key = _slider_key(target, i)
+            if key not in st.session_state:
+                st.session_state[key] = float(probs[i])
+            c_slider, c_lock, c_remove = st.columns([6, 2, 1], vertical_alignment="center")
+            c_slider.slider(
+                item.name, 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=_on_slide, args=(target, i)
+            )
+            c_lock.checkbox("lock", key=_lock_key(target, i))
+            c_remove.button(
+                "✕",
+                type="tertiary",
+                key=f"rm:{st.session_state.get('spec_rev', 0)}:{target}:{i}",
+                on_click=_on_remove,
+                args=(qualified, i),
+                help=f"Remove {item.name}",
+            )
     c_name, c_p, c_add = st.columns([5, 3, 2], vertical_alignment="bottom")
     c_name.text_input("New item", key=f"add_name:{qualified}", placeholder="name")
     c_p.number_input("Probability", 0.0, 1.0, 0.0, step=0.01, key=f"add_p:{qualified}")
     c_add.button("Add", key=f"add:{qualified}", on_click=_on_add, args=(qualified,), icon=":material/add:")
+
+
+def _grid_editor(cat: Any, target: str, probs: Sequence[float]) -> None:
+    """A long category as a compact, searchable table (probability and lock per item; remove below)."""
+    import pandas as pd
+
+    qualified, _ = _split_target(target)
+    frame = pd.DataFrame(
+        {
+            "item": cat.names,
+            "p": [float(p) for p in probs],
+            "lock": [bool(st.session_state.get(_lock_key(target, i))) for i in range(len(cat.items))],
+        }
+    )
+    st.caption(
+        f"{len(cat.items)} items: edit a probability (the unlocked others are rescaled) or lock it. "
+        "Search with the table's magnifier."
+    )
+    st.data_editor(
+        frame,
+        hide_index=True,
+        width="stretch",
+        height=min(35 * (len(frame) + 1) + 3, 560),
+        num_rows="fixed",
+        disabled=["item"],
+        column_config={
+            "item": st.column_config.TextColumn("item"),
+            "p": st.column_config.NumberColumn("probability", min_value=0.0, max_value=1.0, step=0.001,
+                                               format="%.3f"),
+            "lock": st.column_config.CheckboxColumn("lock"),
+        },
+        key=_grid_key(target),
+        on_change=_on_grid_edit,
+        args=(target,),
+    )
+    c_pick, c_rm = st.columns([5, 2], vertical_alignment="bottom")
+    index = c_pick.selectbox("Remove an item", range(len(cat.items)), format_func=lambda i: cat.names[i],
+                             key=f"rm_pick:{qualified}")
+    c_rm.button("Remove", key=f"rm_long:{qualified}", on_click=_on_remove, args=(qualified, index),
+                icon=":material/delete:")
 
 
 def handle_spec_upload(upload: Any, spec_mod: ModuleType) -> None:
@@ -443,6 +591,77 @@ def emotion_editor(spec: Any, presets: dict[str, Any]) -> None:
         _apply(new, "emotions")
         st.rerun()
     st.caption(f"The spec currently has {len(spec.emotions)} emotions: {', '.join(spec.emotion_names)}.")
+
+
+def _library_action(action: str) -> None:
+    """Button callbacks of the saved-specs panel; errors are shown next to the panel."""
+    from personagen_core.errors import PersonaGenError
+    from ui.state import spec_library
+
+    lib = spec_library()
+    chosen = st.session_state.get("saved_spec_pick")
+    try:
+        if action == "save":
+            name = str(st.session_state.get("saved_spec_name") or "").strip()
+            lib.save(name, st.session_state["spec"])
+            st.session_state["saved_spec_pick"] = name
+            message = f"Saved the working spec as {name!r}."
+        elif not chosen:
+            raise PersonaGenError("choose a saved spec first")
+        elif action == "load":
+            set_spec(lib.load(chosen), replace=True)
+            message = f"Loaded {chosen!r} as the working spec."
+        elif action == "rename":
+            new = str(st.session_state.get("saved_spec_new_name") or "").strip()
+            lib.rename(chosen, new)
+            st.session_state["saved_spec_pick"] = new
+            message = f"Renamed {chosen!r} to {new!r}."
+        elif action == "delete":
+            lib.delete(chosen)
+            st.session_state.pop("saved_spec_pick", None)
+            message = f"Deleted {chosen!r}."
+        else:
+            raise ValueError(action)
+    except PersonaGenError as exc:
+        _set_field_error("library", str(exc))
+        st.session_state.pop("library_message", None)
+        return
+    _set_field_error("library", None)
+    st.session_state["library_message"] = message
+
+
+def spec_library_panel() -> None:
+    """Save the working spec under a name; load, rename or delete saved specs (``$PERSONAGEN_HOME``),
+    which the CLI reads with ``--spec NAME``."""
+    import datetime as dt
+
+    from ui.state import spec_library
+
+    saved = spec_library().list()
+    c_name, c_save = st.columns([4, 1], vertical_alignment="bottom")
+    c_name.text_input("Save the working spec as", key="saved_spec_name", placeholder="e.g. tuned ages v2")
+    c_save.button("Save", key="saved_spec_save", on_click=_library_action, args=("save",),
+                  icon=":material/save:")
+    if saved:
+        names = [r.name for r in saved]
+        when = {r.name: dt.datetime.fromtimestamp(r.updated_at).strftime("%Y-%m-%d %H:%M") for r in saved}
+        if st.session_state.get("saved_spec_pick") not in names:
+            st.session_state["saved_spec_pick"] = names[0]
+        st.selectbox("Saved specs", names, key="saved_spec_pick",
+                     format_func=lambda n: f"{n} · saved {when[n]}")
+        c_load, c_new, c_rename, c_delete = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
+        c_load.button("Load", key="saved_spec_load", on_click=_library_action, args=("load",),
+                      icon=":material/upload_file:")
+        c_new.text_input("New name", key="saved_spec_new_name", placeholder="rename to…")
+        c_rename.button("Rename", key="saved_spec_rename", on_click=_library_action, args=("rename",))
+        c_delete.button("Delete", key="saved_spec_delete", on_click=_library_action, args=("delete",),
+                        icon=":material/delete:")
+        st.caption("The CLI uses a saved spec by name: `personagen generate --spec NAME` (see `personagen spec list`).")
+    else:
+        st.caption("No saved spec yet. The working spec is auto-saved as a draft either way.")
+    if st.session_state.get("library_message"):
+        st.success(st.session_state.pop("library_message"))
+    field_error("library")
 
 
 def spec_digest(spec: Any) -> str:
