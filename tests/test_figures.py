@@ -182,3 +182,19 @@ def test_downstream_is_a_chart_not_a_table() -> None:
     accuracy = fig.data[0]
     assert list(accuracy.y)[0] == 0.5
     assert [x.split("<br>")[0] for x in accuracy.x] == ["A", "majority class"]
+
+
+def test_diversity_bars_of_too_few_texts_are_faded_and_say_n() -> None:
+    import copy
+
+    report = copy.deepcopy(REPORT)
+    block = report["diversity"]["datasets"]["A"]
+    block["unreliable"] = [next(iter(block["per_emotion"]))]
+    fig = figures.diversity_figure(report)
+    trace = next(t for t in fig.data if t.name == "A")
+    first = list(trace.x).index(block["unreliable"][0])
+    assert trace.marker.opacity[first] < 1 and trace.marker.pattern.shape[first] == "/"
+    assert "unreliable" in trace.customdata[first] and "n = " in trace.customdata[first]
+    assert all(o == 1.0 for i, o in enumerate(trace.marker.opacity) if i != first)
+    assert "unreliable" in fig.layout.title.text
+    assert "unreliable" not in figures.diversity_figure(REPORT).layout.title.text

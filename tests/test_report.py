@@ -211,3 +211,30 @@ def test_unwritable_directory_is_a_clear_error(tmp_path) -> None:
     blocker.write_text("x")
     with pytest.raises(PersonaGenError, match="cannot write the report"):
         write_report(_report(), blocker / "sub")
+
+
+def test_small_samples_are_flagged_in_the_html() -> None:
+    report = _report()
+    report["warnings"] = [
+        {"section": "diversity", "dataset": NAMES[1], "message": "unreliable: joy (3) has fewer than 25 texts"},
+        {"section": "separability", "dataset": NAMES[0], "message": "predicted 'joy' for every held-out text"},
+    ]
+    report["separability"]["skipped"] = {"tiny": "separability needs at least 5 texts per label; tiny has 3"}
+    sep = report["separability"]["datasets"][NAMES[0]]
+    sep.update(accuracy_ci=[0.1, 0.6], n_per_class={"anger": 12, "joy": 12}, n_train=19, n_test=5)
+    report["stored"] = {"eval_id": "ev-1", "source": "dashboard", "runs": ["run-a"]}
+    page = re.sub(r"<script.*?</script>", "", render_html(to_jsonable(report)), flags=re.S)
+    assert "2 warning(s) in: diversity, separability" in page  # the summary box at the top
+    boxes = re.findall(r'<div class="warn"><ul>.*?</ul></div>', page, flags=re.S)
+    assert len(boxes) == 2
+    assert "AttrPrompt &lt;baseline&gt;</b>: unreliable: joy (3)" in boxes[0]
+    assert "predicted &#x27;joy&#x27;" in boxes[1] and "<b>tiny</b> left out: separability needs" in boxes[1]
+    assert "[0.1000, 0.6000]" in page and "anger 12, joy 12" in page  # interval and n per label
+    diversity = page[page.index("Table IV. Diversity") :]
+    assert "<th>n</th>" in diversity[: diversity.index("</table>")]  # n beside each emotion's figures
+    assert "Stored evaluation <code>ev-1</code>" in page
+
+
+def test_no_warning_box_without_warnings() -> None:
+    page = render_html(to_jsonable(_report()))
+    assert 'class="warn"' not in page

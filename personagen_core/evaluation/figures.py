@@ -273,6 +273,8 @@ def diversity_figure(report: Mapping[str, Any], metrics: Sequence[str] | None = 
         for name in names:
             emotions = list(per_ds[name]["per_emotion"])
             values = [_finite_or_none(per_ds[name]["per_emotion"][e].get(metric)) for e in emotions]
+            sizes = [per_ds[name]["per_emotion"][e].get("n") for e in emotions]
+            few = set(per_ds[name].get("unreliable") or [])
             fig.add_trace(
                 go.Bar(
                     x=emotions,
@@ -281,14 +283,22 @@ def diversity_figure(report: Mapping[str, Any], metrics: Sequence[str] | None = 
                     legendgroup=name,
                     showlegend=i == 0,
                     marker_color=colors[name],
-                    hovertemplate="%{x}: %{y:.4f}<extra>" + name + "</extra>",
+                    # Emotions with too few texts are drawn faded and hatched: their values are unreliable.
+                    marker_opacity=[0.35 if e in few else 1.0 for e in emotions],
+                    marker_pattern_shape=["/" if e in few else "" for e in emotions],
+                    customdata=[
+                        f"n = {int(n) if n is not None else '?'}" + (" (too few: unreliable)" if e in few else "")
+                        for e, n in zip(emotions, sizes, strict=True)
+                    ],
+                    hovertemplate="%{x}: %{y:.4f}, %{customdata}<extra>" + name + "</extra>",
                 ),
                 row=row + 1,
                 col=col + 1,
             )
-    fig.update_layout(
-        barmode="group", height=300 * nrows, title="Diversity per emotion", template="plotly_white"
-    )
+    title = "Diversity per emotion"
+    if any(d.get("unreliable") for d in per_ds.values()):
+        title += " (faded, hatched bars: too few texts, unreliable)"
+    fig.update_layout(barmode="group", height=300 * nrows, title=title, template="plotly_white")
     return fig
 
 

@@ -40,6 +40,9 @@ table.data tbody th { text-align: left; }
 dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 0.9em; }
 dl.settings dt { font-weight: 600; } dl.settings dd { margin: 0; font-family: monospace; }
 nav a { margin-right: 14px; }
+.warn { background: #fff8e1; border-left: 4px solid #f0b429; padding: 6px 12px; margin: 10px 0;
+        font-size: 0.92em; max-width: 1000px; }
+.warn ul { margin: 4px 0; padding-left: 20px; }
 """
 
 
@@ -97,11 +100,13 @@ def render_html(report: Mapping[str, Any]) -> str:
         ("downstream", "Downstream utility (Table VII)", _downstream_section),
     ]
     for key, title, build in builders:
+        flags = _flags(report, key)
         if report.get(key):
-            sections.append((key, title, build(report)))
+            sections.append((key, title, flags + build(report)))
         else:
             reason = (report.get("skipped") or {}).get(key, "not computed")
-            sections.append((key, title, f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'))
+            not_computed = f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'
+            sections.append((key, title, flags + not_computed))
     sections.append(("settings", "Settings", _settings_section(report)))
 
     nav = " ".join(f'<a href="#{a}">{html.escape(t.split(" (")[0])}</a>' for a, t, _ in sections)
@@ -115,7 +120,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<h1>{html.escape(title)}</h1>\n"
         f'<p class="meta">Generated {generated} by PersonaGen; embedding model '
         f"<code>{html.escape(str(report.get('settings', {}).get('embedding_model', '')))}</code>.</p>\n"
-        f"<nav>{nav}</nav>\n{body}\n</main></body></html>\n"
+        f"{_stored_line(report)}<nav>{nav}</nav>\n{_warning_summary(report)}{body}\n</main></body></html>\n"
     )
 
 
@@ -193,7 +198,11 @@ def _projections_section(report: Mapping[str, Any]) -> str:
     if not methods:
         reason = (report.get("skipped") or {}).get("projections", "no projection method selected")
         return f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'
-    parts = []
+    counts = "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in (d.get("labels") or {}).items())
+        for name, d in (report.get("datasets") or {}).items()
+    )
+    parts = [f'<p class="note">Texts per label: {html.escape(counts)}.</p>']
     for method in methods:
         parts.append(_safe_figure(lambda m=method: figures.projection_figure_from_report(report, method=m)))
     attrs = sorted({c for p in proj.values() for c in (p.get("attributes") or {})})
@@ -214,7 +223,7 @@ def _diversity_section(report: Mapping[str, Any]) -> str:
     beyond = [m for m in figures.DIVERSITY_METRICS if m not in paper]
     out = []
     for caption, metrics in (
-        ("Table IV. Diversity per emotion", paper),
+        ("Table IV. Diversity per emotion (n = texts)", ["n", *paper]),
         ("Table IV (b). Beyond the paper", beyond),
     ):
         columns: dict[tuple[str, str], list[Any]] = {}
@@ -225,7 +234,7 @@ def _diversity_section(report: Mapping[str, Any]) -> str:
                     "overall", {}
                 ):
                     continue
-                columns[(name, figures.DIVERSITY_METRICS[m])] = [
+                columns[(name, figures.DIVERSITY_METRICS.get(m, m))] = [
                     *(d["per_emotion"].get(e, {}).get(m) for e in emotions),
                     d.get("overall", {}).get(m),
                 ]
@@ -255,7 +264,19 @@ def _separability_section(report: Mapping[str, Any]) -> str:
             ]
     frame = pd.DataFrame(columns, index=rows)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
-    acc = pd.DataFrame({name: [d.get("accuracy")] for name, d in sep.items()}, index=["accuracy"])
+    acc = pd.DataFrame(
+        {
+            name: [
+                d.get("accuracy"),
+                _ci_text(d.get("accuracy_ci")),
+                d.get("n_train"),
+                d.get("n_test"),
+                ", ".join(f"{k} {v}" for k, v in (d.get("n_per_class") or {}).items()) or None,
+            ]
+            for name, d in sep.items()
+        },
+        index=["accuracy", "interval (Wilson)", "training texts", "held-out texts", "texts per label"],
+    ).astype(object)
     settings = report["separability"].get("method", "")
     out = [
         _table(frame, "Table V. Per-class separability (LightGBM on embeddings)", settings),
@@ -364,6 +385,47 @@ def _settings_section(report: Mapping[str, Any]) -> str:
             "Time per stage (this run; cached stages are fast)",
         )
     return f'<dl class="settings">{items}</dl>{extra}'
+
+
+def _stored_line(report: Mapping[str, Any]) -> str:
+    stored = report.get("stored") or {}
+    if not stored.get("eval_id"):
+        return ""
+    runs = ", ".join(map(str, stored.get("runs") or [])) or "data files"
+    return (
+        f'<p class="meta">Stored evaluation <code>{html.escape(str(stored["eval_id"]))}</code> '
+        f"({html.escape(str(stored.get('source', '')))}; runs: {html.escape(runs)}).</p>\n"
+    )
+
+
+def _warning_summary(report: Mapping[str, Any]) -> str:
+    """A box at the top when some figures rest on too few texts (each section lists its own)."""
+    warnings = report.get("warnings") or []
+    if not warnings:
+        return ""
+    sections = sorted({str(w.get("section")) for w in warnings})
+    return (
+        f'<div class="warn"><b>Small samples.</b> {len(warnings)} warning(s) in: {html.escape(", ".join(sections))}. '
+        "Figures computed from too few texts are flagged as unreliable in their section, with the number of "
+        "texts per class behind them.</div>\n"
+    )
+
+
+def _flags(report: Mapping[str, Any], section: str) -> str:
+    """The section's warnings and the datasets it left out (and why), as a highlighted list."""
+    items = [
+        (f"<b>{html.escape(str(w['dataset']))}</b>: " if w.get("dataset") else "")
+        + html.escape(str(w.get("message", "")))
+        for w in report.get("warnings") or []
+        if w.get("section") == section
+    ]
+    block = report.get(section)
+    skipped = block.get("skipped") if isinstance(block, Mapping) and section != "projections" else None
+    for name, reason in (skipped or {}).items():
+        items.append(f"<b>{html.escape(str(name))}</b> left out: {html.escape(str(reason))}")
+    if not items:
+        return ""
+    return '<div class="warn"><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>\n"
 
 
 def _notes(notes: Mapping[str, Any]) -> str:
