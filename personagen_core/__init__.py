@@ -18,6 +18,7 @@ from personagen_core.errors import (
     DataError,
     LLMAuthError,
     LLMConnectionError,
+    LLMEndpointError,
     LLMError,
     LLMResponseError,
     LocalModelError,

@@ -11,6 +11,7 @@ __all__ = [
     "DataError",
     "LLMAuthError",
     "LLMConnectionError",
+    "LLMEndpointError",
     "LLMError",
     "LLMResponseError",
     "LocalModelError",
@@ -52,6 +53,12 @@ class LLMConnectionError(LLMError):
 
 class LLMResponseError(LLMError):
     """The endpoint answered, but not with something usable (bad JSON, wrong schema)."""
+
+
+class LLMEndpointError(LLMError):
+    """The endpoint cannot work: calls keep failing for the same reason (model not found, HTML instead of the
+    API, answers that never match the schema, ...). The message names the endpoint's last error and what to
+    change; a run stops at once, resumable, instead of spending calls on it."""
 
 
 class BudgetExceeded(PersonaGenError):

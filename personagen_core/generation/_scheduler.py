@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, PersonaGenError, SpecError
+from personagen_core.errors import (
+    LLMAuthError,
+    LLMConnectionError,
+    LLMEndpointError,
+    LLMError,
+    PersonaGenError,
+    SpecError,
+)
 from personagen_core.generation import pricing
 from personagen_core.generation._validation import (
     CURRENT_STAGE,
@@ -292,9 +299,11 @@ class RunSession:
         return cands
 
     # -- scheduling -----------------------------------------------------------------------------------------
+    def _rejected(self) -> int:
+        return sum(v for k, v in self.rejections.items() if k != "quota_full")
+
     def _attempts(self) -> int:
-        rejected = sum(v for k, v in self.rejections.items() if k != "quota_full")
-        return sum(self.accepted.values()) + rejected + sum(self.claimed.values())
+        return sum(self.accepted.values()) + self._rejected() + sum(self.claimed.values())
 
     def _check_stop(self) -> str | None:
         if self.stop_reason is None:
@@ -306,6 +315,9 @@ class RunSession:
                 self.stop_reason = "max_cost"
             elif self.config.max_tokens is not None and self.tokens >= self.config.max_tokens:
                 self.stop_reason = "max_tokens"
+            elif sum(self.accepted.values()) + self._rejected() >= self.max_attempts:
+                # Validation rejections count too, so no new batch starts once the limit is used up.
+                self.stop_reason = "max_attempts"
         return self.stop_reason
 
     def _done(self) -> bool:
@@ -378,7 +390,7 @@ class RunSession:
                 max_tokens=gen.max_tokens,
                 grammar=sentence_grammar(gen.max_sentences),
             )
-        except (LLMAuthError, LLMConnectionError):
+        except (LLMAuthError, LLMConnectionError, LLMEndpointError):
             raise
         except LLMError as exc:
             self._reject(4, "llm_error", str(exc), emotion=emotion, persona_id=cand.persona_id)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError
+from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMEndpointError, LLMError
 from personagen_core.generation.prompts import (
     KEPT_VERDICTS,
     VerdictReasons,
@@ -141,17 +141,28 @@ class Validator:
         result: dict[str, Verdict] = {}
         token = CURRENT_STAGE.set(stage)
         try:
-            for i in range(0, len(rows), self.batch_size):
+            i = 0
+            while i < len(rows):
                 chunk, ckeys = rows[i : i + self.batch_size], keys[i : i + self.batch_size]
+                i += len(chunk)
                 got: dict[int, Verdict] = {}
                 if len(chunk) > 1:
+                    timeouts = self._timeouts()
                     got = await self._batch(stage, chunk)
+                    if self._timeouts() > timeouts:
+                        # A batch this large took longer than the timeout: ask smaller ones from now on.
+                        self.batch_size = max(1, self.batch_size // 2)
                 for j, (row, k) in enumerate(zip(chunk, ckeys)):
                     result[k] = got[j] if j in got else await self._single(stage, row)
         finally:
             CURRENT_STAGE.reset(token)
         self.llm_verdicts += len(result)
         return result
+
+    def _timeouts(self) -> int:
+        """Timed-out validator calls of the client so far (0 for clients that do not count them)."""
+        counts = getattr(self.client, "timeouts", None)
+        return int(counts.get("validator", 0)) if counts is not None else 0
 
     async def _batch(self, stage: int, rows: list[Mapping[str, Any]]) -> dict[int, Verdict]:
         try:
@@ -161,10 +172,11 @@ class Validator:
                 temperature=0.0,
                 schema=batch_verdict_schema(len(rows), self.reasons),
                 schema_name=f"stage{stage}_verdicts",
-                max_tokens=60 * len(rows) + 20,
+                # Room for a one-sentence reason per verdict (a cut answer is invalid JSON and retried).
+                max_tokens=(100 if self.reasons == "all" else 50) * len(rows) + 40,
             )
-        except (LLMAuthError, LLMConnectionError):
-            raise
+        except (LLMAuthError, LLMConnectionError, LLMEndpointError):
+            raise  # the endpoint cannot work (now): stop the run rather than record errors as verdicts
         except LLMError:
             return {}  # fall back to one call per candidate
         got: dict[int, Verdict] = {}
@@ -193,10 +205,10 @@ class Validator:
                 temperature=0.0,
                 schema=verdict_schema(),
                 schema_name=f"stage{stage}_verdict",
-                max_tokens=80,
+                max_tokens=120,
             )
-        except (LLMAuthError, LLMConnectionError):
-            raise
+        except (LLMAuthError, LLMConnectionError, LLMEndpointError):
+            raise  # the endpoint cannot work (now): stop the run rather than record errors as verdicts
         except LLMError as exc:
             return Verdict("error", str(exc))
         data = comp.data if isinstance(comp.data, Mapping) else {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import logging
 import math
@@ -22,9 +23,11 @@ import os
 import random
 import re
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Self, cast
+from urllib.parse import urlsplit
 
 import httpx
 import jsonschema
@@ -40,18 +43,26 @@ from pydantic import (
     model_validator,
 )
 
-from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMError, LLMResponseError
+from personagen_core.errors import (
+    LLMAuthError,
+    LLMConnectionError,
+    LLMEndpointError,
+    LLMError,
+    LLMResponseError,
+)
 from personagen_core.generation.prompts import VerdictReasons
 
 __all__ = [
     "DEFAULT_MODEL",
     "LOCAL_BASE_URL",
     "ROLES",
+    "SERVER_KINDS",
     "CallRecord",
     "Completion",
     "LLMClient",
     "LLMSettings",
     "StructuredMode",
+    "detect_server_kind",
     "estimate_tokens",
     "parse_json_text",
 ]
@@ -67,9 +78,28 @@ ROLES = ("validator", "generator", "judge")
 Role = Literal["validator", "generator", "judge"]
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
 _MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
+ServerKind = Literal["auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama"]
+#: Server kinds the client knows how to send schemas and grammars to ("auto": detect once per endpoint).
+SERVER_KINDS: tuple[str, ...] = ("auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama")
+# Per-call timeouts by where the endpoint is: a local server on a busy CPU may take minutes for one call.
+TIMEOUT_REMOTE = 60.0
+TIMEOUT_LOCAL_SERVER = 300.0
+TIMEOUT_EMBEDDED = 600.0
 # Words in an error body that show the endpoint rejected the response_format itself, not the request.
 _FORMAT_ERROR_RE = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.IGNORECASE)
 _KEY_LIKE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
+
+
+def _is_local_host(url: str | None) -> bool:
+    """Is ``url``'s host this machine or a private network (where people run their own servers)?"""
+    host = urlsplit(url or "").hostname or ""
+    if host == "localhost" or host.endswith((".local", ".localhost", ".lan", ".internal")):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def estimate_tokens(text: str) -> int:
@@ -91,6 +121,16 @@ class LLMSettings(BaseModel):
     reason: ``all`` (written before the verdict, as in the paper) or ``rejected`` (verdict first, a reason
     for "implausible" only: fewer generated tokens, but the verdict is given without a reason first; on the
     embedded 1.5B model it rejected a third of the candidates at random, docs/LOCAL_LLM.md).
+
+    ``timeout`` is the per-call timeout in seconds; ``None`` picks one that fits the backend
+    (:attr:`effective_timeout`: 60 s for remote APIs, 300 s for a server on this machine or the local network,
+    600 s for the embedded model). ``concurrency`` is the most calls in flight; the client adapts below it
+    to what the endpoint sustains. ``server`` says which kind of server the endpoint is, so that schemas
+    and grammars are sent in the form it understands (``auto``: detected once per endpoint);
+    ``structured`` forces the structured-output mode to start from (``auto``: by server kind).
+    ``give_up_after`` failed calls in a row with no success (four times as many for rate limits and
+    timeouts), or nine failures in ten over the last 50 calls, make the client give up on the endpoint
+    with :class:`~personagen_core.errors.LLMEndpointError`.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -103,13 +143,16 @@ class LLMSettings(BaseModel):
     local_model: str = DEFAULT_LOCAL_MODEL
     concurrency: int = Field(default=16, ge=1, le=1024)
     max_retries: int = Field(default=6, ge=0, le=100)
-    timeout: float = Field(default=60.0, gt=0)
+    timeout: float | None = Field(default=None, gt=0)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
     backoff_base: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
     retry_after_max: float = Field(default=60.0, ge=0)
     verdict_reasons: VerdictReasons = "all"
+    server: ServerKind = "auto"
+    structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    give_up_after: int = Field(default=12, ge=1, le=10_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +207,15 @@ class LLMSettings(BaseModel):
         return self.models.get(role, self.model)  # type: ignore[call-overload]
 
     @property
+    def effective_timeout(self) -> float:
+        """The per-call timeout: ``timeout``, or a default that fits the backend and where the server is."""
+        if self.timeout is not None:
+            return self.timeout
+        if self.backend == "local":
+            return TIMEOUT_EMBEDDED
+        return TIMEOUT_LOCAL_SERVER if _is_local_host(self.base_url) else TIMEOUT_REMOTE
+
+    @property
     def effective_base_url(self) -> str:
         """The base URL requests go to (the OpenAI API when none is set; a placeholder for ``local``)."""
         if self.backend == "local":
@@ -212,15 +264,23 @@ class CallRecord:
 class _Fault(Exception):
     """A failed attempt. ``kind``: ``auth``, ``fatal`` (not retried), ``http`` (429/408/5xx), ``timeout``,
     ``connection`` or ``malformed``. ``delay`` is a server-requested wait (Retry-After); ``usage`` the tokens
-    billed for the attempt (a malformed answer was still generated)."""
+    billed for the attempt (a malformed answer was still generated). ``cause`` refines the kind for the
+    give-up message: ``html``, ``broken_body``, ``no_choices``, ``schema`` (JSON not matching the schema),
+    ``not_json`` (no JSON in the answer), ``length`` (answer cut by the token limit) or ``None``."""
 
     def __init__(self, message: str, *, kind: str, http_status: int | None = None, delay: float | None = None,
-                 usage: tuple[int, int] = (0, 0)) -> None:
+                 usage: tuple[int, int] = (0, 0), cause: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.http_status = http_status
         self.delay = delay
         self.usage = usage
+        self.cause = cause
+
+    @property
+    def soft(self) -> bool:
+        """Overload rather than breakage: rate limits and timeouts (the endpoint works, but not now)."""
+        return self.kind == "timeout" or self.http_status == 429
 
 
 @dataclass
@@ -234,9 +294,138 @@ class _Call:
     name: str
     prompt_estimate: int
     timeout: float
+    max_tokens: int | None = None
     attempt: int = 0
     failures: int = 0
     consecutive_5xx: int = 0
+
+
+class _AdaptiveLimit:
+    """How many calls may be in flight to one endpoint, adapted to what it sustains (AIMD, as in TCP and
+    NVIDIA DataDesigner's adaptive throttling).
+
+    It starts at ``start`` and (with ``slow_start``) doubles per round of successes up to ``maximum``, growing only
+    while the calls use it all (a limit nobody reaches says nothing about the endpoint). A 429,
+    a timeout or latency growth (calls taking well over the fastest seen for their size, which is what
+    queueing on a server that serves fewer calls at once looks like) halves it, at most once per round; it
+    then grows by one per round (``1/limit`` per success). After a decrease caused by latency the level that
+    was too high is probed again only after many successes, so a server that answers one request at a time is
+    sent one request at a time. A timed-out call keeps its slot for ``hold`` seconds more (the server is
+    likely still computing it), so a retry does not pile a second copy onto the same queue.
+    Lives in one event loop.
+    """
+
+    LATENCY_RATIO = 1.6  # a call this much slower than the baseline for its size counts as queueing
+    LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (sub-second jitter is not a signal)
+    PROBE_AFTER = 32  # successes at a level below a latency ceiling before probing the ceiling again
+
+    def __init__(self, maximum: int, start: int = 4, *, slow_start: bool = True) -> None:
+        self.maximum = maximum
+        self.limit = float(max(1, min(start, maximum)))
+        self.in_use = 0
+        self.slow_start = slow_start
+        self.ceiling: float | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._baseline: dict[str, float] = {}  # seconds per unit of work, per role
+        self._slow_hits = 0  # calls in a row that looked queued
+        self._since_decrease = 0
+        self._at_level = 0
+        self.decreases = 0
+
+    @property
+    def current(self) -> int:
+        """Calls allowed in flight now."""
+        return max(1, int(self.limit))
+
+    async def acquire(self) -> None:
+        """Wait for a free slot."""
+        loop = asyncio.get_running_loop()
+        while self.in_use >= self.current:
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_use += 1
+
+    def release(self, hold: float = 0.0) -> None:
+        """Free a slot, now or after ``hold`` seconds."""
+        if hold > 0:
+            asyncio.get_running_loop().call_later(hold, self.release)
+            return
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = self.current - self.in_use
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def on_success(self, role: str, latency: float, prompt_tokens: int, completion_tokens: int,
+                   busy: bool = True) -> None:
+        """Grow the limit, unless the latency says calls are queueing at the server; ``busy``: every slot
+        was in use when the call ended (else the limit is not what holds the calls back, and stays)."""
+        # Latency grows with the tokens written (prompt tokens are read much faster) on top of a fixed cost:
+        # the square root is between the two, so calls of different sizes compare without fitting a model.
+        work = math.sqrt(completion_tokens + prompt_tokens / 8 + 1)
+        per_unit = latency / work
+        base = self._baseline.get(role)
+        if base is None or per_unit < base:
+            self._baseline[role] = base = per_unit
+        else:
+            self._baseline[role] = base + 0.01 * (per_unit - base)  # let a baseline outlive a lucky call
+        self._since_decrease += 1
+        if per_unit / base > self.LATENCY_RATIO and latency - base * work > self.LATENCY_MARGIN:
+            # Queueing: more calls in flight do not help. Never grow now; shrink on the first sign during
+            # slow start, else on two in a row, at most once per round.
+            self._slow_hits += 1
+            if self.limit > 1 and (self.slow_start or (self._slow_hits >= 2
+                                                       and self._since_decrease >= self.current)):
+                self.ceiling = self.limit
+                self._decrease()
+            return
+        self._slow_hits = 0
+        if not busy:
+            return
+        self._at_level += 1
+        step = 1.0 if self.slow_start else 1.0 / self.limit
+        new = min(float(self.maximum), self.limit + step)
+        if self.ceiling is not None and int(new) >= int(self.ceiling):
+            if self._at_level < self.PROBE_AFTER:
+                return
+            self.ceiling = None  # probe the level that was too high once more
+        if int(new) > int(self.limit):
+            self._at_level = 0
+        self.limit = new
+        self._wake()
+
+    def on_overload(self) -> None:
+        """A 429 or a timeout: halve the limit (once per round of calls)."""
+        if self._since_decrease >= self.current or self.slow_start:
+            self._decrease()
+
+    def _decrease(self) -> None:
+        self.slow_start = False
+        self.limit = max(1.0, self.limit / 2)
+        self._since_decrease = 0
+        self._at_level = 0
+        self._slow_hits = 0
+        self.decreases += 1
+
+
+@dataclass
+class _Health:
+    """Recent outcomes of calls to one endpoint and model, for the give-up rule."""
+
+    hard: int = 0  # failures since the last success (not counting rate limits and timeouts)
+    soft: int = 0  # rate limits and timeouts since the last success
+    window: deque[bool] = field(default_factory=lambda: deque(maxlen=50))
+    error: LLMEndpointError | None = None
 
 
 class _TokenBucket:
@@ -354,6 +543,53 @@ def _error_body_text(exc: openai.APIStatusError) -> str:
     return str(body or exc.message)[:500]
 
 
+def _looks_like_html(response: httpx.Response | Any) -> bool:
+    """Is this response an HTML page (a web server or proxy, not the OpenAI API)?"""
+    try:
+        if "html" in str(response.headers.get("content-type", "")).lower():
+            return True
+        return response.text.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+    except (httpx.HTTPError, RuntimeError, AttributeError, UnicodeDecodeError):  # an unread body: no evidence
+        return False
+
+
+async def detect_server_kind(base_url: str, *, http_client: httpx.AsyncClient | None = None,
+                             timeout: float = 2.0) -> str:
+    """Which kind of OpenAI-compatible server answers at ``base_url``: ``llama-cpp-python``, ``llama.cpp``,
+    ``ollama``, ``vllm``, or ``openai`` (anything else). Four GETs at once, each with a short timeout.
+
+    llama-cpp-python names itself in ``/openapi.json``; llama.cpp's server answers ``/props``; Ollama
+    ``/api/version``; vLLM ``/version``. ``http_client`` is used when given (it stays open).
+    """
+    root = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+    async def get(client: httpx.AsyncClient, path: str) -> Any:
+        try:
+            response = await client.get(root + path, timeout=timeout)
+            return response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):  # probes only: any failure just means "not this kind"
+            return None
+
+    client = http_client or httpx.AsyncClient()
+    try:
+        openapi, props, ollama, vllm = await asyncio.gather(
+            get(client, "/openapi.json"), get(client, "/props"), get(client, "/api/version"), get(client, "/version")
+        )
+    finally:
+        if http_client is None:
+            await client.aclose()
+    title = str(((openapi or {}).get("info") or {}).get("title", "")) if isinstance(openapi, dict) else ""
+    if "llama.cpp python" in title.lower():
+        return "llama-cpp-python"
+    if isinstance(props, dict) and ("default_generation_settings" in props or "build_info" in props):
+        return "llama.cpp"
+    if isinstance(ollama, dict) and "version" in ollama:
+        return "ollama"
+    if isinstance(vllm, dict) and "version" in vllm:
+        return "vllm"
+    return "openai"
+
+
 class LLMClient:
     """Async client for chat completions with limits, retries and structured outputs.
 
@@ -388,11 +624,19 @@ class LLMClient:
             api_key=key,
             base_url=self._base_url,
             max_retries=0,  # retries happen here, so every attempt is seen and reported
-            timeout=settings.timeout,
+            timeout=settings.effective_timeout,
             # The SDK is typed for httpx2 but accepts an ``httpx.AsyncClient`` too (MockTransport, local model).
             http_client=cast(Any, http_client),
         )
-        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # A server on this machine or network (llama.cpp, Ollama, ...) often serves one call at a time: start
+        # there at 1 and grow by one per round while latency allows; remote APIs start at 4 and grow fast.
+        local = _is_local_host(self._base_url)
+        self._limit = _AdaptiveLimit(settings.concurrency, start=1 if local else 4, slow_start=not local)
+        self._health: dict[tuple[str, str], _Health] = {}
+        self._probe_http = http_client
+        self._kind: str | None = None if settings.server == "auto" else settings.server
+        self._kind_lock: asyncio.Lock | None = None
+        self.timeouts: Counter[str] = Counter()  # timed-out attempts per role (validation shrinks its batches)
         self._rpm = _TokenBucket(settings.rpm) if settings.rpm else None
         self._tpm = _TokenBucket(settings.tpm) if settings.tpm else None
         self._modes: dict[tuple[str, str], StructuredMode] = {}
@@ -407,6 +651,16 @@ class LLMClient:
     def base_url(self) -> str:
         """The endpoint's base URL."""
         return self._base_url
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Calls the client lets into flight now (adapted to the endpoint, at most ``settings.concurrency``)."""
+        return self._limit.current
+
+    @property
+    def server_kind(self) -> str | None:
+        """The detected or configured kind of server (``openai`` for any other), None before the first call."""
+        return self._kind
 
     @property
     def structured_modes(self) -> dict[tuple[str, str], str]:
@@ -475,9 +729,11 @@ class LLMClient:
         to ``json_object``. ``timeout`` overrides ``settings.timeout`` for this call (per attempt). A
         ``Retry-After`` pauses the new attempts of every call of this client, not only the one that got it.
 
-        Raises :class:`LLMAuthError` (401/403), :class:`LLMConnectionError` (unreachable after retries) or
-        :class:`LLMResponseError` (other HTTP errors, or malformed / non-conforming JSON after retries).
-        ``grammar`` (GBNF) constrains plain-text output on the embedded backend and is ignored elsewhere.
+        Raises :class:`LLMAuthError` (401/403), :class:`LLMConnectionError` (unreachable, or too slow, after
+        retries), :class:`LLMResponseError` (other HTTP errors, or malformed / non-conforming JSON after
+        retries) or :class:`LLMEndpointError` (the give-up rule: this call, or earlier ones, kept failing).
+        ``grammar`` (GBNF, only grammars known to parse: an invalid one crashes llama.cpp's servers) constrains
+        plain-text output on the embedded backend and llama.cpp-based servers, and is ignored elsewhere.
         """
         if not messages:
             raise LLMError("complete() needs at least one message")
@@ -488,35 +744,59 @@ class LLMClient:
             validator=self._validator(schema) if schema is not None else None,
             name=re.sub(r"[^A-Za-z0-9_-]", "_", schema_name or "answer")[:64],
             prompt_estimate=estimate_tokens(" ".join(str(m.get("content", "")) for m in messages)),
-            timeout=timeout if timeout is not None else self.settings.timeout,
+            timeout=timeout if timeout is not None else self.settings.effective_timeout,
+            max_tokens=max_tokens,
         )
         endpoint = (self._base_url, call.model)
-        options = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-        if grammar is not None and self.settings.backend == "local":
-            # A GBNF grammar (llama.cpp's extension of the API) only reaches the embedded model; remote
-            # endpoints get the plain request and the pipeline's output checks instead.
+        health = self._health.setdefault(endpoint, _Health())
+        kind = await self._server_kind()
+        options: dict[str, Any] = {"temperature": temperature, "seed": seed}
+        if grammar is not None and (self.settings.backend == "local" or kind in ("llama-cpp-python", "llama.cpp")):
+            # A GBNF grammar (llama.cpp's extension of the API) reaches llama.cpp-based servers and the embedded
+            # model; other endpoints get the plain request and the pipeline's output checks instead.
             options["grammar"] = grammar
-        reserved = call.prompt_estimate + (max_tokens or 0)
         while True:
+            if health.error is not None:
+                raise health.error  # given up: no more calls to an endpoint that cannot work
             call.attempt += 1
-            mode = self._modes.get(endpoint, "json_schema") if schema is not None else "text"
-            request = self._request(messages, call, mode, options)
+            mode = self._mode(endpoint, kind) if schema is not None else "text"
+            request = self._request(messages, call, mode, {**options, "max_tokens": call.max_tokens}, kind)
+            reserved = call.prompt_estimate + (call.max_tokens or 0)
             if self._rpm is not None:
                 await self._rpm.acquire(1)
             if self._tpm is not None:
                 await self._tpm.acquire(reserved)
             started = time.monotonic()
+            hold = 0.0
+            await self._limit.acquire()
             try:
-                async with self._semaphore:
-                    await self._wait_for_pause()  # after queueing, right before sending
-                    started = time.monotonic()
-                    response = await self._send(request, call)
+                await self._wait_for_pause()  # after queueing, right before sending
+                if health.error is not None:
+                    raise health.error
+                started = time.monotonic()
+                response = await self._send(request, call)
                 result = self._accept(response, call, mode, time.monotonic() - started)
             except _Fault as fault:
+                if fault.kind == "timeout":
+                    # The server is probably still computing the abandoned request: keep its slot a while.
+                    hold = call.timeout
+                    self.timeouts[call.role] += 1
+                if fault.soft:
+                    self._limit.on_overload()
                 if self._tpm is not None:
                     self._tpm.refund(reserved - sum(fault.usage))
-                await self._handle_fault(fault, call, endpoint, mode, time.monotonic() - started)
+                self._limit.release(hold)
+                await self._handle_fault(fault, call, endpoint, mode, time.monotonic() - started, health)
                 continue
+            except BaseException:
+                self._limit.release()
+                raise
+            busy = self._limit.in_use >= self._limit.current
+            self._limit.release()
+            self._limit.on_success(call.role, result.latency_s, result.prompt_tokens, result.completion_tokens,
+                                   busy)
+            health.hard = health.soft = 0
+            health.window.append(True)
             if schema is not None and endpoint not in self._confirmed:
                 self._modes[endpoint] = mode  # type: ignore[assignment]
                 self._confirmed.add(endpoint)
@@ -524,21 +804,56 @@ class LLMClient:
                 self._tpm.refund(reserved - result.prompt_tokens - result.completion_tokens)
             return result
 
+    def _mode(self, endpoint: tuple[str, str], kind: str) -> StructuredMode:
+        """The structured-output mode to try: what worked (or failed last) here, else the kind's first."""
+        if endpoint in self._modes:
+            return self._modes[endpoint]
+        if self.settings.structured != "auto":
+            return self.settings.structured
+        # llama-cpp-python answers json_schema with a 500; its json_object takes the schema as a grammar.
+        return "json_object" if kind == "llama-cpp-python" else "json_schema"
+
+    async def _server_kind(self) -> str:
+        """The endpoint's server kind: configured, or detected once (cheap GETs with short timeouts)."""
+        if self._kind is not None:
+            return self._kind
+        if self.settings.backend == "local" or not _is_local_host(self._base_url):
+            self._kind = "openai"  # the embedded model is handled by its transport; remote: the OpenAI API
+            return self._kind
+        if self._kind_lock is None:
+            self._kind_lock = asyncio.Lock()
+        async with self._kind_lock:
+            if self._kind is None:
+                self._kind = await detect_server_kind(self._base_url, http_client=self._probe_http)
+                _log.info("LLM endpoint %s looks like a %s server", self._scrub(self._base_url), self._kind)
+        return self._kind
+
     def _request(
-        self, messages: Sequence[Mapping[str, Any]], call: _Call, mode: str, options: Mapping[str, Any]
+        self, messages: Sequence[Mapping[str, Any]], call: _Call, mode: str, options: Mapping[str, Any],
+        kind: str = "openai",
     ) -> dict[str, Any]:
-        """The JSON body of ``POST /chat/completions`` for one attempt in ``mode``."""
+        """The JSON body of ``POST /chat/completions`` for one attempt in ``mode`` to a server of ``kind``."""
         body: dict[str, Any] = {"model": call.model, "messages": [dict(m) for m in messages]}
         body.update({k: v for k, v in options.items() if v is not None})
+        schema = dict(call.schema or {})
         if mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": call.name, "schema": dict(call.schema or {}), "strict": True},
+                "json_schema": {"name": call.name, "schema": schema, "strict": True},
             }
         elif mode in ("json_object", "prompt"):
-            body["messages"] = _with_instruction(messages, _schema_instruction(call.schema or {}))
+            body["messages"] = _with_instruction(messages, _schema_instruction(schema))
             if mode == "json_object":
                 body["response_format"] = {"type": "json_object"}
+                # Each local server's own way to enforce the schema while decoding.
+                if kind in ("llama-cpp-python", "llama.cpp"):
+                    body["response_format"]["schema"] = schema
+                elif kind == "vllm":
+                    body["guided_json"] = schema
+                elif kind == "ollama":
+                    body["format"] = schema
+        if call.schema is not None:
+            body.pop("grammar", None)  # the schema is the constraint; a grammar would compete with it
         return body
 
     async def _send(self, body: dict[str, Any], call: _Call) -> ChatCompletion:
@@ -556,19 +871,30 @@ class LLMClient:
             if status in (401, 403):
                 raise _Fault(f"HTTP {status}", kind="auth", http_status=status) from None
             retryable = status in (408, 429) or status >= 500
-            raise _Fault(f"HTTP {status}: {detail}", kind="http" if retryable else "fatal", http_status=status,
-                         delay=_parse_retry_after(exc.response.headers)) from None
+            html = _looks_like_html(exc.response)
+            raise _Fault(f"HTTP {status}: {'an HTML page' if html else detail}",
+                         kind="http" if retryable else "fatal", http_status=status,
+                         delay=_parse_retry_after(exc.response.headers), cause="html" if html else None) from None
         except openai.APITimeoutError:
-            raise _Fault(f"timed out after {call.timeout:g} s", kind="timeout") from None
+            raise _Fault(f"no answer within {call.timeout:g} s (timed out)", kind="timeout") from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
             raise _Fault(f"connection failed: {self._scrub(f'{type(cause).__name__}: {cause}')}",
                          kind="connection") from None
+        except openai.APIResponseValidationError as exc:  # status 200, but not JSON (e.g. an HTML page)
+            html = _looks_like_html(exc.response)
+            what = "an HTML page" if html else "a body that is not JSON"
+            raise _Fault(f"status 200 with {what} instead of a chat completion", kind="malformed",
+                         http_status=200, cause="html" if html else "broken_body") from None
         except openai.APIError as exc:  # e.g. a body that is not a chat completion at all
-            raise _Fault(f"unusable answer: {self._scrub(str(exc))}", kind="fatal") from None
+            raise _Fault(f"unusable answer: {self._scrub(str(exc))}", kind="malformed", http_status=200,
+                         cause="broken_body") from None
+        except ValueError as exc:  # the SDK parses a 200 body as JSON and lets the decoder's error through
+            raise _Fault(f"status 200 with a broken JSON body ({self._scrub(str(exc))[:120]})", kind="malformed",
+                         http_status=200, cause="broken_body") from None
 
     async def _handle_fault(
-        self, fault: _Fault, call: _Call, endpoint: tuple[str, str], mode: str, latency: float
+        self, fault: _Fault, call: _Call, endpoint: tuple[str, str], mode: str, latency: float, health: _Health
     ) -> None:
         """Report a failed attempt, then return to retry (after back-off or a format fallback) or raise."""
         def record(status: Literal["retry", "error"], error: str) -> CallRecord:
@@ -583,7 +909,8 @@ class LLMClient:
                 "OPENAI_API_KEY or give the key in the settings"
             ) from None
         status = fault.http_status
-        if (status is not None and call.schema is not None and mode in ("json_schema", "json_object")
+        if (status is not None and status != 200 and call.schema is not None
+                and mode in ("json_schema", "json_object")
                 and self._is_format_rejection(endpoint, status, str(fault), call.consecutive_5xx)):
             next_mode = _MODES[_MODES.index(mode) + 1]  # type: ignore[arg-type]
             self._modes[endpoint] = next_mode
@@ -591,17 +918,30 @@ class LLMClient:
             call.consecutive_5xx = 0
             self._report(record("retry", f"{mode} not accepted, falling back to {next_mode}: {fault}"))
             return
+        self._count_failure(fault, call, health)
         if fault.kind == "fatal":
             self._report(record("error", str(fault)))
+            if health.error is not None:
+                raise health.error
             raise LLMResponseError(f"the endpoint {self._where(call.model)} failed: {fault}") from None
         call.consecutive_5xx = call.consecutive_5xx + 1 if (status or 0) >= 500 else 0
         call.failures += 1
-        if call.failures > self.settings.max_retries:
+        if health.error is not None or call.failures > self.settings.max_retries:
             self._report(record("error", str(fault)))
+            if health.error is not None:
+                raise health.error
             after = f"after {call.attempt} attempt{'s' if call.attempt != 1 else ''}"
-            if fault.kind in ("timeout", "connection"):
-                raise LLMConnectionError(f"cannot reach {self._where(call.model)} {after}: {fault}") from None
+            if fault.kind == "timeout":
+                raise LLMConnectionError(
+                    f"{self._where(call.model)} is too slow: {fault}, {after}; raise the timeout setting "
+                    "(or lower the concurrency)") from None
+            if fault.kind == "connection":
+                raise LLMConnectionError(f"cannot reach {self._where(call.model)} (unreachable) {after}: "
+                                         f"{fault}") from None
             raise LLMResponseError(f"no usable answer from {self._where(call.model)} {after}: {fault}") from None
+        if fault.cause == "length" and call.max_tokens:
+            # The JSON was cut by the token limit: the same limit would cut it again.
+            call.max_tokens *= 2
         self._report(record("retry", str(fault)))
         delay = self._backoff(call.failures)
         if fault.delay is not None:
@@ -609,6 +949,55 @@ class LLMClient:
             # The server asked everyone to wait: hold back new attempts of other calls too.
             self._pause_until = max(self._pause_until, time.monotonic() + delay)
         await asyncio.sleep(delay)
+
+    def _count_failure(self, fault: _Fault, call: _Call, health: _Health) -> None:
+        """Apply the give-up rule to one more failed attempt of this endpoint and model."""
+        if health.error is not None:
+            return
+        if fault.soft:
+            health.soft += 1
+        else:
+            health.hard += 1
+        health.window.append(False)
+        limit = self.settings.give_up_after
+        failures = health.window.count(False)
+        rate_rule = len(health.window) == health.window.maxlen and failures >= 0.9 * len(health.window)
+        if health.hard >= limit or health.soft >= 4 * limit or rate_rule:
+            in_a_row = health.hard + health.soft
+            how = (f"{in_a_row} calls in a row failed" if in_a_row >= limit
+                   else f"{failures} of the last {len(health.window)} calls failed")
+            health.error = LLMEndpointError(f"{self._endpoint_advice(fault, call)} (gave up on the endpoint: "
+                                            f"{how}; last error: {fault})")
+            _log.warning("%s", health.error)
+
+    def _endpoint_advice(self, fault: _Fault, call: _Call) -> str:
+        """What is wrong with the endpoint, in the user's terms, and which setting to change."""
+        url, model = self._scrub(self._base_url), call.model
+        status = fault.http_status
+        if fault.cause == "html":
+            return f"the endpoint {url} answers HTML, not the OpenAI API — check the base URL (it usually ends in /v1)"
+        if status == 404 and re.search(r"model", str(fault), re.IGNORECASE):
+            return f"model '{model}' not found at {url} — check the model setting"
+        if status == 404:
+            return f"{url}/chat/completions does not exist — check the base URL (it usually ends in /v1)"
+        if fault.cause in ("schema", "not_json", "length") and call.schema is not None:
+            return (f"answers of model '{model}' at {url} do not match the {call.name} schema — the model cannot "
+                    "follow structured output; try structured mode 'prompt' (the structured setting) or "
+                    "another model")
+        if fault.cause in ("broken_body", "no_choices"):
+            return (f"the endpoint {url} does not answer like the OpenAI API (broken or incomplete response "
+                    "bodies) — check the base URL and the server's log")
+        if fault.kind == "timeout":
+            return (f"{url} (model {model}) is too slow: calls keep timing out after {call.timeout:g} s — raise "
+                    "the timeout setting or lower the concurrency")
+        if fault.kind == "connection":
+            return f"cannot reach {url} (unreachable) — check the base URL and that the server is running"
+        if status == 429:
+            return (f"{url} keeps refusing calls with HTTP 429 (rate limit or exhausted quota) — check the "
+                    "account's quota, or lower the concurrency or the rpm/tpm settings")
+        if status is not None and status >= 500:
+            return f"{url} keeps failing with HTTP {status} — check the server's log"
+        return f"{url} (model {model}) rejects the requests — check the base URL and model settings"
 
     def _validator(self, schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
         """A checked validator for ``schema``, cached: checking a schema costs more than the HTTP call."""
@@ -640,9 +1029,15 @@ class LLMClient:
 
     def _accept(self, response: Any, call: _Call, mode: str, latency: float) -> Completion:
         """Turn an SDK response into a Completion, or raise a ``malformed`` _Fault for unusable JSON."""
+        if isinstance(response, str):  # the SDK hands over a non-JSON 200 body as text
+            html = response.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+            what = "an HTML page" if html else "a body that is not JSON"
+            raise _Fault(f"status 200 with {what} instead of a chat completion", kind="malformed",
+                         http_status=200, cause="html" if html else "broken_body")
         choice = response.choices[0] if getattr(response, "choices", None) else None
         if choice is None:
-            raise _Fault("the answer has no choices", kind="malformed", http_status=200)
+            raise _Fault("status 200 but the answer has no choices", kind="malformed", http_status=200,
+                         cause="no_choices")
         message = choice.message
         refusal = getattr(message, "refusal", None)
         text = message.content if message.content is not None else (refusal or "")
@@ -650,19 +1045,24 @@ class LLMClient:
         prompt_tokens = int(usage.prompt_tokens) if usage is not None else call.prompt_estimate
         completion_tokens = int(usage.completion_tokens) if usage is not None else estimate_tokens(text)
         data = None
+        finish_reason = getattr(choice, "finish_reason", None)
         if call.validator is not None:
+            cause = "length" if finish_reason == "length" else "not_json"
             try:
                 if refusal and message.content is None:
                     raise ValueError(f"the model refused: {refusal}")
                 data = parse_json_text(text)
                 errors = sorted(call.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+                if errors and cause != "length":
+                    cause = "schema"
                 if errors:
                     where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
                     raise ValueError(f"JSON does not match the schema at {where}: {errors[0].message}")
             except ValueError as exc:
                 # The answer was generated, so its tokens were billed: keep them on the record.
-                raise _Fault(f"malformed JSON answer: {self._scrub(str(exc))}", kind="malformed", http_status=200,
-                             usage=(prompt_tokens, completion_tokens)) from None
+                cut = " (cut by the token limit)" if cause == "length" else ""
+                raise _Fault(f"malformed JSON answer{cut}: {self._scrub(str(exc))}", kind="malformed",
+                             http_status=200, usage=(prompt_tokens, completion_tokens), cause=cause) from None
         self._report(CallRecord(call.role, call.model, prompt_tokens, completion_tokens, latency, "ok", None,
                                 call.attempt, mode, 200))
         return Completion(
@@ -674,6 +1074,6 @@ class LLMClient:
             latency_s=latency,
             mode=mode,
             attempts=call.attempt,
-            finish_reason=getattr(choice, "finish_reason", None),
+            finish_reason=finish_reason,
             usage_estimated=usage is None,
         )

@@ -371,6 +371,7 @@ class RecordedRequest:
     fault: str | None = None
     status: int | None = None
     time: float = field(default_factory=time.monotonic)
+    concurrent: int | None = None  # chat requests in flight when this one arrived, itself included
 
 
 class _Server(ThreadingHTTPServer):
@@ -478,7 +479,7 @@ class FakeOpenAIServer:
         self.max_computing = 0
         self._odd_count = 0
         self.requests: list[RecordedRequest] = []
-        self.in_flight = 0
+        self.in_flight = 0  # chat requests being served or queued now (GETs are not counted)
         self.max_in_flight = 0
         self._chat_count = 0
         self._previous_text: str | None = None
@@ -574,15 +575,17 @@ class FakeOpenAIServer:
                     record.fault = self._fault_queue.popleft()
                 if record.fault is None:
                     record.fault = self.always
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                record.concurrent = self.in_flight
         try:
             self._respond(handler, record, auth, is_chat)
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True  # the client gave up (e.g. its timeout); nothing to answer
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            if is_chat:
+                with self._lock:
+                    self.in_flight -= 1
 
     def _respond(self, handler: _Handler, record: RecordedRequest, auth: str | None, is_chat: bool) -> None:
         if self._api_key is not None and auth != f"Bearer {self._api_key}":

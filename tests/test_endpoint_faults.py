@@ -1,0 +1,224 @@
+"""Endpoints that misbehave the way real ones do (issue 12): bad 200 bodies, a missing model, HTML instead of
+the API, answers that never match the schema, and a slow server that answers one request at a time. Each runs
+through the real client and pipeline against the loopback fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from personagen_core.errors import LLMEndpointError
+from personagen_core.generation.llm import LLMClient, LLMSettings, _AdaptiveLimit
+from personagen_core.generation.pipeline import GenerationConfig, resume_generation, run_generation
+from personagen_core.personas.spec import Spec, load_pack
+from personagen_core.store import RunStore
+from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+EMOTIONS = ["joy", "fear"]
+GEN = [{"role": "user", "content": "Write one sentence expressing the emotion: joy."}]
+SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"enum": ["natural", "implausible"]}, "reason": {"type": "string"}},
+    "required": ["verdict", "reason"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def spec() -> Spec:
+    return load_pack("japan")
+
+
+def _settings(srv: FakeOpenAIServer, **kw: Any) -> LLMSettings:
+    base = {"base_url": srv.base_url, "model": "fake-model", "concurrency": 8, "backoff_base": 0.01,
+            "backoff_max": 0.05, "timeout": 10.0}
+    return LLMSettings(**{**base, **kw})
+
+
+def _config(srv: FakeOpenAIServer, **kw: Any) -> GenerationConfig:
+    llm = kw.pop("llm", None) or _settings(srv)
+    return GenerationConfig(**{"emotions": EMOTIONS, "per_emotion": 2, "llm": llm, **kw})
+
+
+def _exact(store: RunStore, run_id: str, n: int) -> None:
+    assert store.accepted_counts(run_id) == dict.fromkeys(EMOTIONS, n)
+
+
+def _calls(path: Path, run_id: str) -> list[tuple[str, str | None]]:
+    """(status, error) of every recorded HTTP attempt of the run."""
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT status, error FROM calls WHERE run_id = ?", (run_id,)))
+
+
+def test_bad_bodies_are_retried_like_a_5xx_and_never_crash(tmp_path: Path, spec: Spec) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    faults = ["broken_body", "html", "no_choices", None, "broken_body", None, "html"]
+    with FakeOpenAIServer(faults=faults) as srv:
+        summary = run_generation(spec, _config(srv), store)
+    assert summary.state == "done"
+    _exact(store, summary.run_id, 2)
+    store.flush()
+    calls = _calls(tmp_path / "runs.sqlite", summary.run_id)
+    retried = [error or "" for status, error in calls if status == "retry"]
+    assert len(retried) == 5 and "error" not in {status for status, _ in calls}
+    errors = " ".join(retried)
+    assert "HTML page" in errors and "broken JSON body" in errors and "no choices" in errors
+
+
+@pytest.mark.parametrize(
+    ("fault", "validate", "expected"),
+    [
+        ("model_404", True, "model 'fake-model' not found at http://127.0.0.1"),
+        ("model_404", False, "check the model setting"),
+        ("html", True, "answers HTML, not the OpenAI API — check the base URL"),
+        ("schema_mismatch", True, "do not match the stage1_verdict"),
+    ],
+)
+def test_a_hopeless_endpoint_stops_the_run_quickly_and_resumable(
+    tmp_path: Path, spec: Spec, fault: str, validate: bool, expected: str
+) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(always=fault) as srv:
+        summary = run_generation(spec, _config(srv, validate=validate), store)
+        n_calls = len(srv.chat_requests)
+    assert summary.state == "failed" and summary.stop_reason == "error"
+    assert expected in (summary.message or "")
+    assert "gave up on the endpoint" in (summary.message or "")
+    if fault == "schema_mismatch":
+        assert "structured mode 'prompt'" in (summary.message or "")
+    assert n_calls < 50  # the issue's target; before, the run never stopped
+    assert store.run(summary.run_id)["status"] == "failed"
+    # Nothing is lost and the run resumes against a working endpoint to exact quotas.
+    with FakeOpenAIServer() as good:
+        resumed = resume_generation(store, summary.run_id, llm=_settings(good))
+    assert resumed.state == "done"
+    _exact(store, summary.run_id, 2)
+
+
+def test_the_give_up_error_is_raised_by_every_later_call() -> None:
+    async def main(srv: FakeOpenAIServer) -> tuple[list[BaseException | Any], int]:
+        async with LLMClient(_settings(srv, give_up_after=3)) as client:
+            results = await asyncio.gather(*(client.complete(GEN, role="generator") for _ in range(10)),
+                                           return_exceptions=True)
+            n_before = len(srv.chat_requests)
+            with pytest.raises(LLMEndpointError):
+                await client.complete(GEN, role="generator")
+            assert len(srv.chat_requests) == n_before  # no call goes out after giving up
+            return results, n_before
+
+    with FakeOpenAIServer(always="model_404") as srv:
+        results, n_calls = asyncio.run(main(srv))
+    assert all(isinstance(r, Exception) for r in results)
+    assert any(isinstance(r, LLMEndpointError) for r in results)
+    assert n_calls <= 3 + 4  # three failures, plus what was already in flight at the initial limit
+
+
+def test_max_attempts_counts_validation_candidates(tmp_path: Path, spec: Spec) -> None:
+    # Every verdict is "implausible": no text is ever generated, so only validation rejections count.
+    from personagen_core.testing.fake_openai import DefaultResponder
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(DefaultResponder(choices={"verdict": "implausible"})) as srv:
+        summary = run_generation(spec, _config(srv, max_attempts=20), store)
+        n_calls = len(srv.chat_requests)
+    assert summary.state == "stopped" and summary.stop_reason == "max_attempts"
+    rejected = sum(store.rejection_counts(summary.run_id).values())
+    assert 20 <= rejected <= 20 + 8 * 8  # at most the batches already in flight finish
+    assert n_calls < 20
+
+
+def test_slow_serial_server_completes_and_is_sent_one_request_at_a_time(tmp_path: Path, spec: Spec) -> None:
+    # Each request takes 0.4 s and the server serves one at a time, so four queued requests take 1.6 s,
+    # longer than the 1.2 s timeout: a fixed concurrency of 8 would time out and pile up retries.
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(serial=True, latency=0.4) as srv:
+        summary = run_generation(spec, _config(srv, llm=_settings(srv, timeout=1.2), per_emotion=4), store)
+        arrivals = [r.concurrent for r in srv.chat_requests]
+        abandoned = srv.abandoned
+    assert summary.state == "done"
+    _exact(store, summary.run_id, 4)
+    # One probe of two requests at once (a few calls until the latency shows queueing), then one at a time.
+    assert sum(1 for n in arrivals if n and n > 1) <= 4, arrivals
+    assert set(arrivals[-5:]) == {1}, arrivals
+    store.flush()
+    retries = sum(1 for status, _ in _calls(tmp_path / "runs.sqlite", summary.run_id) if status == "retry")
+    assert abandoned <= retries  # a request is only abandoned by a timeout (then retried)
+
+
+def test_timeouts_say_slow_and_refused_connections_say_unreachable() -> None:
+    async def call(settings: LLMSettings) -> None:
+        async with LLMClient(settings) as client:
+            await client.complete(GEN, role="generator")
+
+    with FakeOpenAIServer(always="timeout", timeout_sleep=3) as srv:
+        with pytest.raises(Exception, match="too slow") as slow:
+            asyncio.run(call(_settings(srv, timeout=0.3, max_retries=1)))
+    assert "timed out" in str(slow.value) and "timeout setting" in str(slow.value)
+    port = srv.port  # stopped now: nothing listens there
+    with pytest.raises(Exception, match="unreachable") as down:
+        asyncio.run(call(LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1,
+                                     backoff_base=0.01)))
+    assert "too slow" not in str(down.value)
+
+
+def test_adaptive_limit_halves_on_overload_and_grows_back() -> None:
+    limit = _AdaptiveLimit(16)
+    assert limit.current == 4
+    for _ in range(20):
+        limit.on_success("generator", 0.1, 100, 20)  # slow start: +1 per success
+    assert limit.current == 16
+    limit.on_overload()
+    assert limit.current == 8
+    limit.on_overload()  # a second 429 from the same round does not halve again
+    assert limit.current == 8
+    for _ in range(7):
+        limit.on_success("generator", 0.1, 100, 20)
+    assert limit.current == 8
+    for _ in range(3):
+        limit.on_success("generator", 0.1, 100, 20)
+    assert limit.current == 9  # additive increase: about +1 per round of calls
+
+
+def test_adaptive_limit_backs_off_when_latency_grows_with_load() -> None:
+    limit = _AdaptiveLimit(8)
+    limit.on_success("validator", 0.5, 100, 50)  # baseline
+    for _ in range(6):
+        limit.on_success("validator", 2.0, 100, 50)  # four times slower per token: queueing
+    assert limit.current < 4 and limit.ceiling is not None
+
+
+def test_llama_cpp_python_server_gets_schema_in_json_object_and_the_grammar() -> None:
+    async def main(srv: FakeOpenAIServer) -> tuple[Any, Any, str | None]:
+        async with LLMClient(_settings(srv)) as client:
+            verdict = await client.complete(GEN, role="validator", schema=SCHEMA)
+            text = await client.complete(GEN, role="generator", grammar='root ::= [A-Z] [a-z ]{1,40} "."')
+            return verdict, text, client.server_kind
+
+    with FakeOpenAIServer(kind="llama-cpp-python") as srv:
+        verdict, text, kind = asyncio.run(main(srv))
+        bodies = [r.body or {} for r in srv.chat_requests]
+    assert kind == "llama-cpp-python"
+    assert verdict.mode == "json_object" and verdict.attempts == 1  # no 500 for json_schema first
+    assert bodies[0]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    assert "grammar" not in bodies[0] and bodies[1]["grammar"].startswith("root ::=")
+    assert verdict.data["verdict"] in ("natural", "implausible") and text.text
+
+
+def test_generic_endpoint_gets_no_grammar_and_default_timeouts_fit_the_backend() -> None:
+    async def main(srv: FakeOpenAIServer) -> str | None:
+        async with LLMClient(_settings(srv)) as client:
+            await client.complete(GEN, role="generator", grammar='root ::= "x"')
+            return client.server_kind
+
+    with FakeOpenAIServer() as srv:
+        assert asyncio.run(main(srv)) == "openai"
+        assert "grammar" not in (srv.chat_requests[0].body or {})
+    assert LLMSettings(base_url="https://api.example.com/v1").effective_timeout == 60
+    assert LLMSettings(base_url="http://127.0.0.1:8080/v1").effective_timeout == 300
+    assert LLMSettings(base_url="http://192.168.1.20:8000/v1").effective_timeout == 300
+    assert LLMSettings(backend="local").effective_timeout == 600
+    assert LLMSettings(base_url="http://localhost:1/v1", timeout=7).effective_timeout == 7
