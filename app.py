@@ -17,15 +17,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 st.set_page_config(page_title="PersonaGen", page_icon=":material/diversity_3:", layout="wide")
 
+# The page scripts live in app_pages/, not pages/: a pages/ folder beside app.py switches Streamlit to its
+# older folder-based navigation for a session whose first request is a deep link (/evaluate), which then
+# runs that page alone and lists the raw file names. Explicit url paths keep the links stable.
 PAGES = [
-    st.Page("pages/1_distributions.py", title="Distributions", icon=":material/tune:", default=True),
-    st.Page("pages/2_scenarios.py", title="Scenarios & emotions", icon=":material/theater_comedy:"),
-    st.Page("pages/3_preview.py", title="Persona preview", icon=":material/badge:"),
-    st.Page("pages/4_generate.py", title="Generate", icon=":material/play_circle:"),
-    st.Page("pages/5_explore.py", title="Explore", icon=":material/search:"),
-    st.Page("pages/6_evaluate.py", title="Evaluate", icon=":material/insights:"),
-    st.Page("pages/7_real_data.py", title="Real data", icon=":material/dataset:"),
-    st.Page("pages/8_report.py", title="Report & export", icon=":material/download:"),
+    st.Page(
+        "app_pages/1_distributions.py", title="Distributions", icon=":material/tune:", url_path="distributions",
+        default=True,
+    ),
+    st.Page("app_pages/2_scenarios.py", title="Scenarios & emotions", icon=":material/theater_comedy:", url_path="scenarios"),
+    st.Page("app_pages/3_preview.py", title="Persona preview", icon=":material/badge:", url_path="preview"),
+    st.Page("app_pages/4_generate.py", title="Generate", icon=":material/play_circle:", url_path="generate"),
+    st.Page("app_pages/5_explore.py", title="Explore", icon=":material/search:", url_path="explore"),
+    st.Page("app_pages/6_evaluate.py", title="Evaluate", icon=":material/insights:", url_path="evaluate"),
+    st.Page("app_pages/7_real_data.py", title="Real data", icon=":material/dataset:", url_path="real_data"),
+    st.Page("app_pages/8_report.py", title="Report & export", icon=":material/download:", url_path="report"),
 ]
 
 page = st.navigation(PAGES)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Every page script, in navigation order (the numeric prefix), as app.py lists them.
-PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("[0-9]_*.py"))
+PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "app_pages").glob("[0-9]_*.py"))
 
 
 def _ms(values: list[float]) -> str:
@@ -84,7 +84,7 @@ def _app(home: Path):
 
 def bench_slider_page(repeats: int, home: Path) -> None:
     at = _app(home).run()
-    at.switch_page("pages/1_distributions.py").run()
+    at.switch_page("app_pages/1_distributions.py").run()
     key = next(s.key for s in at.slider if s.key.endswith("attributes.age:0"))
     times = []
     for i in range(repeats):
@@ -116,7 +116,7 @@ def bench_pages(repeats: int, home: Path) -> None:
     # Warm-up: open every page once and evaluate the run once (embedding model loaded, results cached).
     for page in PAGES:
         at.switch_page(page).run()
-    at.switch_page("pages/6_evaluate.py").run()
+    at.switch_page("app_pages/6_evaluate.py").run()
     next(b for b in at.button if b.label == "Evaluate").click().run()
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
     print(f"[3] page open, warm ({repeats} opens per page; one run of 10 texts, its evaluation cached)")
@@ -124,13 +124,13 @@ def bench_pages(repeats: int, home: Path) -> None:
         times = []
         for _ in range(repeats):
             at.switch_page(
-                "pages/1_distributions.py" if page != "pages/1_distributions.py" else "pages/2_scenarios.py"
+                "app_pages/1_distributions.py" if page != "app_pages/1_distributions.py" else "app_pages/2_scenarios.py"
             ).run()
             t0 = time.perf_counter()
             at.switch_page(page).run()
             times.append(time.perf_counter() - t0)
             assert not at.exception, (page, [e.value for e in at.exception])
-        if page == "pages/6_evaluate.py":  # timed while drawing the cached evaluation, not an empty page
+        if page == "app_pages/6_evaluate.py":  # timed while drawing the cached evaluation, not an empty page
             assert at.get("plotly_chart") and at.session_state["last_report"], "evaluation not shown"
         print(f"    {Path(page).stem:<18} {_ms(times)}")
 

@@ -105,7 +105,7 @@ def test_spec_error_field_and_redact() -> None:
 
 APP = str(ROOT / "app.py")
 # Every page script, in navigation order (the numeric prefix), as app.py lists them.
-PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("[0-9]_*.py"))
+PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "app_pages").glob("[0-9]_*.py"))
 
 
 @pytest.fixture()
@@ -151,10 +151,10 @@ def test_every_page_renders_without_a_run(home: Path) -> None:
         _open(at, page)
         text = _texts(at)
         assert at.title, f"{page} has no title"
-        if page in ("pages/5_explore.py", "pages/6_evaluate.py", "pages/7_real_data.py", "pages/8_report.py"):
+        if page in {f"app_pages/{n}.py" for n in ("5_explore", "6_evaluate", "7_real_data", "8_report")}:
             assert "No runs in the run store yet" in text, page
     # The Distributions page draws a slider per item of the selected category.
-    _open(at, "pages/1_distributions.py")
+    _open(at, "app_pages/1_distributions.py")
     spec = at.session_state["spec"]
     assert len(at.slider) >= len(spec.attributes["age"].items)
 
@@ -162,7 +162,7 @@ def test_every_page_renders_without_a_run(home: Path) -> None:
 def test_generate_page_shows_the_embedded_models_measured_quality(home: Path) -> None:
     from personagen_core.local import MODELS
 
-    at = _open(_app().run(), "pages/4_generate.py")
+    at = _open(_app().run(), "app_pages/4_generate.py")
     assert not at.exception
     table = next(df.value for df in at.dataframe if "validator accuracy" in df.value.columns)
     assert [m.split(" ")[0] for m in table["model"]] == list(MODELS)
@@ -179,7 +179,7 @@ def _sampled_bar(at, category: str) -> list[float]:
 
 
 def test_slider_changes_spec_and_sampled_marginals(home: Path) -> None:
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     before_spec = list(at.session_state["spec"].attributes["age"].probs)
     before_bar = _sampled_bar(at, "age")
     key = next(s.key for s in at.slider if s.key.startswith("p:") and s.key.endswith("attributes.age:0"))
@@ -199,7 +199,7 @@ def test_slider_changes_spec_and_sampled_marginals(home: Path) -> None:
 def test_invalid_spec_upload_shows_an_error_not_a_traceback(home: Path) -> None:
     from personagen_core.personas.spec import dump_spec, load_pack
 
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     name_before = at.session_state["spec"].name
     at.file_uploader(key="spec_upload").set_value(
         ("broken.yaml", b"name: [unclosed", "application/x-yaml")
@@ -242,7 +242,7 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
     with FakeOpenAIServer(api_key="sk-test-0123456789") as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
-        at = _open(_app().run(), "pages/4_generate.py")
+        at = _open(_app().run(), "app_pages/4_generate.py")
         assert at.radio(key="keep_backend").value == "compatible"
         at.number_input(key="keep_per_emotion").set_value(5)
         at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
@@ -266,13 +266,13 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
     assert not at.exception
     assert any("10 / 10 texts · done" in p.proto.text for p in at.get("progress"))
 
-    _open(at, "pages/5_explore.py")
+    _open(at, "app_pages/5_explore.py")
     shown = at.dataframe[0].value
     assert set(shown["text"]) == set(texts["text"])
     at.multiselect[0].set_value(["joy"]).run()
     assert set(at.dataframe[0].value["text"]) == set(texts.loc[texts["emotion"] == "joy", "text"])
 
-    _open(at, "pages/6_evaluate.py")
+    _open(at, "app_pages/6_evaluate.py")
     _button(at, "Evaluate").click().run(timeout=120)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -282,12 +282,12 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
     assert set(report["projections"][run["run_id"]]["text"]) == set(texts["text"])
     assert at.get("plotly_chart"), "the evaluation draws figures"
     # Coming back to the page shows the same evaluation again (memoised, not recomputed, no error).
-    _open(at, "pages/5_explore.py")
-    _open(at, "pages/6_evaluate.py")
+    _open(at, "app_pages/5_explore.py")
+    _open(at, "app_pages/6_evaluate.py")
     assert not at.error and at.get("plotly_chart"), [e.value for e in at.error]
 
     # Real data: a gold file with the wrong columns gets a clear message; a good one is read and mapped.
-    _open(at, "pages/7_real_data.py")
+    _open(at, "app_pages/7_real_data.py")
     at.radio(key="keep_gold_kind").set_value("upload").run()
     at.file_uploader(key="gold_test_upload").set_value(("gold.csv", b"foo,bar\n1,2\n", "text/csv")).run()
     assert not at.exception
@@ -301,7 +301,7 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "10 texts, labels: anger, joy" in _texts(at)
 
-    _open(at, "pages/8_report.py")
+    _open(at, "app_pages/8_report.py")
     assert {b.proto.label for b in at.get("download_button")} >= {
         "Download CSV",
         "Download JSONL",
@@ -315,7 +315,7 @@ def test_wrong_api_key_shows_a_clear_error_without_the_key(home: Path, monkeypat
 
     with FakeOpenAIServer(api_key="sk-right-key-000") as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        at = _open(_app().run(), "pages/4_generate.py")
+        at = _open(_app().run(), "app_pages/4_generate.py")
         at.text_input(key="keep_api_key").set_value("sk-wrong-key-123")
         at.number_input(key="keep_per_emotion").set_value(1)
         at.run()
@@ -332,7 +332,7 @@ def test_wrong_api_key_shows_a_clear_error_without_the_key(home: Path, monkeypat
 
 
 def test_locked_item_keeps_its_value(home: Path) -> None:
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     before = list(at.session_state["spec"].attributes["age"].probs)
     lock = next(c.key for c in at.checkbox if c.key.endswith("attributes.age:1"))
     at.checkbox(key=lock).check().run()
@@ -371,7 +371,7 @@ def test_conditions_tables_and_rules_round_trip() -> None:
 
 
 def test_scenario_filter_limits_the_sampled_scenarios(home: Path) -> None:
-    at = _open(_app().run(), "pages/2_scenarios.py")
+    at = _open(_app().run(), "app_pages/2_scenarios.py")
     spec = at.session_state["spec"]
     activity = spec.scenario["activity"].names[0]
     at.multiselect(key="filter:0:activity").set_value([activity]).run()
@@ -389,7 +389,7 @@ def test_preview_validates_personas_with_the_llm(home: Path, monkeypatch) -> Non
     with FakeOpenAIServer(responder=responder) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-preview")
-        at = _open(_app().run(), "pages/3_preview.py")
+        at = _open(_app().run(), "app_pages/3_preview.py")
         assert "Not validated yet" in _texts(at)
         _button(at, "Validate with the LLM").click().run()
         assert not at.exception and not at.error, [e.value for e in at.error]
@@ -431,7 +431,7 @@ def test_explore_filters_texts_by_stage_verdict(home: Path) -> None:
         )
     store.flush()
 
-    at = _open(_app().run(), "pages/5_explore.py")
+    at = _open(_app().run(), "app_pages/5_explore.py")
     assert set(at.dataframe[0].value["text"]) == {"text 0", "text 1", "text 2"}
     assert at.multiselect(key="verdict_filter_1").value == ["natural"]
     assert "verdict_filter_3" not in [m.key for m in at.multiselect]  # stage 3 was not validated
@@ -452,7 +452,7 @@ def test_app_command_runs_streamlit_on_the_repo_app() -> None:
 
 
 def test_add_and_remove_an_item(home: Path) -> None:
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     n = len(at.session_state["spec"].attributes["age"].items)
     at.text_input(key="add_name:attributes.age").set_value("100+")
     at.number_input(key="add_p:attributes.age").set_value(0.1)
@@ -477,7 +477,7 @@ def test_add_and_remove_an_item(home: Path) -> None:
 
 def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -> None:
     """Widget values live outside Streamlit's widget state and in the server-side draft (no API key)."""
-    at = _open(_app().run(), "pages/4_generate.py")
+    at = _open(_app().run(), "app_pages/4_generate.py")
     at.radio(key="keep_backend").set_value("compatible").run()
     values = {"keep_per_emotion": 3, "keep_gen_seed": 7, "keep_concurrency": 5, "keep_max_cost": 2.0}
     for key, value in values.items():
@@ -489,9 +489,9 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
     at.text_input(key="keep_model").set_value("my-model")
     at.text_input(key="keep_api_key").set_value("sk-never-on-disk-123")
     at.run()
-    _open(at, "pages/1_distributions.py")
-    _open(at, "pages/5_explore.py")
-    _open(at, "pages/4_generate.py")
+    _open(at, "app_pages/1_distributions.py")
+    _open(at, "app_pages/5_explore.py")
+    _open(at, "app_pages/4_generate.py")
 
     def check(at, *, key_kept: bool) -> None:
         for key, value in values.items():
@@ -507,7 +507,7 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
     check(at, key_kept=True)
     # A new session (a reload, another tab, a restarted server) gets the same values from the draft,
     # except the API key, which never left the first session's memory.
-    fresh = _open(_app().run(), "pages/4_generate.py")
+    fresh = _open(_app().run(), "app_pages/4_generate.py")
     check(fresh, key_kept=False)
     for path in home.rglob("*"):
         if path.is_file():
@@ -515,13 +515,13 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
 
 
 def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     key = next(s.key for s in at.slider if s.key.startswith("p:") and s.key.endswith("attributes.age:0"))
     at.slider(key=key).set_value(0.55).run()
-    _open(at, "pages/3_preview.py")
-    _open(at, "pages/1_distributions.py")
+    _open(at, "app_pages/3_preview.py")
+    _open(at, "app_pages/1_distributions.py")
     assert at.slider(key=key).value == pytest.approx(0.55)
-    fresh = _open(_app().run(), "pages/1_distributions.py")
+    fresh = _open(_app().run(), "app_pages/1_distributions.py")
     assert fresh.session_state["spec"].attributes["age"].items[0].p == pytest.approx(0.55)
     assert fresh.slider(key=key).value == pytest.approx(0.55)
 
@@ -529,7 +529,7 @@ def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
 def test_conditional_rows_are_edited_where_they_act(home: Path) -> None:
     """Education is conditioned on age: a row is picked, its sliders change that row of the table, and the
     sampled marginal follows (the category's own items would have no effect)."""
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     at.selectbox(key="keep_dist_category").set_value("attributes.education").run()
     spec = at.session_state["spec"]
     cat = spec.attributes["education"]
@@ -560,7 +560,7 @@ def test_conditional_rows_are_edited_where_they_act(home: Path) -> None:
 def test_long_category_uses_a_searchable_table_and_labels_every_bar(home: Path) -> None:
     import json
 
-    at = _open(_app().run(), "pages/1_distributions.py")
+    at = _open(_app().run(), "app_pages/1_distributions.py")
     at.selectbox(key="keep_dist_category").set_value("attributes.mbti").run()
     n = len(at.session_state["spec"].attributes["mbti"].items)
     assert n > ui.LONG_CATEGORY

@@ -45,7 +45,7 @@ def test_generate_page_embedded_default_is_small_rules_only_and_estimated_from_t
     from personagen_core.generation.validation_policy import default_validation
     from personagen_core.local import DEFAULT_MODEL
 
-    at = _open(AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run(), "pages/4_generate.py")
+    at = _open(AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run(), "app_pages/4_generate.py")
     policy = default_validation(LLMSettings(backend="local", local_model=DEFAULT_MODEL))
     assert at.radio(key="keep_backend").value == "local"
     assert at.number_input(key="keep_per_emotion_embedded").value == 2
@@ -73,6 +73,6 @@ def test_generate_page_embedded_default_is_small_rules_only_and_estimated_from_t
     assert "never timed on this machine" in _texts(at)
 
     # The preview warns with the same figure when the embedded model validates.
-    _open(at, "pages/3_preview.py")
+    _open(at, "app_pages/3_preview.py")
     assert any("LLM validation is on" in w.value and f"on {policy.n} labelled personas" in w.value
                for w in at.warning)

@@ -1,6 +1,6 @@
 """Shared widgets and state plumbing for the PersonaGen dashboard (UI only; no business logic).
 
-``personagen_core`` stays free of Streamlit; the pages (``pages/*.py``) call the core and draw with the
+``personagen_core`` stays free of Streamlit; the pages (``app_pages/*.py``) call the core and draw with the
 helpers re-exported here:
 
 * :mod:`ui.probabilities` – pure functions (no Streamlit) that keep a distribution valid while sliders

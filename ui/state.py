@@ -270,8 +270,7 @@ def page_title(title: str) -> None:
     """Start a page: restore the draft on a session's first run, keep widget values, save the draft when
     the last run changed it, then draw the title.
 
-    Done by each page rather than by ``app.py`` because a page can also run on its own (Streamlit's
-    ``pages/`` folder convention, used by ``AppTest.switch_page``).
+    Done by each page rather than by ``app.py`` so that every page script is complete on its own.
     """
     current_spec()
     keep_widget_state()
