@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = GenerationConfig().validation_batch
     machine = _machine()
     carer = _Carer(args.seed, args.test_per_class) if (CARER / "train.txt").is_file() else None
-    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    # Figures kept from the last measurement: the output file, else the shipped one.
+    source = args.out if args.out.is_file() else OUT
+    previous = json.loads(source.read_text()) if source.is_file() else {}
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python bench/bench_local_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -234,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 print(f"== {key}", file=sys.stderr, flush=True)
                 old = previous.get("models", {}).get(key, {})
+                # Modes not re-measured this time keep their rows, each with its own date.
                 entry: dict[str, Any] = {"label": local_llm.MODELS[key].label, "measured": report["date"],
-                                         "ladder": {}}
+                                         "ladder": {m: r for m, r in old.get("ladder", {}).items()
+                                                    if m not in args.modes}}
                 if args.reuse_validator and old.get("validation"):
                     entry["validation"] = {**old["validation"],
                                            "measured": old["validation"].get("measured", old.get("measured"))}
@@ -247,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["models"][key] = entry
                 for mode in args.modes:
                     r = _ladder_run(key, pool, spec, args.per_emotion, args.seed, mode == "llm", Path(tmp))
-                    row: dict[str, Any] = {"per_emotion": args.per_emotion, **r["run"]}
+                    row: dict[str, Any] = {"per_emotion": args.per_emotion, "measured": report["date"],
+                                           "command": report["command"], **r["run"]}
                     if carer:
                         row.update(carer.emotion_match(r["texts"], r["labels"]))
                         row["train_synthetic_test_real"] = carer.tstr(r["texts"], r["labels"])

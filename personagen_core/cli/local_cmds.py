@@ -29,11 +29,13 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         rows = local_llm.models_overview(home)
+        # One column per model: the figures are long (value, n and interval per validation mode).
         table = Table(title="Embedded models")
-        for col in rows[0]:
-            table.add_column(col, no_wrap=col == "model")
+        table.add_column("", no_wrap=True)
         for row in rows:
-            table.add_row(*row.values())
+            table.add_column(row["model"])
+        for field in list(rows[0])[1:]:
+            table.add_row(field, *(row[field] for row in rows))
         console = Console()
         console.print(table)
         q = local_llm.model_quality()
@@ -43,8 +45,17 @@ def register(app: typer.Typer) -> None:
                           f"(load average {m.get('loadavg_start', ['?'])[0]:.1f}) with "
                           f"`{q.get('command', '?')}`; validator accuracy is on the "
                           f"{q.get('fixture_size', '?')}-persona plausibility fixture (half implausible).")
+            console.print("Intervals are 95 % (Wilson). Emotion match: a CARER-trained classifier's agreement with "
+                          "the requested emotion, per validation mode (rules = rules and tables only, the "
+                          "embedded default; llm = stage 1-3 LLM verdicts as in the paper).")
         else:
             console.print("No quality figures yet: run bench/bench_local_quality.py.")
+        speed = local_llm.model_speed()
+        for key, modes in speed.get("models", {}).items():
+            for mode, r in modes.items():
+                console.print(f"texts/min {key} {mode.replace('_', '-')}: {r['accepted_per_min']:.1f} "
+                              f"({r['accepted']} texts, {r['measured'][:16]}, load average "
+                              f"{r['loadavg_before']:.1f} on {r['cpus']} shared cores; `{r['command']}`)")
         if not local_llm.runtime_available():
             console.print("llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'")
 

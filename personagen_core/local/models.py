@@ -321,6 +321,10 @@ def _fmt_ci(value: Any, n: Any, ci: Any) -> str:
     if value is None:
         return "-"
     out = f"{value:.0%}" + (f" of {n}" if n else "")
+    if not ci and n:
+        from personagen_core.generation.validation_policy import wilson_interval
+
+        ci = wilson_interval(round(value * n), n)
     if ci:
         out += f" (CI {ci[0]:.0%}-{ci[1]:.0%})"
     return out
@@ -349,6 +353,14 @@ def models_overview(home: Path | None = None) -> list[dict[str, str]]:
         if not match:
             match = {"": _fmt_ci(gen.get("emotion_match"), gen.get("emotion_match_n"),
                                  gen.get("emotion_match_ci"))}
+        tstr = {}
+        for mode, r in ladder.items():
+            t = r.get("train_synthetic_test_real") or {}
+            if t.get("synthetic"):
+                syn, gold, maj = t["synthetic"], t.get("gold_same_size") or {}, t.get("majority") or {}
+                tstr[mode] = (_fmt_ci(syn["accuracy"], syn["n_test"], syn.get("ci"))
+                              + (f", gold {gold['accuracy']:.0%}" if gold else "")
+                              + (f", majority {maj['accuracy']:.0%}" if maj else ""))
         rate = speed.get(key, {})
         rows.append({
             "model": key + (" (default)" if key == DEFAULT_MODEL else ""),
@@ -359,6 +371,7 @@ def models_overview(home: Path | None = None) -> list[dict[str, str]]:
             "says natural": _fmt_share(val.get("natural_share")),
             "refusals": _fmt_share(gen.get("refusal_rate")),
             "emotion match": "; ".join(f"{m}: {v}" if m else v for m, v in match.items()),
+            "synthetic→real accuracy": "; ".join(f"{m}: {v}" for m, v in tstr.items()) or "-",
             "texts/min": "; ".join(
                 f"{m.replace('_', '-')}: {r['accepted_per_min']:.1f}" for m, r in rate.items()
                 if isinstance(r, dict) and r.get("accepted_per_min") is not None) or "-",
