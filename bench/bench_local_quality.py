@@ -52,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "personagen_core" / "local" / "fixtures" / "plausibility.jsonl"
 OUT = ROOT / "personagen_core" / "local" / "model_quality.json"
-CARER = ROOT.parent / "shared" / "data" / "carer"
+CARER = Path(os.environ.get("PERSONAGEN_CARER", ROOT.parent / "shared" / "data" / "carer"))  # or --carer
 EMOTIONS = ["joy", "anger", "sadness", "surprise", "fear"]  # paper7 ∩ CARER
 
 
@@ -131,13 +131,13 @@ def _wilson(k: int, n: int) -> list[float] | None:
 class _Carer:
     """CARER-based yardsticks: the emotion classifier, and the test sample train-on-synthetic is scored on."""
 
-    def __init__(self, seed: int, test_per_class: int) -> None:
+    def __init__(self, folder: Path, seed: int, test_per_class: int) -> None:
         from personagen_core.evaluation import classify, gold
         from personagen_core.evaluation.embeddings import Embedder
 
         self.seed, self.classify = seed, classify
-        train = gold.load_dataset(CARER / "train.txt")
-        test = gold.load_dataset(CARER / "test.txt")
+        train = gold.load_dataset(folder / "train.txt")
+        test = gold.load_dataset(folder / "test.txt")
         train = train[train["label"].isin(EMOTIONS)].reset_index(drop=True)
         test = test[test["label"].isin(EMOTIONS)].reset_index(drop=True)
         self.embedder = Embedder(num_threads=2)
@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=None, help="model keys (default: all installed)")
     parser.add_argument("--per-emotion", type=int, default=20)
     parser.add_argument("--modes", nargs="*", choices=["rules", "llm"], default=["rules", "llm"])
-    parser.add_argument("--test-per-class", type=int, default=100, help="CARER test texts per emotion")
+    parser.add_argument("--test-per-class", type=int, default=60, help="CARER test texts per emotion (surprise has 66)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--carer", type=Path, default=CARER, help="CARER folder (train.txt, test.txt)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--reuse-validator", action="store_true",
                         help="keep the stored fixture figures of each model instead of re-measuring them")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     fixture = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
     batch = GenerationConfig().validation_batch
     machine = _machine()
-    carer = _Carer(args.seed, args.test_per_class) if (CARER / "train.txt").is_file() else None
+    carer = _Carer(args.carer, args.seed, args.test_per_class) if (args.carer / "train.txt").is_file() else None
     # Figures kept from the last measurement: the output file, else the shipped one.
     source = args.out if args.out.is_file() else OUT
     previous = json.loads(source.read_text()) if source.is_file() else {}
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "fixture_size": len(fixture),
         "validation_prompt": f"personagen_core.generation.prompts.validation_messages via Validator, batch {batch}",
         "emotions": EMOTIONS,
-        "emotion_classifier": carer.info if carer else "pending: CARER data not found at " + str(CARER),
+        "emotion_classifier": carer.info if carer else "pending: CARER data not found at " + str(args.carer),
         # keep figures of models not re-measured this time, each with its own date
         "models": {k: v for k, v in previous.get("models", {}).items() if k not in keys},
     }
