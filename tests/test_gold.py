@@ -51,7 +51,9 @@ def test_content_sniffing_without_extension(tmp_path: Path) -> None:
 
 def test_column_mapping_and_extra_columns(tmp_path: Path) -> None:
     p = tmp_path / "d.csv"
-    pd.DataFrame({"Sentence": ["a", "b"], "y": ["joy", "fear"], "persona": ["p1", "p2"]}).to_csv(p, index=False)
+    pd.DataFrame({"Sentence": ["a", "b"], "y": ["joy", "fear"], "persona": ["p1", "p2"]}).to_csv(
+        p, index=False
+    )
     df = gold.load_dataset(p, label_col="y")
     assert df.columns.tolist() == ["text", "label", "persona"]
     assert df["text"].tolist() == ["a", "b"]
@@ -75,7 +77,7 @@ def test_other_errors(tmp_path: Path) -> None:
         gold.load_dataset(p, fmt="semicolon")
     e = tmp_path / "empty.csv"
     pd.DataFrame({"text": ["a", ""], "label": ["joy", "fear"]}).to_csv(e, index=False)
-    with pytest.raises(DataError, match=r"empty\.csv: column 'text' \(text\) is empty in 1 row"):
+    with pytest.raises(DataError, match=r"empty\.csv: column 'text' \(text\) is empty in 1 row.*line 3"):
         gold.load_dataset(e)
     with pytest.raises(DataError, match="unknown format"):
         gold.load_dataset(e, fmt="xml")
@@ -110,8 +112,16 @@ def test_label_map_files_and_apply(tmp_path: Path) -> None:
     bad.write_text("- joy\n- fear\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.yaml: a label map must be"):
         gold.load_label_map(bad)
+    grouped = tmp_path / "grouped.yaml"  # target: [sources], many-to-one, null target = leave out
+    grouped.write_text("joy: [amusement, excitement]\nnervousness: fear\n~: [neutral]\n", encoding="utf-8")
+    assert gold.load_label_map(grouped) == {
+        "amusement": "joy",
+        "excitement": "joy",
+        "nervousness": "fear",
+        "neutral": None,
+    }
     nested = tmp_path / "nested.yaml"
-    nested.write_text("joy: [a, b]\n", encoding="utf-8")
+    nested.write_text("joy: {a: b}\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"label 'joy' maps to"):
         gold.load_label_map(nested)
 
