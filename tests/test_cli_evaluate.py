@@ -95,8 +95,12 @@ def test_two_csv_files_side_by_side_with_real_embedder(
     )
     assert code == 0, stderr
     assert "wrote" in stdout and "persona:" in stdout and "attrprompt:" in stdout
+    # 30 + 30 data texts, 18 gold test texts and the whole 36-text gold train split (< 500 per class)
+    assert "embedding up to 114 texts (persona 30, attrprompt 30, gold test 18, gold train" in stderr
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["seed"] == 3
+    assert report["gold"]["test"]["read"]["format"] == "semicolon"
+    assert report["datasets"]["persona"]["read"]["text_col"] == "text"
     assert report["gold"]["label_map"] == {"gloom": "sadness", "pleasure": None}
     assert report["downstream"]["rows"]["attrprompt"]["confusion"]["labels"] == ["anger", "joy", "sadness"]
     assert report["embedding"]["model"]  # the real MiniLM model id
@@ -235,3 +239,36 @@ def test_small_file_gives_partial_results_and_is_stored(
     assert code == 0 and (tmp_path / "again" / "report.html").read_text().startswith("<!DOCTYPE html>")
     code, _, stderr = _run(["evaluations", "export", "ev-nope", "-o", str(tmp_path / "x")], capsys)
     assert code == 2 and "no stored evaluation 'ev-nope'" in stderr
+
+
+def test_gold_file_with_wrong_columns_names_the_gold_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "d.csv"
+    make_texts(4).to_csv(data, index=False)
+    gold_file = tmp_path / "gold.csv"
+    gold_file.write_text("sentence_id,utterance,emo\n1,so happy,joy\n2,so sad,sadness\n", encoding="utf-8")
+    argv = ["evaluate", "--data", str(data), "--gold-test", str(gold_file), "-o", str(tmp_path / "out")]
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 2 and "Traceback" not in stderr + stdout
+    assert "gold.csv" in stderr and "columns found: sentence_id, utterance, emo" in stderr
+    assert f"{gold_file}:text=COLUMN or --gold-text-col" in stderr
+    # --gold-text-col reaches the gold file only (the data file has no such column, and is not broken).
+    code, _, stderr = _run([*argv[:-2], "--gold-text-col", "utterance", "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and "/d.csv" not in stderr
+    assert "gold.csv: no label column" in stderr and "--gold-label-col" in stderr
+
+
+def test_per_file_specs_reach_only_their_file(tmp_path: Path) -> None:
+    from personagen_core.cli.evaluate_cmds import _load_input
+    from personagen_core.evaluation.gold import ReadOptions
+
+    raw = tmp_path / "raw.psv"
+    raw.write_text("joy|I won the prize|x\nfear|a noise | downstairs|y\n", encoding="utf-8")
+    frame = _load_input(
+        f"{raw}:sep=pipe,header=no,text=1,label=0", ReadOptions(text_col="text"), gold_file=True
+    )
+    assert frame["text"].tolist() == ["I won the prize", "a noise | downstairs"]
+    assert frame["label"].tolist() == ["joy", "fear"]
+    with pytest.raises(Exception, match=r"--text-col"):
+        _load_input(str(raw) + ":sep=pipe,header=no", ReadOptions(text_col="nope"), gold_file=False)

@@ -23,53 +23,138 @@ def _skipped(report: dict[str, Any], section: str) -> None:
 
 
 _SHARED_CARER = Path(__file__).resolve().parents[2] / "shared" / "data" / "carer"
+_AUTO = "(auto)"
+_SEPARATORS = {_AUTO: None, "comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"}
+_HEADER = {_AUTO: None, "yes": True, "no": False}
 
 
-@st.cache_data(show_spinner="Reading the gold data…", max_entries=8)
-def _load_gold_path(path: str, mtime: float) -> Any:
-    from personagen_core.evaluation.gold import load_dataset
-
-    return load_dataset(path)
-
-
-@st.cache_data(show_spinner="Reading the uploaded file…", max_entries=8)
-def _load_gold_bytes(name: str, data: bytes) -> Any:
+@st.cache_resource(show_spinner=False)
+def _upload_dir() -> Path:
+    """A folder of this process for uploaded gold files (the core reads files, with line numbers)."""
     import tempfile
 
-    from personagen_core.evaluation.gold import load_dataset
+    return Path(tempfile.mkdtemp(prefix="personagen_gold_"))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(name).name
+
+def _uploaded_path(name: str, data: bytes) -> Path:
+    import hashlib
+
+    folder = _upload_dir() / hashlib.sha256(data).hexdigest()[:16]
+    folder.mkdir(exist_ok=True)
+    path = folder / Path(name).name
+    if not path.exists():
         path.write_bytes(data)
-        frame = load_dataset(path)
-    frame.attrs["source"] = name
-    return frame
+    return path
 
 
-def _gold_from(kind: str, split: str) -> Any:
+@st.cache_data(show_spinner="Reading the gold data…", max_entries=16)
+def _read_table(path: str, mtime: float, options: dict[str, Any]) -> Any:
+    from personagen_core.evaluation.gold import ReadOptions, read_table
+
+    return read_table(path, ReadOptions(**options))
+
+
+def _source(kind: str, split: str) -> tuple[Path | None, str]:
+    """The chosen file as a local path (uploads are saved first) and its display name."""
     if kind == "path":
         default = _SHARED_CARER / f"{split}.txt"
         defaults(**{f"keep_gold_{split}_path": str(default) if default.exists() else ""})
         value = st.text_input(
             f"Gold {split} file",
             key=f"keep_gold_{split}_path",
-            placeholder="/path/to/file (csv, tsv, jsonl, parquet, txt)",
+            placeholder="/path/to/file or datasets folder (csv, tsv, jsonl, parquet, txt)",
         )
         if not value.strip():
-            return None
+            return None, ""
         path = Path(value.strip()).expanduser()
-        if not path.is_file():
+        if not path.exists():
             st.error(f"Gold {split} file not found: {path}")
-            return None
-        return _load_gold_path(str(path), path.stat().st_mtime)
+            return None, ""
+        return path, str(path)
     upload = st.file_uploader(
         f"Gold {split} file", key=f"gold_{split}_upload", type=["csv", "tsv", "jsonl", "parquet", "txt"]
     )
-    return None if upload is None else _load_gold_bytes(upload.name, upload.getvalue())
+    if upload is None:
+        return None, ""
+    return _uploaded_path(upload.name, upload.getvalue()), upload.name
+
+
+def _read_options(split: str) -> dict[str, Any]:
+    """Format, separator, header, encoding and multi-label policy, as the CLI's FILE:key=value options."""
+    from personagen_core.evaluation import gold
+
+    c1, c2, c3 = st.columns(3)
+    fmt = c1.selectbox("Format", [_AUTO, *gold.FORMATS, *gold.READERS], key=f"keep_gold_{split}_fmt")
+    sep = c2.selectbox("Separator", list(_SEPARATORS), key=f"keep_gold_{split}_sep")
+    header = c3.selectbox("Header line", list(_HEADER), key=f"keep_gold_{split}_header")
+    c1, c2, c3 = st.columns(3)
+    encoding = c1.text_input(
+        "Encoding", key=f"keep_gold_{split}_encoding", placeholder="auto (UTF-8, else detected)"
+    )
+    multi = c2.selectbox(
+        "Multi-label rows",
+        list(gold.MULTI_LABEL_POLICIES),
+        key=f"keep_gold_{split}_multi",
+        help="Rows with several labels (e.g. GoEmotions' 3,6): refuse (error), keep the first, drop the row, "
+        "or one row per label (explode).",
+    )
+    names = c3.text_input(
+        "Label names file", key=f"keep_gold_{split}_names", placeholder="labels.txt for numeric ids (path)"
+    )
+    return {
+        "fmt": None if fmt == _AUTO else fmt,
+        "sep": _SEPARATORS[sep],
+        "header": _HEADER[header],
+        "encoding": encoding.strip() or None,
+        "multi_label": multi,
+        "label_names": names.strip() or None,
+    }
+
+
+def _gold_split(kind: str, split: str) -> Any:
+    """Read one split with the options and columns chosen on the page; preview the parsed rows."""
+    from personagen_core.evaluation import gold
+
+    path, name = _source(kind, split)
+    if path is None:
+        return None
+    with st.expander(f"Reading options ({split})", expanded=False):
+        options = _read_options(split)
+    table = _read_table(str(path), path.stat().st_mtime, options)
+    columns = [str(c) for c in table.columns]
+    # Column pickers: "(auto)" lets the core find text/label by name (or by shape for headerless files).
+    c1, c2 = st.columns(2)
+    text_col = c1.selectbox("Text column", [_AUTO, *columns], key=f"gold_{split}_text_col")
+    label_col = c2.selectbox("Label column", [_AUTO, *columns], key=f"gold_{split}_label_col")
+    chosen = gold.ReadOptions(
+        **options,
+        text_col=None if text_col == _AUTO else text_col,
+        label_col=None if label_col == _AUTO else label_col,
+    )
+    try:
+        frame = gold.to_dataset(table, path, chosen)
+    except gold.ColumnError as exc:
+        st.error(
+            f"gold {split} data: {name}: {str(exc).split(': ', 1)[-1]}. Pick the {exc.role} column above."
+        )
+        st.dataframe(table.head(5), key=f"gold_{split}_raw")
+        return None
+    frame.attrs["source"] = name
+    read = frame.attrs.get("read", {})
+    st.caption(
+        f"{len(frame):,} texts, labels: {', '.join(sorted(frame['label'].astype(str).unique()))} "
+        f"(read as {read.get('format')}, text column {read.get('text_col')!r}, label column "
+        f"{read.get('label_col')!r})"
+    )
+    with st.expander(f"Preview ({split})", expanded=False):
+        st.dataframe(frame.head(20)[["text", "label"]], key=f"gold_{split}_preview")
+    return frame
 
 
 def gold_inputs(gold_mod: ModuleType) -> tuple[Any, Any]:
-    """Pick the gold train / test splits from a path on the server or an upload; errors are shown."""
+    """Pick the gold train / test splits from a path on the server or an upload, with the same reading
+    options as the CLI (format, separator, header, encoding, multi-label policy, names file), a text/label
+    column picker and a preview of the parsed rows; errors are shown."""
     kind = st.radio(
         "Source",
         ["path", "upload"],
@@ -78,18 +163,16 @@ def gold_inputs(gold_mod: ModuleType) -> tuple[Any, Any]:
         format_func={"path": "Path on the server", "upload": "Upload"}.get,
     )
     st.caption(
-        "Files with `text` and `label` columns (CSV, TSV, JSONL, Parquet) or `text;label` lines. "
-        "The test split is the reference of Table VI and the test set of Table VII."
+        "Any labelled text file: CSV/TSV with any separator or header, JSONL, Parquet, `text;label` lines, "
+        "GoEmotions TSV, ISEAR, or a Hugging Face datasets folder (path). The test split is the reference of "
+        "Table VI and the test set of Table VII."
     )
     out: list[Any] = []
     for split, col in zip(("train", "test"), st.columns(2), strict=True):
         with col:
             frame = None
             with error_boundary(f"gold {split} data"):
-                frame = _gold_from(kind, split)
-                if frame is not None:
-                    labels = ", ".join(sorted(frame["label"].astype(str).unique()))
-                    st.caption(f"{len(frame):,} texts, labels: {labels}")
+                frame = _gold_split(kind, split)
             out.append(frame)
     if out[0] is None and out[1] is None:
         st.info("Choose at least a gold test file.")

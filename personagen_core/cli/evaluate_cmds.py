@@ -32,18 +32,36 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
+def _load_input(spec: str, defaults: Any, *, gold_file: bool) -> Any:
+    """One ``FILE[:key=value,...]`` input read with its own options over the shared defaults; a missing
+    column names the options that apply to this kind of file."""
+    from personagen_core.evaluation import gold
+    from personagen_core.evaluation import suite as evaluation
+
+    path, options = gold.parse_file_spec(spec)
+    try:
+        return evaluation.load_data_file(path, options.merged(defaults))
+    except gold.ColumnError as exc:
+        option = f"--gold-{exc.role}-col" if gold_file else f"--{exc.role}-col"
+        raise DataError(f"{exc}; name it with {path}:{exc.role}=COLUMN or {option}") from exc
+
+
 def run_evaluate(
     run_ids: list[str],
-    data_files: list[Path],
+    data_files: list[str | Path],
     out_dir: Path,
     *,
     names: list[str] | None = None,
     db: Path | None = None,
-    gold_train: Path | None = None,
-    gold_test: Path | None = None,
+    gold_train: str | Path | None = None,
+    gold_test: str | Path | None = None,
     label_map: Path | None = None,
+    gold_label_map: Path | None = None,
     text_col: str | None = None,
     label_col: str | None = None,
+    gold_text_col: str | None = None,
+    gold_label_col: str | None = None,
+    multi_label: str | None = None,
     judge: bool = False,
     judge_model: str | None = None,
     backend: str | None = None,
@@ -51,13 +69,21 @@ def run_evaluate(
     projection: str = "both",
     seed: int = 0,
     max_texts: int | None = None,
+    max_gold: int | None = None,
     bootstrap: int = 20,
     prd_runs: int = 10,
     use_cache: bool = True,
     store_result: bool = True,
+    on_notice: Any = None,
 ) -> tuple[Path, Path, dict[str, Any]]:
-    """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report)."""
-    from personagen_core.evaluation import gold
+    """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report).
+
+    Data and gold files are ``FILE[:key=value,...]`` specs (:func:`gold.parse_file_spec`); ``text_col`` /
+    ``label_col`` are the defaults of data files, ``gold_text_col`` / ``gold_label_col`` and
+    ``gold_label_map`` those of gold files, ``multi_label`` of both. ``on_notice(line)`` receives the size
+    estimate printed before embedding.
+    """
+    from personagen_core.evaluation import gold, sizing
     from personagen_core.evaluation import suite as evaluation
     from personagen_core.evaluation.report import write_report
 
@@ -70,6 +96,10 @@ def run_evaluate(
             f"--name was given {len(names)} times for {len(run_ids) + len(data_files)} datasets; "
             "give one name per dataset (runs first, then data files) or none"
         )
+    if multi_label is not None and multi_label not in gold.MULTI_LABEL_POLICIES:
+        raise DataError(
+            f"--multi-label must be one of {', '.join(gold.MULTI_LABEL_POLICIES)} (got {multi_label!r})"
+        )
 
     store = None
     if run_ids or db is not None:
@@ -80,16 +110,23 @@ def run_evaluate(
     taken: set[str] = set()
     for run_id in run_ids:
         datasets[_unique(run_id, taken)] = evaluation.load_run_dataset(store, run_id)
-    for path in data_files:
-        frame = evaluation.load_data_file(path, text_col=text_col, label_col=label_col)
-        datasets[_unique(Path(path).stem, taken)] = frame
+    data_defaults = gold.ReadOptions(text_col=text_col, label_col=label_col, multi_label=multi_label)
+    for spec in data_files:
+        frame = _load_input(str(spec), data_defaults, gold_file=False)
+        datasets[_unique(gold.parse_file_spec(str(spec))[0].stem, taken)] = frame
     if names:
         datasets = dict(zip(names, datasets.values(), strict=True))
         if len(datasets) != len(names):
             raise DataError(f"--name values must be distinct (got {names})")
 
-    train = evaluation.load_data_file(gold_train) if gold_train else None
-    test = evaluation.load_data_file(gold_test) if gold_test else None
+    gold_defaults = gold.ReadOptions(
+        text_col=gold_text_col,
+        label_col=gold_label_col,
+        multi_label=multi_label,
+        label_map=str(gold_label_map) if gold_label_map else None,
+    )
+    train = _load_input(str(gold_train), gold_defaults, gold_file=True) if gold_train else None
+    test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
     mapping = gold.load_label_map(label_map) if label_map else None
 
     methods: tuple[str, ...] = {"both": ("tsne", "umap"), "none": ()}.get(projection, (projection,))
@@ -99,10 +136,17 @@ def run_evaluate(
         judge=judge,
         judge_model=judge_model,
         max_texts=max_texts,
+        max_gold=max_gold,
         bootstrap=bootstrap,
         prd_runs=prd_runs,
         use_cache=use_cache,
     )
+    from personagen_core.evaluation.embeddings import Embedder
+
+    embedder = Embedder(settings.embedding_model, precision=settings.embedding_precision)
+    plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id)
+    for line in plan.lines():
+        (on_notice or (lambda text: typer.echo(text, err=True)))(line)
     llm_settings = None
     if judge:
         from personagen_core.generation.llm import LLMSettings
@@ -121,9 +165,16 @@ def run_evaluate(
         gold_test=test,
         label_map=mapping,
         settings=settings,
+        embedder=embedder,
         llm_settings=llm_settings,
         judge_store=store,
         on_event=_progress_printer(),
+    )
+    timings = report.get("timings", {})
+    sizing.record_rate(
+        embedder.model_id,
+        embedder.stats.misses,
+        timings.get("embeddings", 0.0) + timings.get("gold embeddings", 0.0),
     )
     json_path, html_path = write_report(report, out_dir)
     if store_result:
@@ -166,10 +217,12 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         run_ids: list[str] | None = typer.Argument(None, help="Run ids in the run store to evaluate."),
-        data: list[Path] | None = typer.Option(
+        data: list[str] | None = typer.Option(
             None,
             "--data",
-            help="Data file(s) with text and label columns (CSV, TSV, JSONL, Parquet, text;label).",
+            help="Data file(s) with text and label columns (CSV, TSV, JSONL, Parquet, text;label, a datasets "
+            "folder), as FILE or FILE:text=COL,label=COL,sep=tab,header=no,encoding=latin-1,format=F,"
+            "names=labels.txt,map=MAP.yaml,multi-label=first,split=S.",
         ),
         out: Path = typer.Option(
             ..., "-o", "--out", help="Output directory for report.json and report.html."
@@ -180,17 +233,38 @@ def register(app: typer.Typer) -> None:
         db: Path | None = typer.Option(
             None, "--db", help="Run store (default $PERSONAGEN_HOME/runs.sqlite)."
         ),
-        gold_train: Path | None = typer.Option(
-            None, "--gold-train", help="Gold training split (Table VII gold row)."
+        gold_train: str | None = typer.Option(
+            None,
+            "--gold-train",
+            help="Gold training split (Table VII gold row); FILE[:key=value,...] as --data.",
         ),
-        gold_test: Path | None = typer.Option(
-            None, "--gold-test", help="Gold test split (Tables VI and VII)."
+        gold_test: str | None = typer.Option(
+            None, "--gold-test", help="Gold test split (Tables VI and VII); FILE[:key=value,...] as --data."
         ),
         label_map: Path | None = typer.Option(
             None, "--label-map", help="YAML/JSON mapping synthetic label -> gold label (null = leave out)."
         ),
-        text_col: str | None = typer.Option(None, "--text-col", help="Text column of the --data files."),
+        gold_label_map: Path | None = typer.Option(
+            None,
+            "--gold-label-map",
+            help="YAML/JSON map applied to the gold files' labels (e.g. GoEmotions -> Ekman; "
+            "target: [sources] groups many-to-one; null = leave out).",
+        ),
+        text_col: str | None = typer.Option(
+            None, "--text-col", help="Text column (name or 0-based position) of the --data files."
+        ),
         label_col: str | None = typer.Option(None, "--label-col", help="Label column of the --data files."),
+        gold_text_col: str | None = typer.Option(
+            None, "--gold-text-col", help="Text column (name or 0-based position) of the gold files."
+        ),
+        gold_label_col: str | None = typer.Option(
+            None, "--gold-label-col", help="Label column of the gold files."
+        ),
+        multi_label: str | None = typer.Option(
+            None,
+            "--multi-label",
+            help="Rows with several labels: refused (default), or first, drop or explode (stated in the report).",
+        ),
         judge: bool = typer.Option(False, "--judge/--no-judge", help="Score every text with the LLM judge."),
         judge_model: str | None = typer.Option(None, "--judge-model", help="Model of the LLM judge."),
         backend: str | None = typer.Option(
@@ -202,7 +276,12 @@ def register(app: typer.Typer) -> None:
         projection: str = typer.Option("both", "--projection", help="tsne, umap, both or none."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
         max_texts: int | None = typer.Option(
-            None, "--max-texts", help="Cap per dataset (stratified sample)."
+            None, "--max-texts", help="Cap per dataset (seeded stratified sample, stated in the report)."
+        ),
+        max_gold: int | None = typer.Option(
+            None,
+            "--max-gold",
+            help="Cap on the gold test split (seeded stratified sample, stated in the report).",
         ),
         bootstrap: int = typer.Option(
             20, "--bootstrap", help="Bootstrap resamples for confidence intervals."
@@ -223,8 +302,12 @@ def register(app: typer.Typer) -> None:
             gold_train=gold_train,
             gold_test=gold_test,
             label_map=label_map,
+            gold_label_map=gold_label_map,
             text_col=text_col,
             label_col=label_col,
+            gold_text_col=gold_text_col,
+            gold_label_col=gold_label_col,
+            multi_label=multi_label,
             judge=judge,
             judge_model=judge_model,
             backend=backend,
@@ -232,6 +315,7 @@ def register(app: typer.Typer) -> None:
             projection=projection,
             seed=seed,
             max_texts=max_texts,
+            max_gold=max_gold,
             bootstrap=bootstrap,
             prd_runs=prd_runs,
             use_cache=cache,
@@ -274,7 +358,9 @@ def register_evaluations(app: typer.Typer) -> None:
     @group.command("export")
     def export_cmd(
         eval_id: str = typer.Argument(..., help="Evaluation id (see: personagen evaluations list)."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output directory for report.json and report.html."),
+        out: Path = typer.Option(
+            ..., "-o", "--out", help="Output directory for report.json and report.html."
+        ),
     ) -> None:
         """Write a stored evaluation as report.json and the self-contained report.html."""
         from personagen_core.evaluation.report import write_report

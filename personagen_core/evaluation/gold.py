@@ -343,20 +343,24 @@ def _sniff_sep(text: str, fmt: str) -> str:
         return default
 
 
-def _sniff_header(rows: list[list[str]], text: str, fmt: str) -> bool:
-    """A header if the first row names a known text/label column; else, for CSV/TSV, csv.Sniffer's guess
-    (``text;label`` lines never have one unless it names the columns)."""
+def _sniff_header(rows: list[list[str]], fmt: str) -> bool:
+    """A header if the first row names a known text/label column. Otherwise ``text;label`` lines have
+    none, and CSV/TSV files have one unless a first-row cell recurs in its column below (labels repeat,
+    column names do not) or the first row is all numbers. (csv.Sniffer.has_header votes on value types and
+    lengths, which cannot tell a header of words from rows of words.)"""
     if not rows:
         return False
-    first = {c.strip().lower() for c in rows[0]}
-    if first & set(_TEXT_CANDIDATES + _LABEL_CANDIDATES):
+    first = [c.strip() for c in rows[0]]
+    if {c.lower() for c in first} & set(_TEXT_CANDIDATES + _LABEL_CANDIDATES):
         return True
-    if fmt not in ("csv", "tsv"):
+    if fmt not in ("csv", "tsv") or len(rows) < 2:
         return False
-    try:
-        return csv.Sniffer().has_header(text[:65536])
-    except csv.Error:
+    if all(re.fullmatch(r"[-+.\d,]*", c) for c in first):
         return False
+    body = rows[1:2001]
+    return not any(
+        cell and any(len(r) > i and r[i].strip() == cell for r in body) for i, cell in enumerate(first)
+    )
 
 
 def _read_delimited(p: Path, fmt: str, o: ReadOptions) -> pd.DataFrame:
@@ -385,7 +389,7 @@ def _read_delimited(p: Path, fmt: str, o: ReadOptions) -> pd.DataFrame:
         raise DataError(f"{p}: no rows")
     header = o.header if o.header is not None else reader_defaults.get("header")
     if header is None:
-        header = _sniff_header(rows, text, fmt)
+        header = _sniff_header(rows, fmt)
     unnamed: list[str] = []
     if header:
         columns = [c.strip() or str(i) for i, c in enumerate(rows[0])]

@@ -178,7 +178,42 @@ def _datasets_section(report: Mapping[str, Any]) -> str:
             index=[*labels, "total"],
         )
         extra = _table(gold_frame, "Gold data (after label mapping)", _label_map_note(report))
-    return _table(frame, "Texts per label", f"Sources: {sources}") + extra
+    return _table(frame, "Texts per label", f"Sources: {sources}") + extra + _notes(_input_notes(report))
+
+
+def _input_notes(report: Mapping[str, Any]) -> dict[str, str]:
+    """How each input was read (format, encoding, columns, multi-label policy) and how it was sampled."""
+    gold = report.get("gold") or {}
+    inputs = {
+        **report.get("datasets", {}),
+        **{f"gold {s}": gold[s] for s in ("train", "test") if gold.get(s)},
+    }
+    notes: dict[str, str] = {}
+    for name, d in inputs.items():
+        parts = []
+        read = d.get("read") or {}
+        if read:
+            parts.append(f"read as {read.get('format')}")
+            if read.get("encoding"):
+                parts.append(f"encoding {read['encoding']}")
+            if read.get("sep"):
+                parts.append(f"separator {read['sep']}, {'a' if read.get('header') else 'no'} header")
+            if read.get("text_col") is not None:
+                parts.append(f"text column {read['text_col']!r}, label column {read.get('label_col')!r}")
+            if read.get("label_names"):
+                parts.append(f"label ids named by {read['label_names']}")
+            if read.get("label_map"):
+                parts.append(
+                    f"labels mapped by {read['label_map']} ({read.get('left_out_by_map', 0)} rows left out)"
+                )
+            multi = read.get("multi_label") or {}
+            if multi.get("rows"):
+                parts.append(f"{multi['rows']} multi-label rows handled by policy {multi.get('policy')!r}")
+        if d.get("sampled_from"):
+            parts.append(f"seeded stratified sample of {d.get('n')} of {d['sampled_from']} texts")
+        if parts:
+            notes[name] = "; ".join(parts)
+    return notes
 
 
 def _label_map_note(report: Mapping[str, Any]) -> str:
@@ -357,8 +392,11 @@ def _downstream_section(report: Mapping[str, Any]) -> str:
             f"{name} has no {', '.join(map(str, labs))}" for name, labs in lacks.items()
         )
     out = [
-        _table(frame, f"Table VII. Trained on each set, tested on {down.get('test', 'the gold test split')}",
-               down.get("method")),
+        _table(
+            frame,
+            f"Table VII. Trained on each set, tested on {down.get('test', 'the gold test split')}",
+            down.get("method"),
+        ),
         _notes(notes),
         _safe_figure(lambda: figures.downstream_figure(report)),
     ]

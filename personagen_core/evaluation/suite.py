@@ -162,11 +162,12 @@ def load_run_dataset(store: Any, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def load_data_file(path: str | Path, **kwargs: Any) -> pd.DataFrame:
-    """A dataset file (CSV, TSV, JSONL, Parquet or ``text;label`` lines) via :func:`gold.load_dataset`."""
+def load_data_file(path: str | Path, options: Any = None, **kwargs: Any) -> pd.DataFrame:
+    """A dataset file or folder via :func:`gold.load_dataset` (``options``: a :class:`gold.ReadOptions`;
+    keyword arguments override its fields)."""
     from personagen_core.evaluation.gold import load_dataset
 
-    frame = load_dataset(path, **kwargs)
+    frame = load_dataset(path, options, **kwargs)
     frame.attrs["source"] = str(path)
     return frame
 
@@ -229,6 +230,7 @@ def evaluate(
                 "n": int(len(f)),
                 "labels": {str(k): int(v) for k, v in f["label"].value_counts().sort_index().items()},
                 "source": str(datasets[name].attrs.get("source", "DataFrame")),
+                **_input_notes(datasets[name], f),
             }
             for name, f in data.items()
         },
@@ -573,6 +575,7 @@ def _prepare_gold(
                 "n": int(len(f)),
                 "labels": {str(k): int(v) for k, v in f["label"].value_counts().sort_index().items()},
                 "source": str(f.attrs.get("source", "DataFrame")),
+                **_input_notes(f, f),
             }
             if f is not None
             else None
@@ -928,6 +931,17 @@ def _check_dataset(name: str, frame: Any) -> pd.DataFrame:
     return out
 
 
+def _input_notes(given: pd.DataFrame, used: pd.DataFrame) -> dict[str, Any]:
+    """How a dataset was read (``gold.load_dataset``'s ``attrs["read"]``: format, encoding, columns,
+    multi-label policy) and, when capped, the size it was sampled from, for the report to state."""
+    out: dict[str, Any] = {}
+    if given.attrs.get("read"):
+        out["read"] = dict(given.attrs["read"])
+    if used.attrs.get("sampled_from"):
+        out["sampled_from"] = int(used.attrs["sampled_from"])
+    return out
+
+
 def _cap(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     """Seeded stratified subsample down to ``cap`` rows (unchanged when smaller)."""
     if cap is None or len(frame) <= cap:
@@ -944,7 +958,7 @@ def _cap(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     except ValueError:  # a class too small to stratify: plain seeded sample
         keep = np.random.default_rng(seed).choice(len(frame), size=cap, replace=False)
     out = frame.iloc[np.sort(keep)].reset_index(drop=True)
-    out.attrs = dict(frame.attrs)
+    out.attrs = {**frame.attrs, "sampled_from": len(frame)}
     return out
 
 

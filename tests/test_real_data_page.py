@@ -1,0 +1,83 @@
+"""The Real data page reads gold files as they come: reading options, a text/label column picker when the
+columns are not found (issue 11), and a preview of the parsed rows (issue 16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import streamlit as st
+
+    from personagen_core.store import RunStore
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(
+        method="personagen", config={}, target={"joy": 2}, spec_yaml="name: x\n", spec_hash="h", spec_name="x"
+    )
+    store.add_personas(run_id, 0, [(i, {"age": "25-34"}, f"persona {i}", "at work") for i in range(4)])
+    for i, emotion in enumerate(["joy", "joy", "sadness", "sadness"]):
+        store.add_text(run_id, emotion=emotion, text=f"t {i}", text_norm=f"t {i}", persona_id=i, model="m", quota=2)
+    store.flush()
+    yield tmp_path
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _page():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/7_real_data.py").run()
+    at.radio(key="keep_gold_kind").set_value("upload").run()
+    return at
+
+
+def _upload(at, name: str, data: bytes) -> None:
+    at.file_uploader(key="gold_test_upload").set_value((name, data, "text/plain")).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _captions(at) -> str:
+    return "\n".join(str(c.value) for c in at.caption)
+
+
+def test_wrong_columns_offer_a_column_picker_not_a_cli_option(home: Path) -> None:
+    at = _page()
+    _upload(at, "gold.csv", b"utterance,emo\nso happy today,joy\nso sad today,sadness\nhappy again,joy\n")
+    errors = [e.value for e in at.error]
+    assert any("gold.csv" in e and "Pick the text column above" in e for e in errors), errors
+    assert not any("--" in e or "text_col" in e for e in errors), errors  # no option the page lacks
+    assert at.selectbox(key="gold_test_text_col").options == ["(auto)", "utterance", "emo"]
+    at.selectbox(key="gold_test_text_col").set_value("utterance").run()
+    at.selectbox(key="gold_test_label_col").set_value("emo").run()
+    assert not at.error, [e.value for e in at.error]
+    assert "3 texts, labels: joy, sadness" in _captions(at)
+    frames = [d.value for d in at.dataframe]
+    preview = next(f for f in frames if list(f.columns) == ["text", "label"])  # the parsed rows
+    assert preview["text"].tolist()[0] == "so happy today" and preview["label"].tolist()[1] == "sadness"
+
+
+def test_reading_options_and_multi_label_policy(home: Path) -> None:
+    at = _page()
+    # GoEmotions-like: headerless TSV, text then labels, one row with two labels.
+    _upload(at, "go.tsv", b"so happy today\tjoy\tid1\nso sad and angry\tsadness,anger\tid2\nglad\tjoy\tid3\n")
+    assert any("line 2" in e.value and "first" in e.value for e in at.error), [e.value for e in at.error]
+    at.selectbox(key="keep_gold_test_multi").set_value("explode").run()
+    assert not at.error, [e.value for e in at.error]
+    assert "4 texts, labels: anger, joy, sadness" in _captions(at)
+    # A semicolon file read with an explicit separator and no header line.
+    _upload(at, "semi.txt", b"i feel great;joy\ni feel low;sadness\n")
+    at.selectbox(key="keep_gold_test_sep").set_value("semicolon").run()
+    at.selectbox(key="keep_gold_test_header").set_value("no").run()
+    assert not at.error, [e.value for e in at.error]
+    assert "2 texts, labels: joy, sadness" in _captions(at)
