@@ -111,7 +111,8 @@ def test_report_and_figure_state_rows_and_left_out_labels(report: dict) -> None:
     assert "syn: love" in page and "syn has no love" in page
     assert "full test split" in page and "chance (uniform over 3 labels)" in page
     fig = figures.downstream_figure(report)
-    assert list(fig.data[0].cells.values[-2]) == [str(r["n_test"]) for r in report["downstream"]["rows"].values()]
+    ticks = list(fig.data[0].x)  # each bar group names the test texts it was scored on
+    assert ticks == [f"{n}<br>n_test = {r['n_test']}" for n, r in report["downstream"]["rows"].items()]
 
 
 def test_chance_baseline_matches_simulated_guessing() -> None:
