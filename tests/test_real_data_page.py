@@ -37,7 +37,7 @@ def _page():
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/7_real_data.py").run()
+    at.switch_page("app_pages/7_real_data.py").run()
     at.radio(key="keep_gold_kind").set_value("upload").run()
     return at
 
