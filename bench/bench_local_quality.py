@@ -98,8 +98,11 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
 
 
 def _ladder_run(key: str, pool: Any, spec: Any, per_emotion: int, seed: int, validate: bool,
-                workdir: Path) -> dict[str, Any]:
-    """One real pipeline run (rules-only or LLM-validated) on the CARER-shared emotions; its texts and stats."""
+                workdir: Path, max_minutes: float | None = None) -> dict[str, Any]:
+    """One real pipeline run (rules-only or LLM-validated) on the CARER-shared emotions; its texts and stats.
+    After ``max_minutes`` the run is cancelled and the texts accepted so far are measured (state says so)."""
+    import threading
+
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import GenerationConfig, run_generation
     from personagen_core.store import RunStore
@@ -108,8 +111,17 @@ def _ladder_run(key: str, pool: Any, spec: Any, per_emotion: int, seed: int, val
     config = GenerationConfig(emotions=EMOTIONS, per_emotion=per_emotion, seed=seed, llm=settings,
                               validate=validate)
     store = RunStore(workdir / f"{key}-{validate}.sqlite")
+    cancel = threading.Event()
+    timer = threading.Timer(max_minutes * 60, cancel.set) if max_minutes else None
+    if timer:
+        timer.start()
     start = time.perf_counter()
-    summary = run_generation(spec, config, store, http_client=httpx.AsyncClient(transport=pool.transport(key)))
+    try:
+        summary = run_generation(spec, config, store, cancel=cancel,
+                                 http_client=httpx.AsyncClient(transport=pool.transport(key)))
+    finally:
+        if timer:
+            timer.cancel()
     wall = time.perf_counter() - start
     texts = store.texts(summary.run_id)
     accepted = sum(summary.accepted.values())
@@ -197,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", choices=["rules", "llm"], default=["rules", "llm"])
     parser.add_argument("--test-per-class", type=int, default=60, help="CARER test texts per emotion (surprise has 66)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="cancel each run after this long and measure the texts accepted so far")
     parser.add_argument("--carer", type=Path, default=CARER, help="CARER folder (train.txt, test.txt)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--reuse-validator", action="store_true",
@@ -251,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(entry["validation"]), file=sys.stderr, flush=True)
                 report["models"][key] = entry
                 for mode in args.modes:
-                    r = _ladder_run(key, pool, spec, args.per_emotion, args.seed, mode == "llm", Path(tmp))
+                    r = _ladder_run(key, pool, spec, args.per_emotion, args.seed, mode == "llm", Path(tmp),
+                                   args.max_minutes)
                     row: dict[str, Any] = {"per_emotion": args.per_emotion, "measured": report["date"],
                                            "command": report["command"], **r["run"]}
                     if carer:
