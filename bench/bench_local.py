@@ -66,6 +66,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
         if not first and sum(ev.accepted.values()) > 0:
             first.append(time.perf_counter() - start)
 
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     start = time.perf_counter()
     http = httpx.AsyncClient(transport=pool.transport(key))
     try:
@@ -84,6 +85,7 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
     stats = model.stats.as_dict()
     return {
         "model": key,
+        "started": started,
         "validation": "llm" if validate else "rules",
         "state": summary.state,
         "accepted": accepted,
@@ -157,6 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def equal_speed_slowdown(rules: dict[str, Any], llm: dict[str, Any]) -> dict[str, Any]:
+    """How much longer LLM validation makes a run, at equal token speeds: each run's llama.cpp work (prompt
+    tokens read, tokens generated) priced at the two runs' pooled tokens/s. On a shared machine the load
+    changes between runs; the work does not. Also returns the raw wall-clock ratio of the rates."""
+    def read(r: dict[str, Any]) -> tuple[int, int]:
+        return r["prompt_tokens"] - r["cached_prompt_tokens"], r["completion_tokens"]
+
+    (p1, c1), (p2, c2) = read(rules), read(llm)
+    prompt_rate = (p1 + p2) / (rules["prompt_s"] + llm["prompt_s"])
+    gen_rate = (c1 + c2) / (rules["generation_s"] + llm["generation_s"])
+    t1, t2 = p1 / prompt_rate + c1 / gen_rate, p2 / prompt_rate + c2 / gen_rate
+    per_text = (t2 / max(1, llm["accepted"])) / (t1 / max(1, rules["accepted"]))
+    return {"value": per_text, "wall_clock_ratio": rules["accepted_per_min"] / llm["accepted_per_min"]
+            if llm["accepted_per_min"] else None,
+            "method": "llama.cpp work per accepted text (prompt tokens read, tokens generated) at the two runs' "
+                      f"pooled speeds ({prompt_rate:.1f} prompt tok/s, {gen_rate:.1f} generated tok/s)"}
+
+
 def _write_speed(results: list[dict[str, Any]], argv: list[str] | None) -> None:
     """Merge this run's rates into model_speed.json (models and modes not re-measured keep theirs)."""
     data = json.loads(SPEED_FILE.read_text()) if SPEED_FILE.is_file() else {}
@@ -167,9 +187,14 @@ def _write_speed(results: list[dict[str, Any]], argv: list[str] | None) -> None:
         mode = "validated" if r["validation"] == "llm" else "rules_only"
         models.setdefault(r["model"], {})[mode] = {
             "accepted_per_min": r["accepted_per_min"], "accepted": r["accepted"], "wall_s": r["wall_s"],
-            "first_text_s": r["first_text_s"], "calls": r["calls"], "measured": now, "command": command,
-            "loadavg_before": r["loadavg_before"][0], "cpus": os.cpu_count(), "node": platform.node(),
+            "first_text_s": r["first_text_s"], "calls": r["calls"], "measured": r.get("started", now),
+            "command": command, "loadavg_before": r["loadavg_before"][0], "loadavg_after": r["loadavg_after"][0],
+            "cpus": os.cpu_count(), "node": platform.node(),
         }
+    for key in {r["model"] for r in results}:
+        both = {r["validation"]: r for r in results if r["model"] == key}
+        if set(both) == {"rules", "llm"}:
+            models[key]["slowdown"] = equal_speed_slowdown(both["rules"], both["llm"])
     data["note"] = ("End-to-end accepted texts per minute on the japan pack (model load excluded), measured by "
                     "bench/bench_local.py on a shared machine: the ratio between modes matters more than the rates.")
     SPEED_FILE.write_text(json.dumps(data, indent=2) + "\n")

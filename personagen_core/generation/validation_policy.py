@@ -87,6 +87,9 @@ def _measured(settings: LLMSettings, quality: dict[str, Any] | None, speed: dict
 
 
 def _slowdown(speed: dict[str, Any]) -> float | None:
+    # Prefer the bench's load-independent figure (the same work at equal token speeds) to the raw ratio.
+    if isinstance(speed.get("slowdown"), dict) and speed["slowdown"].get("value"):
+        return float(speed["slowdown"]["value"])
     rules, validated = speed.get("rules_only", {}), speed.get("validated", {})
     r, v = rules.get("accepted_per_min"), validated.get("accepted_per_min")
     return r / v if r and v else None
