@@ -170,3 +170,28 @@ def test_real_runs_update_the_estimate_and_only_recent_ones_count(tmp_path: Path
     est = throughput.estimate_run_time(config, 101, book)
     assert len(book.measurements(key)) == throughput.KEEP and est.seconds_per_text == 10.0
     assert throughput.profile_key(config.model_copy(update={"method": "attrprompt"})) != key
+
+
+def test_models_overview_shows_each_figure_with_its_n_and_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from personagen_core.local import models
+
+    ladder = {"rules": {"emotion_match": 0.6, "emotion_match_n": 100, "emotion_match_ci": [0.50, 0.69],
+                        "rejections": {"refusal": 2},
+                        "train_synthetic_test_real": {
+                            "synthetic": {"accuracy": 0.41, "n_test": 300, "ci": [0.36, 0.47]},
+                            "gold_same_size": {"accuracy": 0.52}, "majority": {"accuracy": 0.2}}},
+              "llm": {"emotion_match": 0.55, "emotion_match_n": 40, "rejections": {}}}
+    quality = _quality("qwen2.5-coder-1.5b", 24)
+    quality["models"]["qwen2.5-coder-1.5b"]["ladder"] = ladder
+    monkeypatch.setattr(models, "model_quality", lambda: quality)
+    monkeypatch.setattr(models, "model_speed", lambda: {"models": {"qwen2.5-coder-1.5b": {
+        "rules_only": {"accepted_per_min": 8.26}, "validated": {"accepted_per_min": 1.03},
+        "slowdown": {"value": 3.2}}}})
+    row = next(r for r in models.models_overview() if r["model"].startswith("qwen2.5-coder-1.5b"))
+    assert row["validator accuracy"] == "55% of 44 (CI 40%-68%)"
+    # An interval missing from the file is computed from the share and n (Wilson), never left out.
+    lo, hi = wilson_interval(22, 40)
+    assert row["emotion match"] == f"rules: 60% of 100 (CI 50%-69%); llm: 55% of 40 (CI {lo:.0%}-{hi:.0%})"
+    assert row["synthetic→real accuracy"] == "rules: 41% of 300 (CI 36%-47%), gold 52%, majority 20%"
+    assert row["refusals"] == "rules: 2 retried; llm: 0 retried"
+    assert row["texts/min"] == "rules-only: 8.3; validated: 1.0"

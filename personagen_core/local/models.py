@@ -369,7 +369,8 @@ def models_overview(home: Path | None = None) -> list[dict[str, str]]:
             "sha256": status.sha256,
             "validator accuracy": _fmt_ci(val.get("accuracy"), n_val, val_ci),
             "says natural": _fmt_share(val.get("natural_share")),
-            "refusals": _fmt_share(gen.get("refusal_rate")),
+            "refusals": "; ".join(f"{m}: {r.get('rejections', {}).get('refusal', 0)} retried"
+                                  for m, r in ladder.items()) or _fmt_share(gen.get("refusal_rate")),
             "emotion match": "; ".join(f"{m}: {v}" if m else v for m, v in match.items()),
             "synthetic→real accuracy": "; ".join(f"{m}: {v}" for m, v in tstr.items()) or "-",
             "texts/min": "; ".join(
