@@ -15,7 +15,10 @@ from personagen_core.generation.checks import (
     REASON_NOT_TEXT,
     REASON_OFF_LANGUAGE,
     REASON_REFUSAL,
+    REASON_TOO_LONG,
     REASON_TOO_MANY_SENTENCES,
+    REASON_TRUNCATED,
+    LanguageIdentifier,
     NearDuplicateIndex,
     check_output,
     clean_output,
@@ -80,7 +83,7 @@ def test_count_sentences(text: str, n: int) -> None:
     assert count_sentences(text) == n
 
 
-def test_off_language_english_heuristic() -> None:
+def test_off_language_identifier() -> None:
     assert not is_off_language("I am so happy today, the sun is out!", "en")
     assert is_off_language("今日はとても嬉しい一日でした", "en")
     assert is_off_language("Je suis très content aujourd'hui vraiment", "en")
@@ -88,6 +91,56 @@ def test_off_language_english_heuristic() -> None:
     assert not is_off_language("今日はとても嬉しい", "ja")
     assert is_off_language("I am so happy today", "ja")
     assert not is_off_language("whatever", "xx")  # unknown languages are never flagged
+
+
+# German and Spanish texts passed the old word-list check ("so" and "a" counted as English words).
+FOREIGN = {
+    "de": "Ich bin so froh, dass du heute Abend endlich da bist!",
+    "es": "Hoy perdí mis llaves y estoy muy enojado con mi hermano.",
+    "fr": "Je suis tellement en colère contre mon voisin ce soir.",
+    "it": "Sono così felice che la mia squadra abbia vinto la partita.",
+}
+ENGLISH = [
+    "Tonight, my landlord posted the schedule and I could not stop smiling.",
+    "So tired of this.",  # short: not judged
+    "Ugh, the train is late again and I'm going to miss my interview.",
+    "The izakaya on the corner was closed, so sad.",
+    "OMG the exam results are out tomorrow and I can't sleep!!",
+    "Karaoke night with my team was a blast, I sang until two.",
+]
+
+
+def test_language_identifier_names_the_language() -> None:
+    ident = LanguageIdentifier("en")
+    assert ident.supported
+    for code, text in FOREIGN.items():
+        assert ident.off_language(text) == code, text
+        res = check_output(text, language="en", identifier=ident)
+        assert (res.ok, res.reason) == (False, REASON_OFF_LANGUAGE) and repr(code) in str(res.detail)
+    for text in ENGLISH:
+        assert ident.off_language(text) is None, text
+        assert check_output(text, language="en", identifier=ident).ok, text
+    # the spec's language decides: a German spec accepts the German text and rejects the English one
+    de = LanguageIdentifier("de")
+    assert de.off_language(FOREIGN["de"]) is None and de.off_language(ENGLISH[0]) == "en"
+    assert not LanguageIdentifier("xx").supported and LanguageIdentifier("xx").off_language(FOREIGN["de"]) is None
+
+
+def test_truncated_and_too_long_outputs() -> None:
+    text = "Tonight, my landlord posted the schedul"
+    for level in ("full", "basic", "minimal"):
+        res = check_output(text, finish_reason="length", level=level)  # type: ignore[arg-type]
+        assert (res.ok, res.reason) == (False, REASON_TRUNCATED), level
+    assert check_output(text + "e.", finish_reason="stop").ok
+    long_sentence = "I am so happy " + "and excited " * 40 + "today."
+    res = check_output(long_sentence, max_chars=300, max_words=1000)
+    assert (res.ok, res.reason) == (False, REASON_TOO_LONG) and f"{len(long_sentence)} characters" in res.detail
+    res = check_output(long_sentence, max_chars=10_000, max_words=50)
+    assert (res.ok, res.reason) == (False, REASON_TOO_LONG) and "words, at most 50" in str(res.detail)
+    assert check_output(long_sentence, max_chars=10_000, max_words=1000, max_sentences=1).ok
+    res = check_output(long_sentence, max_chars=300, level="basic")
+    assert res.reason == REASON_TOO_LONG
+    assert check_output(long_sentence, max_chars=300, level="minimal").ok  # the baseline keeps everything
 
 
 def test_persona_echo() -> None:
@@ -167,7 +220,8 @@ def test_check_output_reasons_and_levels() -> None:
         assert (res.ok, res.reason) == (False, reason), text
     # basic (prior work): refusal and length only; minimal (AttrPrompt): empty and exact duplicates only
     assert check_output("I won. I cried. I called mum.", level="basic").ok
-    assert check_output("word " * 100, level="basic").reason == REASON_LENGTH
+    assert check_output("word " * 100, level="basic").reason == REASON_TOO_LONG
+    assert check_output("Hi", level="basic").reason == REASON_LENGTH  # basic also needs two words
     assert check_output("I'm sorry, but I can't help with that.", level="minimal").ok
     assert (
         check_output("My dog ran to greet me and my heart just melted", index=idx, level="minimal").reason
@@ -187,3 +241,20 @@ def test_looks_like_data() -> None:
     assert looks_like_data("[1, 2]")
     assert not looks_like_data("{so happy} today")  # braces, but not JSON
     assert not looks_like_data("I finally got the job!")
+
+
+def test_spec_length_limits_validated_and_hash_stable() -> None:
+    from personagen_core.errors import SpecError
+    from personagen_core.personas.spec import dump_spec, load_pack, parse_spec, spec_hash
+
+    spec = load_pack("japan")
+    assert (spec.generation.max_chars, spec.generation.max_words) == (300, 60)
+    text = dump_spec(spec)
+    assert "max_chars" not in text  # defaults are not dumped: hashes of existing runs stay valid
+    custom = text.replace("max_tokens: 80", "max_tokens: 80, max_chars: 500, max_words: 90")
+    assert custom != text
+    spec2 = parse_spec(custom)
+    assert (spec2.generation.max_chars, spec2.generation.max_words) == (500, 90)
+    assert parse_spec(dump_spec(spec2)) == spec2 and spec_hash(spec2) != spec_hash(spec)
+    with pytest.raises(SpecError, match=r"generation\.max_chars"):
+        parse_spec(text.replace("max_tokens: 80", "max_tokens: 80, max_chars: 5"))

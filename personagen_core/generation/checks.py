@@ -1,8 +1,10 @@
-"""Stage-4 output checks: refusal, sentence count, empty or off-language text, persona echo, near-duplicates.
+"""Stage-4 output checks: cut-off, too long, refusal, sentence count, empty or off-language text, persona
+echo, near-duplicates.
 
-Pure functions of their arguments, plus :class:`NearDuplicateIndex`, the only stateful piece (the texts
-accepted so far), which the pipeline owns one of per run. Every rejection has a short machine-readable
-reason (the ``REASON_*`` constants) and a human-readable detail.
+Pure functions of their arguments, plus two stateful pieces the pipeline owns one of per run:
+:class:`NearDuplicateIndex` (the texts accepted so far) and :class:`LanguageIdentifier` (a lazily built
+``lingua`` detector for the spec's language and a few common ones). Every rejection has a short
+machine-readable reason (the ``REASON_*`` constants) and a human-readable detail.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import unicodedata
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = [
     "CheckLevel",
     "CheckResult",
+    "LanguageIdentifier",
     "NearDuplicateIndex",
     "REASON_DUPLICATE",
     "REASON_EMPTY",
@@ -29,7 +32,9 @@ __all__ = [
     "REASON_NOT_TEXT",
     "REASON_OFF_LANGUAGE",
     "REASON_REFUSAL",
+    "REASON_TOO_LONG",
     "REASON_TOO_MANY_SENTENCES",
+    "REASON_TRUNCATED",
     "check_output",
     "clean_output",
     "count_sentences",
@@ -51,6 +56,8 @@ REASON_DUPLICATE = "duplicate"
 REASON_NEAR_DUPLICATE = "near_duplicate"
 REASON_LENGTH = "length"
 REASON_NOT_TEXT = "not_text"
+REASON_TRUNCATED = "truncated"
+REASON_TOO_LONG = "too_long"
 
 #: ``full`` = every check (PersonaGen); ``basic`` = empty, refusal, length and exact duplicates (prior work's
 #: threshold filter); ``minimal`` = empty and exact duplicates only (AttrPrompt baseline).
@@ -74,10 +81,7 @@ _ABBREVIATIONS = re.compile(
 )
 _SENTENCE_END = re.compile(r"[.!?。！？…]+[\"'”’)\]]*(?=\s|$)|\n+")
 _WORD = re.compile(r"[\w']+", re.UNICODE)
-_EN_STOPWORDS = frozenset(
-    "i me my we our you your he she it its they them their a an the and or but so to of in on at for with is "
-    "am are was were be been have has had do did not no this that just so can will my i'm it's don't".split()
-)
+_CJK_RE = re.compile("[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]")
 _QUOTES = "\"'“”‘’`"
 
 
@@ -127,23 +131,81 @@ def count_sentences(text: str) -> int:
     return sum(1 for p in parts if re.search(r"\w", p, re.UNICODE))
 
 
-def is_off_language(text: str, language: str) -> bool:
-    """Cheap language heuristic. ``en``: mostly non-ASCII letters, or four or more words and no English
-    function word. ``ja``: fewer than 30% of letters in Japanese scripts. Other languages: never flagged."""
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return False
-    lang = language.lower().split("-")[0]
-    if lang == "en":
-        ascii_ratio = sum(c.isascii() for c in letters) / len(letters)
-        if ascii_ratio < 0.85:
-            return True
-        words = [w.lower() for w in _WORD.findall(text)]
-        return len(words) >= 4 and not any(w in _EN_STOPWORDS for w in words)
-    if lang == "ja":
-        jp = sum(1 for c in letters if "\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff")
-        return jp / len(letters) < 0.3
-    return False
+#: Languages the identifier tells apart besides the spec's own (ISO 639-1): the ones a model most often
+#: drifts into. A small set keeps the detector fast and its memory low.
+COMMON_LANGUAGES = ("en", "es", "de", "fr", "it", "pt", "nl", "ja", "zh", "ko", "ru")
+
+
+class LanguageIdentifier:
+    """Is a text in the spec's language? A ``lingua`` detector (offline, statistical n-gram models shipped
+    in the package) over ``language`` plus :data:`COMMON_LANGUAGES`, in its low-accuracy mode (about 30 MB
+    and 0.1 ms per text instead of about 200 MB; the n-gram models load on first use, about 0.1-0.2 s).
+
+    A text is off-language when the detector names another language and gives ``language`` a confidence
+    below ``min_confidence``; texts with fewer than ``min_words`` words (or CJK characters) are not judged (too little
+    evidence: "So tired of this." looks Portuguese to the short-text model). A ``language`` lingua does
+    not know is never flagged. Build one per run (the pipeline does) and reuse it: building is cheap, the
+    loaded models are shared by the ``lingua`` package.
+    """
+
+    def __init__(self, language: str, *, min_confidence: float = 0.1, min_words: int = 4) -> None:
+        self.language = language
+        self.code = language.lower().replace("_", "-").split("-")[0]
+        self.min_confidence = min_confidence
+        self.min_words = min_words
+        self._detector: Any = None  # lingua.LanguageDetector once built
+        self._target: Any = None  # lingua.Language of ``language``
+        self._supported: bool | None = None
+
+    def _build(self) -> bool:
+        if self._supported is None:
+            from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+            def lang(code: str) -> Language | None:
+                try:
+                    return Language.from_iso_code_639_1(IsoCode639_1.from_str(code))
+                except ValueError:
+                    return None
+
+            self._target = lang(self.code)
+            self._supported = self._target is not None
+            if self._supported:
+                langs = [x for x in {lang(c) for c in (self.code, *COMMON_LANGUAGES)} if x is not None]
+                self._detector = (
+                    LanguageDetectorBuilder.from_languages(*langs).with_low_accuracy_mode().build()
+                )
+        return bool(self._supported)
+
+    @property
+    def supported(self) -> bool:
+        """Whether ``lingua`` knows the language (else nothing is flagged)."""
+        return self._build()
+
+    def detect(self, text: str) -> str | None:
+        """ISO 639-1 code of the most likely language among the detector's, or None when undecided."""
+        if not self._build():
+            return None
+        found = self._detector.detect_language_of(text)
+        return found.iso_code_639_1.name.lower() if found is not None else None
+
+    def off_language(self, text: str) -> str | None:
+        """The language ``text`` is in when that is not the spec's (ISO 639-1 code), else None."""
+        # Scripts without spaces: count characters as evidence instead of words.
+        cjk = sum(1 for c in text if _CJK_RE.match(c))
+        if (len(_WORD.findall(text)) < self.min_words and cjk < self.min_words) or not self._build():
+            return None
+        found = self.detect(text)
+        if found is None or found == self.code:
+            return None
+        conf = self._detector.compute_language_confidence(text, self._target)
+        return found if conf < self.min_confidence else None
+
+
+def is_off_language(text: str, language: str, identifier: LanguageIdentifier | None = None) -> bool:
+    """True when ``text`` is not in ``language`` according to a :class:`LanguageIdentifier` (``identifier``,
+    or a new one for ``language``; pass one when checking many texts)."""
+    ident = identifier if identifier is not None and identifier.language == language else None
+    return (ident or LanguageIdentifier(language)).off_language(text) is not None
 
 
 def echoes_persona(text: str, persona_description: str, *, min_run: int = 6, ratio: float = 0.5) -> bool:
@@ -280,25 +342,42 @@ def check_output(
     level: CheckLevel = "full",
     min_words: int = 2,
     max_words: int = 80,
+    max_chars: int | None = None,
+    finish_reason: str | None = None,
+    identifier: LanguageIdentifier | None = None,
 ) -> CheckResult:
-    """Check one generated text; the first failing check gives the reason. Does not add it to ``index``."""
+    """Check one generated text; the first failing check gives the reason. Does not add it to ``index``.
+
+    ``finish_reason == "length"`` (the endpoint cut the answer at ``max_tokens``) rejects at every level.
+    ``max_chars`` and ``max_words`` (the spec's ``generation.max_chars`` / ``max_words``) bound a text at the
+    ``full`` and ``basic`` levels; ``basic`` also needs ``min_words``. ``identifier`` judges the language at
+    the ``full`` level (one is built for ``language`` when not given).
+    """
     t = clean_output(text)
+    if finish_reason == "length":
+        return CheckResult(False, t, REASON_TRUNCATED, "cut off by the token limit (finish_reason: length)")
     if not t or not re.search(r"\w", t):
         return CheckResult(False, t, REASON_EMPTY, "empty output")
     if level in ("full", "basic") and looks_like_data(t):
         return CheckResult(False, t, REASON_NOT_TEXT, "JSON or code instead of a text")
     if level in ("full", "basic") and is_refusal(t):
         return CheckResult(False, t, REASON_REFUSAL, "the model refused")
-    if level == "basic":
+    if level in ("full", "basic"):
         n_words = len(_WORD.findall(t))
-        if not min_words <= n_words <= max_words:
-            return CheckResult(False, t, REASON_LENGTH, f"{n_words} words, allowed {min_words}-{max_words}")
+        if max_chars is not None and len(t) > max_chars:
+            return CheckResult(False, t, REASON_TOO_LONG, f"{len(t)} characters, at most {max_chars}")
+        if n_words > max_words:
+            return CheckResult(False, t, REASON_TOO_LONG, f"{n_words} words, at most {max_words}")
+        if level == "basic" and n_words < min_words:
+            return CheckResult(False, t, REASON_LENGTH, f"{n_words} words, at least {min_words}")
     if level == "full":
         n = count_sentences(t)
         if n > max_sentences:
             return CheckResult(False, t, REASON_TOO_MANY_SENTENCES, f"{n} sentences, at most {max_sentences}")
-        if is_off_language(t, language):
-            return CheckResult(False, t, REASON_OFF_LANGUAGE, f"does not look like language {language!r}")
+        ident = identifier if identifier is not None and identifier.language == language else None
+        found = (ident or LanguageIdentifier(language)).off_language(t)
+        if found is not None:
+            return CheckResult(False, t, REASON_OFF_LANGUAGE, f"language {found!r}, expected {language!r}")
         if persona_description and echoes_persona(t, persona_description):
             return CheckResult(False, t, REASON_ECHO, "restates the persona description")
     if index is not None:

@@ -11,7 +11,8 @@ YAML layout (version 1)::
     version: 1
     name: japan
     emotions: paper7                  # or carer6, or a list of {name, description}
-    generation: {temperature: 1.2, max_sentences: 2, texts_per_persona: 1, max_tokens: 80}
+    generation: {temperature: 1.2, max_sentences: 2, texts_per_persona: 1, max_tokens: 80,
+                 max_chars: 300, max_words: 60}   # max_chars/max_words: length limit of one text
     attributes:                       # stage 1 and 2 categories, in order
       age:
         label: age group
@@ -172,12 +173,23 @@ class Emotion(_Model):
 
 
 class GenerationParams(_Model):
-    """Stage-4 generation parameters (paper: temperature 1.2, at most two sentences)."""
+    """Stage-4 generation parameters (paper: temperature 1.2, at most two sentences).
+
+    ``max_chars`` and ``max_words`` bound one accepted text (longer outputs are rejected as ``too_long``);
+    the defaults fit two short sentences.
+    """
 
     temperature: float = Field(default=1.2, ge=0.0, le=2.0)
     max_sentences: int = Field(default=2, ge=1, le=10)
     texts_per_persona: int = Field(default=1, ge=1, le=100)
     max_tokens: int = Field(default=80, ge=8, le=4096)
+    max_chars: int = Field(default=300, ge=20, le=20_000)
+    max_words: int = Field(default=60, ge=3, le=4_000)
+
+
+#: Generation fields added after version 1 was published: dumped only when set, so the dump (and the
+#: spec hash) of a spec that leaves them at their defaults is what it was before they existed.
+_LATE_GENERATION_FIELDS = ("max_chars", "max_words")
 
 
 _EMOTION_DESCRIPTIONS: dict[str, str] = {
@@ -494,7 +506,11 @@ def _spec_out(spec: Spec) -> dict[str, Any]:
         out["description"] = spec.description
     out["language"] = spec.language
     out["emotions"] = _emotions_out(spec.emotions)
-    out["generation"] = spec.generation.model_dump()
+    gen = spec.generation.model_dump()
+    for name in _LATE_GENERATION_FIELDS:
+        if gen[name] == GenerationParams.model_fields[name].default:
+            del gen[name]
+    out["generation"] = gen
     out["attributes"] = {k: _category_out(c, scenario=False) for k, c in spec.attributes.items()}
     out["scenario"] = {k: _category_out(c, scenario=True) for k, c in spec.scenario.items()}
     out["scenario_filters"] = {k: list(v) for k, v in spec.scenario_filters.items()}
