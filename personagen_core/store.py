@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ from personagen_core import paths
 from personagen_core.errors import StoreError
 
 __all__ = [
+    "HEARTBEAT_S",
+    "LEASE_TTL_S",
     "CallRow",
+    "Lease",
+    "RunBusyError",
     "RunStore",
     "default_db_path",
     "new_run_id",
@@ -150,7 +155,25 @@ CREATE TABLE IF NOT EXISTS events (
     payload_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+CREATE TABLE IF NOT EXISTS estimates (
+    run_id TEXT PRIMARY KEY,
+    estimate_json TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    heartbeat REAL NOT NULL
+);
 """
+
+#: Seconds after its last heartbeat that a run's lease counts as expired (its process died or hung).
+LEASE_TTL_S = 60.0
+#: How often a live session renews its lease (well inside :data:`LEASE_TTL_S`).
+HEARTBEAT_S = 5.0
 
 
 #: Validated stages whose verdicts :meth:`RunStore.texts` joins to each text.
@@ -177,6 +200,41 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class RunBusyError(StoreError):
+    """Another live process (or thread) holds the run's lease: it is generating this run right now."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who generates a run: ``owner`` token of the session, its ``pid`` and ``host``, last ``heartbeat``."""
+
+    run_id: str
+    owner: str
+    pid: int
+    host: str
+    acquired_at: float
+    heartbeat: float
+
+    def alive(self, now: float | None = None, ttl: float = LEASE_TTL_S) -> bool:
+        """Whether the holder still counts as running: a fresh heartbeat, and on this host a live pid."""
+        now = time.time() if now is None else now
+        if now - self.heartbeat > ttl:
+            return False
+        if self.host == socket.gethostname():
+            return _pid_alive(self.pid)
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class CallRow:
     """One LLM call (HTTP attempt) as stored in ``calls``."""
@@ -194,25 +252,88 @@ class CallRow:
 
 
 class RunStore:
-    """SQLite run store at ``path`` (created with its folders when missing), WAL journal."""
+    """SQLite run store at ``path`` (created with its folders when missing), WAL journal.
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    ``read_only=True`` opens an existing file without ever writing to it (``runs list``, ``runs show``,
+    ``export`` on a store the user may not write); a missing file is then a :class:`StoreError`. Opening for
+    writing checks an existing file with ``PRAGMA quick_check`` and refuses a corrupt one, so a new run is
+    never written into a damaged store.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
+        self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.RLock()
         self._pending: list[tuple[str, list[Sequence[Any]]]] = []
         self._buffering = 0
+        self._immutable = False
+        if read_only:
+            if not self.path.is_file():
+                raise StoreError(f"there is no run store at {self.path}")
+            try:
+                self._conn().execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._open_error(exc) from exc
+            return
+        existed = self.path.is_file() and self.path.stat().st_size > 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
+            if existed:
+                bad = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall() if r[0] != "ok"]
+                if bad:
+                    raise StoreError(
+                        f"the run store {self.path} is corrupt (PRAGMA quick_check: {'; '.join(bad)}); "
+                        "nothing was written to it. Move it aside (or restore a backup) and start again; "
+                        "runs may still be readable with `sqlite3 FILE .recover`"
+                    )
             conn.executescript(_SCHEMA)
+        except StoreError:
+            self.close()
+            raise
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the run store at {self.path}: {exc}") from exc
+            self.close()
+            raise self._open_error(exc) from exc
+
+    def _open_error(self, exc: BaseException) -> StoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and (
+            "malformed" in text or "not a database" in text or "corrupt" in text
+        ):
+            return StoreError(
+                f"the run store {self.path} is corrupt ({text}); nothing was written to it. Move it aside "
+                "(or restore a backup) and start again"
+            )
+        if "readonly" in text or "read-only" in text:
+            return StoreError(
+                f"the run store {self.path} is read-only ({text}): listing, showing and exporting runs work, "
+                "generating needs a writable store (--db)"
+            )
+        return StoreError(f"cannot open the run store at {self.path}: {text}")
 
     # -- connection -------------------------------------------------------------------------------------
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        if not self._immutable:
+            try:
+                conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchall()
+                return conn
+            except sqlite3.OperationalError:
+                # A WAL store needs its -shm file; in a folder we may not write, read the file as it is.
+                self._immutable = True
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30.0, isolation_level=None)
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            if self.read_only:
+                conn = self._connect_read_only()
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA query_only=ON")
+                self._local.conn = conn
+                return conn
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
@@ -240,6 +361,10 @@ class RunStore:
     ) -> sqlite3.Cursor | None:
         """One transaction: the deferred writes, then ``sql`` (if any). An IntegrityError of ``sql`` is
         re-raised after the deferred writes are committed."""
+        if self.read_only:
+            if sql is None and not self._pending:
+                return None
+            raise StoreError(f"the run store {self.path} was opened read-only; it cannot be written")
         conn = self._conn()
         with self._lock:
             pending, self._pending = self._pending, []
@@ -349,13 +474,18 @@ class RunStore:
         return run_id
 
     def run(self, run_id: str) -> dict[str, Any]:
-        """The run's row as a dict (``config`` and ``target`` decoded); StoreError when it does not exist."""
+        """The run's row as a dict (``config`` and ``target`` decoded, ``lease`` the :class:`Lease` as a dict or None);
+        StoreError when it does not exist. ``status`` reads ``interrupted`` for a run marked running whose
+        lease holder is gone (killed, crashed): such a run can be resumed."""
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise StoreError(f"no run {run_id!r} in the run store {self.path}")
         out = dict(rows[0])
         out["config"] = json.loads(out.pop("config_json"))
         out["target"] = json.loads(out.pop("target_json"))
+        lease = self.lease(run_id)
+        out["lease"] = asdict(lease) if lease is not None else None
+        out["status"] = self._shown_status(out["status"], lease, time.time())
         return out
 
     def start_session(self, run_id: str) -> int:
@@ -368,6 +498,103 @@ class RunStore:
         )
         return int(self._query("SELECT sessions FROM runs WHERE run_id = ?", (run_id,))[0][0]) - 1
 
+    def set_estimate(self, run_id: str, estimate: Mapping[str, Any]) -> None:
+        """Keep the cost estimate made before the run started (``runs show`` compares it with the cost)."""
+        self._write(
+            "INSERT OR REPLACE INTO estimates(run_id, estimate_json, created_at) VALUES (?,?,?)",
+            (run_id, json.dumps(dict(estimate), sort_keys=True, default=str), time.time()),
+        )
+
+    def estimate(self, run_id: str) -> dict[str, Any] | None:
+        """The run's stored cost estimate, or None (older runs, or a store written by an older version)."""
+        try:
+            rows = self._query("SELECT estimate_json FROM estimates WHERE run_id = ?", (run_id,))
+        except StoreError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return json.loads(rows[0][0]) if rows else None
+
+    # -- leases: one process per run -------------------------------------------------------------------
+    def acquire_lease(self, run_id: str, *, ttl: float = LEASE_TTL_S) -> str:
+        """Take the run's lease for this session and return its owner token.
+
+        Raises :class:`RunBusyError` when a live holder has it (a fresh heartbeat and, on this host, a live
+        pid); a lease whose holder died or stopped beating for ``ttl`` seconds is taken over.
+        """
+        self.run(run_id)
+        owner = uuid.uuid4().hex
+        now = time.time()
+        host, pid = socket.gethostname(), os.getpid()
+        conn = self._conn()
+        if self.read_only:
+            raise StoreError(f"the run store {self.path} was opened read-only; it cannot be written")
+        self.flush()
+        with self._lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+                held = Lease(**dict(row)) if row is not None else None
+                if held is not None and held.alive(now, ttl):
+                    conn.execute("ROLLBACK")
+                    where = "this process" if held.pid == pid and held.host == host else (
+                        f"pid {held.pid} on {held.host}"
+                    )
+                    raise RunBusyError(
+                        f"run {run_id} is being generated right now by {where} (last heartbeat "
+                        f"{max(0.0, now - held.heartbeat):.0f} s ago); wait until it ends, or stop it "
+                        "(Ctrl-C) and resume it then"
+                    )
+                conn.execute(
+                    "INSERT OR REPLACE INTO leases(run_id, owner, pid, host, acquired_at, heartbeat)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (run_id, owner, pid, host, now, now),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"run store {self.path}: {exc}") from exc
+        return owner
+
+    def heartbeat(self, run_id: str, owner: str) -> bool:
+        """Renew the lease; False when ``owner`` no longer holds it (it expired and was taken over)."""
+        cur = self._write(
+            "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND owner = ?", (time.time(), run_id, owner)
+        )
+        return cur.rowcount == 1
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        """Give the lease up (the session ended); a lease taken over by someone else is left alone."""
+        self._write("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, owner))
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The run's lease row, or None."""
+        return self._leases([run_id]).get(run_id)
+
+    def _leases(self, run_ids: Sequence[str] | None = None) -> dict[str, Lease]:
+        try:
+            if run_ids is None:
+                rows = self._query("SELECT * FROM leases")
+            else:
+                rows = []
+                for i in range(0, len(run_ids), 500):
+                    chunk = list(run_ids[i : i + 500])
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._query(f"SELECT * FROM leases WHERE run_id IN ({marks})", chunk)
+        except StoreError as exc:
+            if "no such table" in str(exc):  # a read-only store written by an older version
+                return {}
+            raise
+        return {r["run_id"]: Lease(**dict(r)) for r in rows}
+
+    @staticmethod
+    def _shown_status(status: str, lease: Lease | None, now: float) -> str:
+        # A run marked running whose holder is gone (killed, crashed, host down) was interrupted.
+        if status == "running" and (lease is None or not lease.alive(now)):
+            return "interrupted"
+        return status
+
     def set_status(
         self, run_id: str, status: str, *, stop_reason: str | None = None, message: str | None = None
     ) -> None:
@@ -378,7 +605,8 @@ class RunStore:
         )
 
     def list_runs(self) -> pd.DataFrame:
-        """One row per run, newest first: id, times, status, method, spec, target, accepted, tokens, cost."""
+        """One row per run, newest first: id, times, status, method, spec, target, accepted, tokens, cost.
+        A running run whose lease expired shows as ``interrupted``."""
         rows = self._query(
             """SELECT r.run_id, r.created_at, r.updated_at, r.status, r.stop_reason, r.method, r.spec_name,
                       r.spec_hash, r.target_json,
@@ -403,9 +631,12 @@ class RunStore:
             "cost",
         ]
         data = []
+        leases = self._leases() if any(r["status"] == "running" for r in rows) else {}
+        now = time.time()
         for r in rows:
             d = dict(r)
             d["target"] = sum(json.loads(d.pop("target_json")).values())
+            d["status"] = self._shown_status(d["status"], leases.get(d["run_id"]), now)
             data.append(d)
         return pd.DataFrame(data, columns=cols)
 

@@ -259,3 +259,129 @@ def test_texts_carry_the_stage_verdicts_of_their_persona(tmp_path: Path) -> None
     store.add_text(other, emotion="joy", text="Hm", text_norm="hm", persona_id=None, model="m", quota=2)
     bare = store.texts(other)
     assert list(bare.columns[-6:]) == cols and bare[cols].isna().all().all()
+
+
+# -- leases, read-only and corrupt stores ---------------------------------------------------------------
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lease_one_holder_and_interrupted_state(tmp_path: Path) -> None:
+    import os
+    import socket
+    import time
+
+    from personagen_core.store import LEASE_TTL_S, RunBusyError
+
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store, run_id="r1")
+    owner = store.acquire_lease(run_id)
+    store.start_session(run_id)
+    assert store.run(run_id)["status"] == "running"
+    lease = store.run(run_id)["lease"]
+    assert (lease["pid"], lease["host"]) == (os.getpid(), socket.gethostname())
+    with pytest.raises(RunBusyError, match="r1 is being generated right now by this process"):
+        store.acquire_lease(run_id)
+    assert store.run(run_id)["status"] == "running"  # the refused second session changed nothing
+    assert store.heartbeat(run_id, owner)
+    store.release_lease(run_id, owner)
+    # no lease while marked running: interrupted (killed before it could mark anything)
+    assert store.run(run_id)["status"] == "interrupted"
+    assert store.list_runs()["status"].tolist() == ["interrupted"]
+
+    def put(pid: int, host: str, age: float) -> None:
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
+                (run_id, "other", pid, host, time.time() - age, time.time() - age),
+            )
+
+    put(_dead_pid(), socket.gethostname(), 0.0)  # holder on this host died (kill -9): at once interrupted
+    assert store.run(run_id)["status"] == "interrupted"
+    put(1, "some-other-host", 1.0)  # another machine, fresh heartbeat: live
+    assert store.run(run_id)["status"] == "running"
+    with pytest.raises(RunBusyError, match="pid 1 on some-other-host"):
+        store.acquire_lease(run_id)
+    put(1, "some-other-host", LEASE_TTL_S + 5)  # its heartbeat expired: interrupted, and can be taken over
+    assert store.run(run_id)["status"] == "interrupted"
+    mine = store.acquire_lease(run_id)
+    assert store.run(run_id)["status"] == "running"
+    assert not store.heartbeat(run_id, "other")  # the old holder learns it lost the run
+    store.release_lease(run_id, "other")  # and cannot release the new holder's lease
+    assert store.lease(run_id).owner == mine  # type: ignore[union-attr]
+
+
+def test_lease_is_taken_by_exactly_one_of_many_threads(tmp_path: Path) -> None:
+    from personagen_core.store import RunBusyError
+
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store)
+    barrier = threading.Barrier(8)
+    won: list[str] = []
+    busy: list[str] = []
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            won.append(store.acquire_lease(run_id))
+        except RunBusyError as exc:
+            busy.append(str(exc))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(busy) == 7
+
+
+def test_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    store.add_text(run_id, emotion="joy", text="So happy!", text_norm="so happy", persona_id=None, model="m",
+                   quota=2)
+    store.close()
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    ro = RunStore(path, read_only=True)
+    assert ro.list_runs()["accepted"].tolist() == [1]
+    assert ro.texts(run_id)["text"].tolist() == ["So happy!"] and ro.run(run_id)["status"] == "created"
+    with pytest.raises(StoreError, match="opened read-only"):
+        ro.set_status(run_id, "done")
+    with pytest.raises(StoreError, match="opened read-only"):
+        ro.acquire_lease(run_id)
+    ro.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    with pytest.raises(StoreError, match="no run store at"):
+        RunStore(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()
+
+
+def _corrupt_store(path: Path) -> None:
+    store = RunStore(path)
+    run_id = _run(store)
+    for i in range(400):
+        store.add_rejection(run_id, stage=4, reason="x", detail="d" * 200, text=f"text {i} " * 20)
+    store.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 40 * 4096
+    mid = len(data) // 2 // 4096 * 4096  # a page in the middle of the file: its header and cells
+    data[mid : mid + 4096] = b"\xa5" * 4096
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_store_is_refused_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    _corrupt_store(path)
+    damaged = path.read_bytes()
+    with pytest.raises(StoreError, match=r"runs\.sqlite is corrupt") as exc:
+        RunStore(path)
+    assert str(path) in str(exc.value) and "Move it aside" in str(exc.value)
+    assert path.read_bytes() == damaged  # nothing was written into it

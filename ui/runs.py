@@ -416,9 +416,6 @@ def run_status(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, RunH
     return store.run(run_id), store.latest_event(run_id), run_registry().get(run_id)
 
 
-_STALE_S = 30.0
-
-
 _STAGE_WORK = {1: "validating stage 1 personas", 2: "validating stage 2 personas",
                3: "validating stage 3 scenarios", 4: "generating texts"}
 
@@ -437,8 +434,6 @@ def show_run_progress(run_id: str) -> None:
     the last error, the newest accepted texts, per-emotion counts, rejections, usage and ETA; cancel while
     it runs here, resume when it was interrupted. A launch that failed before the run was stored shows
     its error."""
-    import time
-
     import pandas as pd
 
     from personagen_core.errors import StoreError
@@ -461,9 +456,9 @@ def show_run_progress(run_id: str) -> None:
     target = info["target"]
     done, total = sum(min(accepted.get(e, 0), n) for e, n in target.items()), sum(target.values())
     status = info["status"]
-    # A run marked running that nobody updated for a while was interrupted (server restart, crash).
-    stale = status == "running" and not alive and time.time() - float(info["updated_at"]) > _STALE_S
-    shown = "interrupted" if stale else status
+    # The store shows a running run whose lease holder is gone (server restart, crash) as interrupted.
+    stale = status == "interrupted"
+    shown = status
     st.progress(done / total if total else 0.0, text=f"{done} / {total} texts · {shown}")
     totals = store.totals(run_id)
     backend = ((info.get("config") or {}).get("llm") or {}).get("backend")
