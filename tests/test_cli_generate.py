@@ -61,6 +61,8 @@ def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert res.exit_code == 0, res.output
     assert systems and all('for an "implausible" verdict only' in m for m in systems)
     assert "estimate:" in res.output and "done - 6/6 texts" in res.output
+    # not a terminal: plain progress lines, no bar characters
+    assert "joy 3/3 sadness 3/3 | total 6/6 | rejected" in res.output and "━" not in res.output
     assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"  # generate may run llama.cpp: threads sleep
     run_id = RunStore(db).list_runs()["run_id"].iloc[0]
     assert RunStore(db).run(run_id)["config"]["llm"]["verdict_reasons"] == "rejected"
@@ -212,7 +214,11 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path)
 
         store = RunStore(db)
         run_id = store.list_runs()["run_id"].iloc[0]
-        assert store.run(run_id)["status"] == "running"  # killed: nobody marked it
+        # killed: nobody marked it, but its lease holder is gone, so it shows as interrupted
+        assert store.run(run_id)["status"] == "interrupted"
+        assert store.list_runs().set_index("run_id").loc[run_id, "status"] == "interrupted"
+        res = CliRunner().invoke(app, ["runs", "show", run_id, "--db", str(db)])
+        assert res.exit_code == 0 and f"run {run_id}: interrupted" in res.output, res.output
         killed_with = store.accepted_texts(run_id)
         assert set(before) <= set(killed_with) and len(killed_with) < 2 * per
 
@@ -246,3 +252,184 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path)
     store.close()
     for path, data in _files_bytes(tmp_path):
         assert KEY.encode() not in data, path
+
+
+def _generate_cmd(srv: FakeOpenAIServer, db: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "personagen_core.cli",
+        "generate",
+        "--base-url",
+        srv.base_url,
+        "--model",
+        "fake-model",
+        "--db",
+        str(db),
+        *extra,
+    ]
+
+
+def _wait_for_texts(db: Path, proc: subprocess.Popen[bytes], n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as conn:
+                    if conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] >= n:
+                        return
+            except sqlite3.OperationalError:
+                continue
+    raise AssertionError(f"no {n} texts before the timeout: {proc.poll()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(tmp_path: Path, sig: signal.Signals) -> None:
+    db = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    with FakeOpenAIServer(api_key=KEY, latency=0.2) as srv:
+        args = ["--pack", "japan", "--emotions", "joy,fear", "--per-emotion", "6", "--concurrency", "2"]
+        proc = subprocess.Popen(
+            _generate_cmd(srv, db, *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        _wait_for_texts(db, proc, 1)
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 3, out
+        assert "Traceback" not in out and "KeyError" not in out, out
+        assert f"{sig.name}: cancelling" in out and "Resume with: personagen generate --resume" in out
+        store = RunStore(db)
+        run_id = store.list_runs()["run_id"].iloc[0]
+        info = store.run(run_id)
+        assert (info["status"], info["stop_reason"], info["lease"]) == ("cancelled", "cancelled", None)
+        assert sum(store.accepted_counts(run_id).values()) < 12
+        res = subprocess.run(
+            _generate_cmd(srv, db, "--resume", run_id), env=env, capture_output=True, timeout=120, check=False
+        )
+        assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    assert RunStore(db).accepted_counts(run_id) == {"joy": 6, "fear": 6}
+
+
+@pytest.mark.slow
+def test_second_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    per = 30  # long enough (about 0.3 s a text) to outlive the second process's start-up
+    with FakeOpenAIServer(api_key=KEY, latency=0.25) as srv:
+        first = subprocess.Popen(
+            _generate_cmd(srv, db, "--pack", "japan", "--emotions", "joy", "--per-emotion", str(per),
+                          "--concurrency", "1"),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        _wait_for_texts(db, first, 1)
+        run_id = RunStore(db).list_runs()["run_id"].iloc[0]
+        res = subprocess.run(_generate_cmd(srv, db, "--resume", run_id), env=env, capture_output=True,
+                             timeout=60, check=False)
+        err = res.stderr.decode()
+        assert res.returncode == 2, err
+        assert f"error: run {run_id} is being generated right now by pid {first.pid}" in err
+        assert "UNIQUE" not in err and "Traceback" not in err
+        assert RunStore(db).run(run_id)["status"] == "running"  # not marked failed
+        out = first.communicate(timeout=120)[0].decode()
+        assert first.returncode == 0, out
+    store = RunStore(db)
+    assert store.run(run_id)["status"] == "done" and store.accepted_counts(run_id) == {"joy": per}
+    assert store.run(run_id)["sessions"] == 1
+
+
+def test_base_url_credentials_never_printed_or_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret_pw, secret_q = "sk-userinfo-SECRET-1234567890", "sk-query-SECRET-0987654321"
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    db = tmp_path / "runs.sqlite"
+    runner = CliRunner()
+    args = ["--pack", "japan", "--emotions", "joy", "--per-emotion", "2", "--db", str(db), "--model", "fake-model"]
+    with FakeOpenAIServer() as srv:  # accepts any credentials (the URL's basic auth replaces the key)
+        url = srv.base_url.replace("http://", f"http://user:{secret_pw}@")
+        res = runner.invoke(app, ["generate", *args, "--base-url", url, "--max-tokens", "300"])
+        assert res.exit_code == 3, res.output  # stopped by the token budget
+        assert "estimate: ~" in res.output and "http://***@127.0.0.1" in res.output
+        shown = res.output
+        run_id = RunStore(db).list_runs()["run_id"].iloc[0]
+        assert RunStore(db).run(run_id)["config"]["llm"]["base_url"] == "http://***@" + srv.base_url[7:]
+        # resuming needs the URL again (its credentials were not stored), and says so
+        with pytest.raises(SystemExit) as exc:
+            main(["generate", "--resume", run_id, "--db", str(db), "--max-tokens", "100000"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "give it again with --base-url" in err, err
+        shown += err
+        res = runner.invoke(
+            app, ["generate", "--resume", run_id, "--db", str(db), "--max-tokens", "100000", "--base-url", url]
+        )
+        assert res.exit_code == 0, res.output
+        shown += res.output
+        # a key in a query parameter: redacted in the estimate line, the stored config and the rejections
+        query_url = srv.base_url + f"?api_key={secret_q}&x=1"
+        res = runner.invoke(
+            app, ["generate", *args, "--base-url", query_url, "--no-validate", "--max-attempts", "2"]
+        )
+        assert "?api_key=***&x=1" in res.output, res.output
+        shown += res.output
+        runs = RunStore(db).list_runs()
+        second = runs["run_id"].iloc[0]
+        assert RunStore(db).run(second)["config"]["llm"]["base_url"].endswith("?api_key=***&x=1")
+        for cmd in (["runs", "list"], ["runs", "show", run_id], ["runs", "show", second],
+                    ["export", run_id, "-o", str(tmp_path / "t.csv")]):
+            res = runner.invoke(app, [*cmd, "--db", str(db)])
+            assert res.exit_code == 0, res.output
+            shown += res.output
+    with FakeOpenAIServer(api_key="sk-the-right-key-0000000000") as srv:  # 401: the error names the URL
+        url = srv.base_url.replace("http://", f"http://user:{secret_pw}@")
+        with pytest.raises(SystemExit) as exc:
+            main(["generate", *args, "--base-url", url])
+        out = capsys.readouterr()
+        assert exc.value.code == 2 and "http://***@127.0.0.1" in out.err, out.err
+        shown += out.out + out.err
+    assert secret_pw not in shown and secret_q not in shown
+    for path, data in _files_bytes(tmp_path):
+        for secret in (secret_pw, secret_q, KEY):
+            assert secret.encode() not in data, (path, secret)
+
+
+def test_progress_keeps_counts_readable_at_80_columns() -> None:
+    import io
+
+    from rich.console import Console
+
+    from personagen_core.cli.generate_cmds import _ProgressView
+    from personagen_core.generation.pipeline import ProgressEvent
+
+    target = {"joy": 10, "sadness": 10, "surprise": 10}
+    ev = ProgressEvent(
+        run_id="r", state="running", accepted={"joy": 3, "sadness": 7, "surprise": 10}, target=target,
+        rejections={"near_duplicate": 12, "stage1_implausible": 30}, tokens=1_234_567, cost=12.3456,
+        calls=999, elapsed_s=3725.0, eta_s=1800.0,
+    )
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None, legacy_windows=False)
+    view = _ProgressView(console, target, live=True)
+    view.update(ev)
+    console.print(view.progress.get_renderable())
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    text = "\n".join(lines)
+    rows = [" ".join(line.split()) for line in lines]
+    for i, row in enumerate(("joy 3/10 ━", "sadness 7/10 ━", "surprise 10/10 ━", "total 20/30 ━")):
+        assert rows[i].startswith(row), text  # name and counts first, the bar after them
+    assert rows[4] == "rejected 42 | 1,234,567 tok | $12.3456 | 1:02:05 elapsed, ETA 30:00", text
+    assert "…" not in text
+    # not a terminal: plain lines
+    plain = io.StringIO()
+    pview = _ProgressView(Console(file=plain, width=80), target, live=False, every_s=0)
+    pview.update(ev)
+    pview.update(ev, final=True)  # unchanged: not printed twice
+    assert plain.getvalue().splitlines() == [
+        (
+            "joy 3/10 sadness 7/10 surprise 10/10 | total 20/30 | rejected 42 | 1,234,567 tok | $12.3456 | "
+            "1:02:05 elapsed, ETA 30:00"
+        )
+    ]

@@ -542,3 +542,70 @@ def _isna(value: Any) -> bool:
     import pandas as pd
 
     return bool(pd.isna(value))
+
+
+def test_budget_overshoot_at_concurrency_32_is_bounded_by_one_call(tmp_path: Path, spec: Spec) -> None:
+    """Every attempt reserves its worst case (prompt + max_tokens) before it is sent and is admitted only
+    while spent + reserved is below the limit: at concurrency 32 the run ends past --max-cost by at most
+    one call's worst case, and reports the overshoot and the calls in flight when the budget was reached."""
+    from personagen_core.generation import pricing
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    limit = 0.01
+    with FakeOpenAIServer(latency=0.05) as srv:
+        llm = _settings(srv, model="gpt-4.1-mini", concurrency=32)
+        config = _config(srv, llm=llm, max_cost=limit, per_emotion=300, emotions=["joy", "fear"])
+        summary = run_generation(spec, config, store)
+        bodies = [r.body for r in srv.chat_requests if r.body]
+        peak = srv.max_in_flight
+    assert summary.state == "stopped" and summary.stop_reason == "max_cost"
+    totals = store.totals(summary.run_id)
+    assert abs(totals["cost"] - summary.cost) < 1e-12 and totals["calls"] == len(bodies)
+    worst_one = max(
+        pricing.cost("gpt-4.1-mini", int(len(" ".join(m["content"] for m in b["messages"])) / 4 * 1.1) + 1,
+                     int(b.get("max_tokens") or 1024))
+        or 0.0
+        for b in bodies
+    )
+    budget = summary.budget
+    assert budget is not None and budget["limit"] == limit and budget["spent"] == summary.cost
+    assert budget["overshoot"] == max(0.0, summary.cost - limit)
+    assert summary.cost <= limit + worst_one  # at most one admitted call reaches past the limit
+    assert budget["in_flight"] >= 1 and budget["overshoot"] <= budget["in_flight_worst"]
+    assert summary.cost >= limit - worst_one  # and the budget was used, not abandoned early
+    assert 1 < peak <= 32
+    assert "over by $" in (summary.message or "") and "calls were in flight" in (summary.message or "")
+
+
+def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path: Path, spec: Spec) -> None:
+    from personagen_core.store import RunBusyError
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.05) as srv:
+        first = run_generation(spec, _config(srv, max_tokens=800, per_emotion=6), store)
+        assert first.state == "stopped"
+        barrier = threading.Barrier(2)
+        results: list[Any] = []
+
+        def resume() -> None:
+            barrier.wait()
+            try:
+                results.append(
+                    resume_generation(store, first.run_id, llm=_settings(srv), max_tokens=10_000_000)
+                )
+            except RunBusyError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=resume) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    busy = [r for r in results if isinstance(r, RunBusyError)]
+    done = [r for r in results if not isinstance(r, RunBusyError)]
+    assert len(busy) == 1 and len(done) == 1, results
+    assert "is being generated right now by this process" in str(busy[0])
+    assert done[0].state == "done"
+    info = store.run(first.run_id)
+    assert info["status"] == "done" and info["sessions"] == 2 and info["lease"] is None
+    _assert_exact(store, first.run_id, 6)

@@ -19,7 +19,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Persona-based synthetic emotion data: sample personas, generate texts, evaluate them."""
@@ -43,11 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``personagen`` script: errors on bad input print one paragraph, exit code 2."""
     # Models ship inside packages: never reach for a model hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from personagen_core.redaction import redact_text
+
     try:
         app(args=argv, prog_name="personagen")
     except PersonaGenError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        # Messages may quote a base URL: never print credentials from it.
+        typer.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run handles it itself and exits with 3)
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 __all__ = ["app", "main"]

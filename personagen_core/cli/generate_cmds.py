@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import typer
 
@@ -61,6 +62,27 @@ def _store(db: Path | None) -> RunStore:
     return RunStore(db)
 
 
+def _read_store(db: Path | None) -> RunStore | None:
+    """The store opened read-only (it may belong to another user or sit on a read-only disk), or None
+    when the file does not exist."""
+    from personagen_core.store import RunStore, default_db_path
+
+    path = db if db is not None else default_db_path()
+    if not Path(path).is_file():
+        return None
+    return RunStore(path, read_only=True)
+
+
+def _read_store_for(run_id: str, db: Path | None) -> RunStore:
+    from personagen_core.errors import StoreError
+    from personagen_core.store import default_db_path
+
+    store = _read_store(db)
+    if store is None:
+        raise StoreError(f"no run {run_id!r}: there is no run store at {db or default_db_path()}")
+    return store
+
+
 def _load_spec(spec_file: Path | None, pack: str | None) -> Spec:
     from personagen_core.personas.spec import DEFAULT_PACK, load_pack
 
@@ -108,12 +130,90 @@ def _fmt_s(seconds: float | None) -> str:
     )
 
 
+def _info_line(ev: ProgressEvent) -> str:
+    rej = sum(ev.rejections.values())
+    return (
+        f"rejected {rej} | {ev.tokens:,} tok | ${ev.cost:.4f} | "
+        f"{_fmt_s(ev.elapsed_s)} elapsed, ETA {_fmt_s(ev.eta_s)}"
+    )
+
+
+class _ProgressView:
+    """The live display of a run. In a terminal: one bar per emotion (name, counts, bar) with the totals on
+    a line of their own below, so the counts stay readable at 80 columns; elsewhere (a log file, a pipe):
+    a plain line every few seconds and at the end."""
+
+    def __init__(self, console: Any, target: dict[str, int], *, live: bool, every_s: float = 5.0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console, self.target, self.live, self.every_s = console, target, live, every_s
+        self.info = ""
+        self._last_plain = -1e9
+        self._last_line = ""
+        view = self
+
+        class _Progress(Progress):
+            def get_renderables(self) -> Any:
+                yield self.make_tasks_table(self.tasks)
+                if view.info:
+                    yield view.info
+
+        width = max([len(e) for e in target] + [5])
+        self.progress = _Progress(
+            TextColumn(f"{{task.description:>{width}}}"),
+            MofNCompleteColumn(),
+            BarColumn(bar_width=None),
+            console=console,
+            transient=False,
+            expand=True,
+        )
+        self.tasks = {e: self.progress.add_task(e, total=n) for e, n in target.items()}
+        self.total = self.progress.add_task("total", total=sum(target.values()))
+
+    def __enter__(self) -> Self:
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def plain_line(self, ev: ProgressEvent) -> str:
+        """One line for logs: accepted/target per emotion, total, then the usage line."""
+        per = " ".join(f"{e} {ev.accepted.get(e, 0)}/{n}" for e, n in self.target.items())
+        done, total = sum(ev.accepted.values()), sum(self.target.values())
+        return f"{per} | total {done}/{total} | {_info_line(ev)}"
+
+    def update(self, ev: ProgressEvent, *, final: bool = False) -> None:
+        """Show ``ev`` (in a log: at most one line per ``every_s`` seconds, and always the final one)."""
+        if not self.live:
+            now = time.monotonic()
+            line = self.plain_line(ev)
+            if (final or now - self._last_plain >= self.every_s) and line != self._last_line:
+                self._last_plain, self._last_line = now, line
+                self.console.print(line, soft_wrap=True, highlight=False, markup=False)
+            return
+        for e, task in self.tasks.items():
+            self.progress.update(task, completed=ev.accepted.get(e, 0))
+        self.progress.update(self.total, completed=sum(ev.accepted.values()))
+        self.info = _info_line(ev)
+
+
 def _run_with_progress(start: Any, target: dict[str, int]) -> RunSummary:
-    """Run ``start(on_event, cancel)`` in a worker thread with a live progress display; Ctrl-C cancels."""
+    """Run ``start(on_event, cancel)`` in a worker thread with a progress display.
+
+    Ctrl-C (SIGINT) and SIGTERM set the cancel flag: the run stops cleanly (calls in flight are
+    abandoned, state ``cancelled``, resumable) and no traceback is printed. A second signal while it winds
+    down is ignored with a note.
+    """
+    import signal
+    import sys
+
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     console = Console(stderr=True)
+    live = console.is_terminal and sys.stdout.isatty()
     latest: dict[str, ProgressEvent] = {}
     result: dict[str, Any] = {}
     cancel = threading.Event()
@@ -124,44 +224,37 @@ def _run_with_progress(start: Any, target: dict[str, int]) -> RunSummary:
         except BaseException as exc:  # surfaced in the main thread
             result["error"] = exc
 
-    progress = Progress(
-        TextColumn("{task.description:>12}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=False,
-    )
-    tasks = {e: progress.add_task(e, total=n, info="") for e, n in target.items()}
-    total = progress.add_task("total", total=sum(target.values()), info="")
+    def on_signal(signum: int, frame: Any) -> None:
+        if cancel.is_set():
+            console.print("still stopping: waiting for the run to record its state ...")
+            return
+        name = signal.Signals(signum).name
+        console.print(f"{name}: cancelling; the run stays resumable ...")
+        cancel.set()
+
     thread = threading.Thread(target=worker, name="personagen-generate", daemon=True)
-    with progress:
-        thread.start()
-        while thread.is_alive():
-            try:
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        with _ProgressView(console, target, live=live) as view:
+            thread.start()
+            while thread.is_alive():
                 thread.join(timeout=0.2)
-            except KeyboardInterrupt:
-                console.print("cancelling: waiting for calls in flight ...")
-                cancel.set()
+                ev = latest.get("ev")
+                if ev is not None:
+                    view.update(ev)
             ev = latest.get("ev")
-            if ev is None:
-                continue
-            for e, task in tasks.items():
-                progress.update(task, completed=ev.accepted.get(e, 0))
-            rej = sum(ev.rejections.values())
-            progress.update(
-                total,
-                completed=sum(ev.accepted.values()),
-                info=f"rejected {rej} | {ev.tokens:,} tok | ${ev.cost:.4f} | "
-                f"{_fmt_s(ev.elapsed_s)} elapsed, ETA {_fmt_s(ev.eta_s)}",
-            )
-        ev = latest.get("ev")
-        if ev is not None:
-            for e, task in tasks.items():
-                progress.update(task, completed=ev.accepted.get(e, 0))
-            progress.update(total, completed=sum(ev.accepted.values()))
+            if ev is not None:
+                view.update(ev, final=True)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if "error" in result:
         raise result["error"]
+    if "summary" not in result:  # the worker ended without an answer (should not happen): say so plainly
+        raise PersonaGenError("the run ended without a summary; see `personagen runs show` for its state")
     return result["summary"]
 
 
@@ -185,11 +278,16 @@ def _finish(summary: RunSummary) -> None:
             f"--resume {summary.run_id}"
         )
     if summary.state != "done":
-        typer.echo(
-            f"{summary.message or summary.state}. Resume with: personagen generate --resume {summary.run_id}",
-            err=True,
-        )
+        hint = f"personagen generate --resume {summary.run_id}"
+        if summary.stop_reason in _LIMIT_FLAGS:
+            flag = _LIMIT_FLAGS[summary.stop_reason]
+            hint += f" {flag} N   (N: a larger limit; it replaces the stored one)"
+        typer.echo(f"{summary.message or summary.state}. Resume with: {hint}", err=True)
         raise typer.Exit(3)
+
+
+#: The flag that raises the limit a run stopped at (``--resume`` takes each of them anew).
+_LIMIT_FLAGS = {"max_cost": "--max-cost", "max_tokens": "--max-tokens", "max_attempts": "--max-attempts"}
 
 
 def generate(
@@ -278,8 +376,10 @@ def generate(
         resolve_validation,
         resume_generation,
         run_generation,
+        stored_llm_settings,
     )
     from personagen_core.local import LocalModelPool, prefer_passive_openmp
+    from personagen_core.redaction import redact_url
     from personagen_core.store import new_run_id
 
     prefer_passive_openmp()
@@ -293,7 +393,7 @@ def generate(
         if info["status"] == "done":
             typer.echo(f"run {resume} is already complete")
             return
-        llm = LLMSettings.from_env(**{**(info["config"].get("llm") or {}), **llm_over})
+        llm = stored_llm_settings(info, **llm_over)
         typer.echo(f"resuming run {resume} ({info['method']}, spec {info['spec_name']}) at {store.path}")
         summary = _run_with_progress(
             lambda on_event, cancel: resume_generation(
@@ -326,7 +426,7 @@ def generate(
         llm=LLMSettings.from_env(**llm_over),
     )
     est = estimate_cost(spec, config)
-    where = config.llm.effective_base_url
+    where = redact_url(config.llm.effective_base_url)
     price = (
         f"${est.total_usd:.4f}"
         if est.total_usd is not None
@@ -386,8 +486,9 @@ def runs_list(db: _DbOpt = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    runs = _store(db).list_runs()
-    if runs.empty:
+    store = _read_store(db)
+    runs = store.list_runs() if store is not None else None
+    if runs is None or runs.empty:
         typer.echo("no runs yet")
         return
     table = Table("run id", "created (UTC)", "status", "method", "spec", "texts", "tokens", "cost (USD)")
@@ -412,7 +513,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
     from rich.console import Console
     from rich.table import Table
 
-    store = _store(db)
+    store = _read_store_for(run_id, db)
     info = store.run(run_id)
     console = Console(width=160)
     llm = info["config"].get("llm") or {}
@@ -477,6 +578,25 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
         f"total: {tot['calls']} calls ({tot['failed_calls']} failed attempts), {tot['tokens']:,} tokens, "
         f"${tot['cost']:.4f}"
     )
+    console.print(_estimate_line(store.estimate(run_id), tot, done=info["status"] == "done"))
+
+
+def _estimate_line(est: dict[str, Any] | None, tot: dict[str, Any], *, done: bool) -> str:
+    """``estimate: ... actual: ...`` for ``runs show``: the pre-run estimate against what the run used."""
+    if est is None:
+        return "estimate: none stored (run started by an older version)"
+    tokens = int(est["prompt_tokens"] + est["completion_tokens"])
+    actual = "actual" if done else "so far (run not complete)"
+    parts = [f"estimate: ~{tokens:,} tokens"]
+    ratio = ""
+    if est.get("total_usd") is not None:
+        parts.append(f"${est['total_usd']:.4f}")
+        if est["total_usd"] > 0:
+            ratio = f", {tot['cost'] / est['total_usd']:.2f}x the estimate"
+    else:
+        parts.append(f"cost unknown (no price for {', '.join(est.get('unknown_models') or [])})")
+    tok_ratio = f"; tokens {tot['tokens'] / tokens:.2f}x" if tokens else ""
+    return f"{', '.join(parts)}; {actual}: {tot['tokens']:,} tokens, ${tot['cost']:.4f}{ratio}{tok_ratio}"
 
 
 def export(
@@ -490,7 +610,7 @@ def export(
     """Export a run's texts with emotion, persona and scenario columns (hf: a datasets folder + card)."""
     from personagen_core.export import export_run
 
-    store = _store(db)
+    store = _read_store_for(run_id, db)
     path = export_run(store, run_id, fmt.value, output)
     typer.echo(f"wrote {sum(store.accepted_counts(run_id).values())} texts to {path}")
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,7 @@ from personagen_core.errors import (
     LLMError,
     PersonaGenError,
     SpecError,
+    StoreError,
 )
 from personagen_core.generation import pricing
 from personagen_core.generation._validation import (
@@ -38,13 +40,20 @@ from personagen_core.generation._validation import (
     Validator,
     Verdict,
 )
-from personagen_core.generation.checks import CheckLevel, NearDuplicateIndex, check_output, normalise
-from personagen_core.generation.llm import CallRecord, LLMClient
+from personagen_core.generation.checks import (
+    CheckLevel,
+    LanguageIdentifier,
+    NearDuplicateIndex,
+    check_output,
+    normalise,
+)
+from personagen_core.generation.llm import CallRecord, LLMClient, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, sentence_grammar
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec
-from personagen_core.store import CallRow, RunStore
+from personagen_core.redaction import scrub, url_secrets
+from personagen_core.store import HEARTBEAT_S, CallRow, RunStore
 
 if TYPE_CHECKING:
     from personagen_core.generation.pipeline import GenerationConfig
@@ -69,6 +78,14 @@ METHODS: dict[str, MethodInfo] = {
     "priorwork": MethodInfo("spec", False, "basic"),
 }
 _SAMPLE_CHUNK = 256  # candidates drawn per sampler call
+# Prompt tokens are estimated from characters (about four per token); the margin covers tokenizers that
+# split finer, so a reservation stays a worst case. A call without max_tokens reserves _DEFAULT_COMPLETION.
+_PROMPT_MARGIN = 1.1
+_DEFAULT_COMPLETION = 1024
+
+
+class _Refused(Exception):
+    """The budget gate refused an HTTP attempt because the run is stopping (never retried, never an error)."""
 
 
 @dataclass
@@ -109,6 +126,10 @@ class RunSummary:
     calls: int
     elapsed_s: float
     unpriced_models: list[str] = field(default_factory=list)
+    #: Set when a cost or token budget stopped the run: the limit, what was spent, the overshoot (spent
+    #: minus limit, at least 0) and the calls in flight when the budget was first reached, with their
+    #: reserved worst case (the bound on the overshoot).
+    budget: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:
@@ -152,6 +173,15 @@ class RunSession:
     ) -> None:
         self.spec, self.config, self.store, self.run_id = spec, config, store, run_id
         self.on_event, self.cancel = on_event, cancel
+        # One process per run: a second session of a live run fails here, before it touches anything.
+        self.lease = store.acquire_lease(run_id)
+        try:
+            self._setup(spec, config, store, run_id)
+        except BaseException:
+            store.release_lease(run_id, self.lease)
+            raise
+
+    def _setup(self, spec: Spec, config: GenerationConfig, store: RunStore, run_id: str) -> None:
         info = METHODS[config.method]
         self.checks: CheckLevel = info.checks
         self.validate = info.validate and config.validate_
@@ -181,7 +211,16 @@ class RunSession:
         self.sampler = build_model(spec, mode=info.mode)
         self._rows: deque[dict[str, Any]] = deque()
         self.next_pid = store.next_persona_id(run_id)
-        self.secret = config.llm.api_key.get_secret_value() if config.llm.api_key else None
+        key = config.llm.api_key.get_secret_value() if config.llm.api_key else None
+        self.secrets = [s for s in (key, *url_secrets(config.llm.base_url)) if s]
+        self.language_id = LanguageIdentifier(spec.language)
+        # Budget gate: worst-case cost and tokens reserved by the attempts in flight (see acquire()).
+        self.reserved_cost = 0.0
+        self.reserved_tokens = 0
+        self.in_flight = 0
+        self._released = asyncio.Event()
+        self.budget_hit: dict[str, Any] | None = None
+        self._last_heartbeat = time.monotonic()
         self.unpriced: set[str] = set()
         self.stop_reason: str | None = None
         self.fatal: BaseException | None = None
@@ -195,9 +234,64 @@ class RunSession:
 
     # -- accounting -----------------------------------------------------------------------------------------
     def _scrub(self, text: str | None) -> str | None:
-        if text and self.secret:
-            return text.replace(self.secret, "***")
-        return text
+        return scrub(text, self.secrets)
+
+    # -- budget gate (llm.CallGate) ---------------------------------------------------------------------
+    def _over_budget(self) -> str | None:
+        """The budget already spent or reserved in full (no room for another attempt), if any."""
+        c = self.config
+        if c.max_cost is not None and self.cost + self.reserved_cost >= c.max_cost:
+            return "max_cost"
+        if c.max_tokens is not None and self.tokens + self.reserved_tokens >= c.max_tokens:
+            return "max_tokens"
+        return None
+
+    async def acquire(self, role: str, body: Mapping[str, Any]) -> tuple[float, int]:
+        """Admit one HTTP attempt: reserve its worst-case cost and tokens (prompt + ``max_tokens``) against
+        the budgets before it is sent.
+
+        An attempt is admitted while spent + reserved is below the limit, so at most one admitted attempt
+        reaches past it: the run spends at most its limit plus one attempt's worst case (and the estimation
+        error of prompt tokens). Once the budget is fully reserved, attempts wait for those in flight to
+        settle (actual usage is usually far below the reservation); with nothing in flight and nothing left,
+        the run stops. After any stop (budget, cancel, attempts, fatal error) every new attempt, retries
+        included, is refused with :class:`_Refused`.
+        """
+        text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
+        prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
+        completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or _DEFAULT_COMPLETION)
+        cost = pricing.cost(str(body.get("model")), prompt, completion) or 0.0
+        tokens = prompt + completion
+        while True:
+            if self._check_stop() is not None:
+                raise _Refused(self.stop_reason)
+            over = self._over_budget()
+            if over is None:
+                self.reserved_cost += cost
+                self.reserved_tokens += tokens
+                self.in_flight += 1
+                return cost, tokens
+            if self.budget_hit is None:
+                self.budget_hit = {
+                    "reason": over,
+                    "in_flight": self.in_flight,
+                    "in_flight_worst_usd": self.reserved_cost,
+                    "in_flight_worst_tokens": self.reserved_tokens,
+                }
+            if self.in_flight == 0:
+                self.stop_reason = self.stop_reason or over
+                self._wake()
+                raise _Refused(over)
+            self._released.clear()
+            await self._released.wait()
+
+    def release(self, ticket: tuple[float, int]) -> None:
+        """Free an attempt's reservation (its actual usage was recorded by :meth:`on_call` just before)."""
+        cost, tokens = ticket
+        self.reserved_cost = max(0.0, self.reserved_cost - cost)
+        self.reserved_tokens = max(0, self.reserved_tokens - tokens)
+        self.in_flight -= 1
+        self._released.set()
 
     def on_call(self, rec: CallRecord) -> None:
         """Record one HTTP attempt with its stage, tokens and cost."""
@@ -367,6 +461,8 @@ class RunSession:
                     await self._generate(cand, emotion)
                 finally:
                     self.generating -= 1
+            except _Refused:
+                return  # the run is stopping: the budget gate admits no new attempt
             except (LLMAuthError, LLMConnectionError, PersonaGenError) as exc:
                 self.fatal = self.fatal or exc
                 return
@@ -404,6 +500,10 @@ class RunSession:
             persona_description=cand.persona_text,
             index=self.index,
             level=self.checks,
+            max_chars=gen.max_chars,
+            max_words=gen.max_words,
+            finish_reason=comp.finish_reason,
+            identifier=self.language_id,
         )
         if not res.ok:
             self._reject(
@@ -494,6 +594,15 @@ class RunSession:
                 self._wake()
             self._emit()
             self.store.flush()
+            now = time.monotonic()
+            if now - self._last_heartbeat >= HEARTBEAT_S:
+                self._last_heartbeat = now
+                if not self.store.heartbeat(self.run_id, self.lease) and self.fatal is None:
+                    self.fatal = StoreError(
+                        f"run {self.run_id}: this session lost its lease (no heartbeat for too long) and "
+                        "another process took the run over; this session stopped"
+                    )
+                    self._wake()
 
     # -- main --------------------------------------------------------------------------------
     async def execute(self, http_client: Any = None) -> RunSummary:
@@ -509,6 +618,7 @@ class RunSession:
                     http_client=http_client,
                     on_call=self.on_call,
                     random_state=self.config.seed,
+                    gate=self,
                 ) as client,
                 _write_behind(self.store),
             ):
@@ -549,7 +659,11 @@ class RunSession:
                 finally:
                     ticker.cancel()
                     await self.source.aclose(wait=self.stop_reason != "cancelled")
-                    if self.source.error is not None and self.fatal is None:
+                    if (
+                        self.source.error is not None
+                        and self.fatal is None
+                        and not isinstance(self.source.error, _Refused)
+                    ):
                         self.fatal = self.source.error
                 bugs = [r for r in results if isinstance(r, Exception)]
                 if bugs:
@@ -563,6 +677,7 @@ class RunSession:
                 stop_reason="error",
                 message=self._scrub(f"{type(exc).__name__}: {exc}"),
             )
+            self.store.release_lease(self.run_id, self.lease)
             raise
         if self._done():
             state, reason = "done", None
@@ -574,10 +689,14 @@ class RunSession:
         else:
             state, reason = "stopped", self.stop_reason or "exhausted"
         self.stop_reason = reason
+        budget = self._budget_report(reason)
         if state == "stopped":
             message = _STOP_MESSAGES.get(reason or "", "stopped")
+            if budget is not None:
+                message = f"{message} ({budget['text']})"
         self.store.set_status(self.run_id, state, stop_reason=reason, message=message)
         self._emit(force=True, state=state, message=message)
+        self.store.release_lease(self.run_id, self.lease)
         return RunSummary(
             run_id=self.run_id,
             state=state,
@@ -591,12 +710,41 @@ class RunSession:
             calls=self.calls,
             elapsed_s=time.monotonic() - self.started,
             unpriced_models=sorted(self.unpriced),
+            budget=budget,
         )
+
+    def _budget_report(self, reason: str | None) -> dict[str, Any] | None:
+        """What a budget stop spent against its limit, and the bound on the overshoot (calls in flight)."""
+        if reason not in ("max_cost", "max_tokens"):
+            return None
+        hit = self.budget_hit or {"in_flight": 0, "in_flight_worst_usd": 0.0, "in_flight_worst_tokens": 0}
+        if reason == "max_cost":
+            limit, spent = float(self.config.max_cost or 0), self.cost
+            worst = float(hit["in_flight_worst_usd"])
+            text = (
+                f"spent ${spent:.4f} of ${limit:.4f}, over by ${max(0.0, spent - limit):.4f}; "
+                f"{hit['in_flight']} calls were in flight when it was reached, worst case ${worst:.4f}"
+            )
+        else:
+            limit, spent = float(self.config.max_tokens or 0), float(self.tokens)
+            worst = float(hit["in_flight_worst_tokens"])
+            text = (
+                f"used {int(spent):,} of {int(limit):,} tokens, over by {int(max(0.0, spent - limit)):,}; "
+                f"{hit['in_flight']} calls were in flight when it was reached, worst case {int(worst):,} tokens"
+            )
+        return {
+            "limit": limit,
+            "spent": spent,
+            "overshoot": max(0.0, spent - limit),
+            "in_flight": int(hit["in_flight"]),
+            "in_flight_worst": worst,
+            "text": text,
+        }
 
 
 _STOP_MESSAGES = {
-    "max_cost": "the cost budget (--max-cost) was reached; resume with a larger budget to continue",
-    "max_tokens": "the token budget (--max-tokens) was reached; resume with a larger budget to continue",
+    "max_cost": "the cost budget (--max-cost) was reached; resume with a larger --max-cost to continue",
+    "max_tokens": "the token budget (--max-tokens) was reached; resume with a larger --max-tokens to continue",
     "max_attempts": "the attempt limit (--max-attempts) was reached: too many rejected candidates or "
     "outputs; "
     "see the rejections, then resume with a larger limit",

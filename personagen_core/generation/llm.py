@@ -26,7 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -57,6 +57,7 @@ __all__ = [
     "LOCAL_BASE_URL",
     "ROLES",
     "SERVER_KINDS",
+    "CallGate",
     "CallRecord",
     "Completion",
     "LLMClient",
@@ -470,6 +471,17 @@ class _TokenBucket:
             self._refunded.set()
 
 
+class CallGate(Protocol):
+    """Admission of HTTP attempts (the run scheduler's budget): ``await acquire(role, body)`` runs right
+    before an attempt is sent, with its request body; it may wait, or raise to refuse the attempt (the
+    exception leaves :meth:`LLMClient.complete` unchanged, no retry follows). ``release(ticket)`` runs once
+    the attempt ended, after ``on_call`` recorded its usage."""
+
+    async def acquire(self, role: str, body: Mapping[str, Any]) -> Any: ...
+
+    def release(self, ticket: Any) -> None: ...
+
+
 def parse_json_text(text: str) -> Any:
     """Parse JSON from a model's answer: the whole text, a fenced block, or the first object/array in it.
 
@@ -596,6 +608,7 @@ class LLMClient:
     ``http_client`` (an ``httpx.AsyncClient``, e.g. over ``httpx.MockTransport``) replaces the network; the
     caller keeps ownership of it. ``on_call`` receives a :class:`CallRecord` after every HTTP attempt.
     ``random_state`` seeds the back-off jitter (an int or a ``random.Random``); it is stored unchanged.
+    ``gate`` (a :class:`CallGate`) admits every HTTP attempt, retries included, right before it is sent.
     """
 
     def __init__(
@@ -605,9 +618,11 @@ class LLMClient:
         http_client: httpx.AsyncClient | None = None,
         on_call: Callable[[CallRecord], None] | None = None,
         random_state: int | random.Random | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self.settings = settings
         self.on_call = on_call
+        self.gate = gate
         self.random_state = random_state
         self._rng = random_state if isinstance(random_state, random.Random) else random.Random(random_state)
         self._base_url = settings.effective_base_url
@@ -701,6 +716,10 @@ class LLMClient:
         while (remaining := self._pause_until - time.monotonic()) > 0:
             await asyncio.sleep(remaining)
 
+    def _release(self, ticket: Any) -> None:
+        if ticket is not None and self.gate is not None:
+            self.gate.release(ticket)
+
     def _backoff(self, failures: int) -> float:
         """Exponential back-off with equal jitter: half the delay fixed, half random."""
         s = self.settings
@@ -768,11 +787,14 @@ class LLMClient:
                 await self._tpm.acquire(reserved)
             started = time.monotonic()
             hold = 0.0
+            ticket = None
             await self._limit.acquire()
             try:
                 await self._wait_for_pause()  # after queueing, right before sending
                 if health.error is not None:
                     raise health.error
+                if self.gate is not None:  # may wait for room in a budget, or raise to refuse the attempt
+                    ticket = await self.gate.acquire(call.role, request)
                 started = time.monotonic()
                 response = await self._send(request, call)
                 result = self._accept(response, call, mode, time.monotonic() - started)
@@ -786,11 +808,16 @@ class LLMClient:
                 if self._tpm is not None:
                     self._tpm.refund(reserved - sum(fault.usage))
                 self._limit.release(hold)
-                await self._handle_fault(fault, call, endpoint, mode, time.monotonic() - started, health)
+                try:
+                    await self._handle_fault(fault, call, endpoint, mode, time.monotonic() - started, health)
+                finally:
+                    self._release(ticket)  # after the attempt was reported (and its back-off slept)
                 continue
             except BaseException:
                 self._limit.release()
+                self._release(ticket)
                 raise
+            self._release(ticket)  # after _accept recorded the attempt's usage
             busy = self._limit.in_use >= self._limit.current
             self._limit.release()
             self._limit.on_success(call.role, result.latency_s, result.prompt_tokens, result.completion_tokens,

@@ -24,6 +24,7 @@ Methods (same output schema):
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -49,6 +50,7 @@ from personagen_core.generation.validation_policy import decide
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
+from personagen_core.redaction import is_redacted_url, redact_url
 from personagen_core.store import RunStore
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "resolve_validation",
     "resume_generation",
     "run_generation",
+    "stored_llm_settings",
     "validate_personas",
 ]
 
@@ -106,8 +109,13 @@ class GenerationConfig(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings)
 
     def stored(self) -> dict[str, Any]:
-        """JSON-safe dict for the run store; the API key is excluded by :class:`LLMSettings`."""
-        return self.model_dump(mode="json", by_alias=True)
+        """JSON-safe dict for the run store; the API key is excluded by :class:`LLMSettings`, credentials
+        in the base URL (user-info, ``api_key=``-style parameters) are replaced by ``***``."""
+        out = self.model_dump(mode="json", by_alias=True)
+        llm = out.get("llm") or {}
+        if llm.get("base_url"):
+            llm["base_url"] = redact_url(llm["base_url"])
+        return out
 
 
 def resolve_validation(config: GenerationConfig) -> GenerationConfig:
@@ -154,6 +162,7 @@ async def arun_generation(
         spec_name=spec.name,
         run_id=run_id,
     )
+    store.set_estimate(run_id, estimate_cost(spec, config).to_dict())  # runs show: estimate vs actual
     return await RunSession(spec, config, store, run_id, on_event, cancel).execute(http_client)
 
 
@@ -181,6 +190,27 @@ def run_generation(
     )
 
 
+def stored_llm_settings(
+    info: dict[str, Any], *, env: Any = None, **overrides: Any
+) -> LLMSettings:
+    """The LLM settings a run was started with (``store.run(run_id)``), the API key read from the
+    environment again, ``overrides`` (None values ignored) on top.
+
+    A base URL stored with its credentials redacted cannot be used: it must be given again (``base_url``
+    override or ``OPENAI_BASE_URL``), else :class:`StoreError` says so.
+    """
+    stored = dict(info["config"].get("llm") or {})
+    if is_redacted_url(stored.get("base_url")):
+        redacted = stored.pop("base_url")
+        source = env if env is not None else os.environ
+        if not overrides.get("base_url") and not source.get("OPENAI_BASE_URL"):
+            raise StoreError(
+                f"run {info['run_id']} used the base URL {redacted}, whose credentials are never stored; "
+                "give it again with --base-url (or OPENAI_BASE_URL) to resume"
+            )
+    return LLMSettings.from_env(env, **{**stored, **overrides})
+
+
 async def aresume_generation(
     store: RunStore,
     run_id: str,
@@ -201,8 +231,8 @@ async def aresume_generation(
         raise StoreError(f"a resumed run can only change {', '.join(RESUME_OVERRIDES)}, not {', '.join(bad)}")
     data = dict(info["config"])
     data.update({k: v for k, v in overrides.items() if v is not None})
-    stored_llm = data.pop("llm", {}) or {}
-    data["llm"] = llm if llm is not None else LLMSettings.from_env(**stored_llm)
+    data.pop("llm", None)
+    data["llm"] = llm if llm is not None else stored_llm_settings(info)
     config = resolve_validation(GenerationConfig.model_validate(data))
     _check_budget_prices(config)
     return await RunSession(spec, config, store, run_id, on_event, cancel).execute(http_client)
