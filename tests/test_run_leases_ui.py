@@ -50,7 +50,7 @@ def test_generate_page_shows_a_killed_run_as_interrupted_and_offers_resume(home:
     with sqlite3.connect(store.path) as conn:
         conn.execute("UPDATE leases SET pid = ?, heartbeat = ? WHERE run_id = ?", (dead.pid, time.time(), run_id))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/4_generate.py").run()
+    at.switch_page("app_pages/4_generate.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "interrupted" in _page_text(at)
     assert any(b.label == "Resume" for b in at.button)
