@@ -1,4 +1,5 @@
-"""Real data: compare runs with a gold dataset (Table VI) and train on synthetic, test on real (Table VII)."""
+"""Real data: compare runs with a gold dataset (Table VI), train on synthetic, test on real (Table VII), and
+see which personas make good data (slices)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,4 @@ if st.button("Compare with real data", type="primary") or st.session_state.get("
         )
         st.session_state["last_report"] = report
         ui.show_real_data(report, figures)
+        ui.show_slices(report, figures)

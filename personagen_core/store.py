@@ -661,6 +661,18 @@ class RunStore:
             ],
         )
 
+    def personas(self, run_id: str) -> pd.DataFrame:
+        """Every sampled candidate of a run: ``persona_id, status`` (``sampled``, ``validated``,
+        ``rejected_stage<n>``) and one column per attribute (for per-attribute rejection rates)."""
+        rows = self._query(
+            "SELECT persona_id, status, attrs_json FROM personas WHERE run_id = ? ORDER BY persona_id", (run_id,)
+        )
+        data = [
+            {"persona_id": r["persona_id"], "status": r["status"], **json.loads(r["attrs_json"] or "{}")}
+            for r in rows
+        ]
+        return pd.DataFrame(data) if data else pd.DataFrame(columns=["persona_id", "status"])
+
     def set_persona_status(self, run_id: str, persona_ids: Sequence[int], status: str) -> None:
         """Set the funnel status of candidates (``passed``, ``rejected_s1`` ...)."""
         self._defer(

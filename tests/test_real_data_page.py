@@ -26,7 +26,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     store.add_personas(run_id, 0, [(i, {"age": "25-34"}, f"persona {i}", "at work") for i in range(4)])
     for i, emotion in enumerate(["joy", "joy", "sadness", "sadness"]):
-        store.add_text(run_id, emotion=emotion, text=f"t {i}", text_norm=f"t {i}", persona_id=i, model="m", quota=2)
+        store.add_text(
+            run_id, emotion=emotion, text=f"t {i}", text_norm=f"t {i}", persona_id=i, model="m", quota=2
+        )
     store.flush()
     yield tmp_path
     st.cache_data.clear()
@@ -81,3 +83,52 @@ def test_reading_options_and_multi_label_policy(home: Path) -> None:
     at.selectbox(key="keep_gold_test_header").set_value("no").run()
     assert not at.error, [e.value for e in at.error]
     assert "2 texts, labels: joy, sadness" in _captions(at)
+
+
+@pytest.mark.slow
+def test_compare_shows_like_with_like_table_vii_and_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamlit as st
+
+    from personagen_core.store import RunStore
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    words = {"joy": ["happy", "glad", "delighted"], "sadness": ["sad", "gloomy", "down"]}
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(
+        method="personagen",
+        config={},
+        target={"joy": 12},
+        spec_yaml="name: x\n",
+        spec_hash="h",
+        spec_name="x",
+    )
+    store.add_personas(run_id, 0, [(i, {"age": ["20s", "60s"][i % 2]}, f"p{i}", "s") for i in range(24)])
+    for i in range(24):
+        emotion = ["joy", "sadness"][(i // 2) % 2]
+        text = f"I feel {words[emotion][i % 3]} about the day number {i}"
+        store.add_text(run_id, emotion=emotion, text=text, text_norm=text, persona_id=i, model="m", quota=12)
+    store.flush()
+    gold = "".join(
+        f"{w} news about my {thing};{emotion}\n"
+        for emotion in ("joy", "sadness", "love")
+        for w in (words.get(emotion) or ["adore", "cherish", "dear"])
+        for thing in ("job", "friend", "team", "house")
+    )
+    at = _page()
+    _upload(at, "test.txt", gold.encode())
+    next(b for b in at.button if b.label == "Compare with real data").click().run(timeout=240)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    report = at.session_state["last_report"]
+    rows = report["downstream"]["rows"]
+    assert rows[run_id]["left_out"] == ["love"] and rows[run_id]["labels"] == ["joy", "sadness"]
+    assert {r["value"] for r in report["slices"]["datasets"][run_id]["rows"]} >= {"20s", "60s"}
+    subheaders = [h.value for h in at.subheader]
+    assert "Slices · which personas make good data" in subheaders
+    st.cache_data.clear()
+    st.cache_resource.clear()

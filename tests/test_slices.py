@@ -126,3 +126,108 @@ def test_compare_two_runs_slice_by_slice(run: dict) -> None:
     assert not row["emotion_match overlap"]
     same = cmp[(cmp["attribute"] == "age") & (cmp["value"] == "20s")].iloc[0]
     assert same["emotion_match delta"] == 0 and same["emotion_match overlap"]
+
+
+def test_a_stored_run_gets_slices_with_rejection_rates(tmp_path) -> None:
+    """End to end: a fake run in the store (personas with verdict statuses, texts, stage-4 rejections)
+    evaluated against gold data; the report's slices match counts taken directly from the store."""
+    import hashlib
+    import re
+
+    from personagen_core.evaluation.suite import (
+        EvaluationSettings,
+        evaluate,
+        load_run_dataset,
+        load_run_rejections,
+    )
+    from personagen_core.store import RunStore
+
+    words = {"joy": ["happy", "glad", "delighted"], "anger": ["furious", "angry", "livid"]}
+
+    class HashEmbedder:
+        model_id = "hash-16"
+
+        def encode(self, texts):
+            out = np.zeros((len(texts), 16), dtype=np.float32)
+            for r, t in enumerate(texts):
+                for tok in re.findall(r"[a-z]+", t.lower()):
+                    out[r, int(hashlib.md5(tok.encode()).hexdigest(), 16) % 16] += 1
+            return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(
+        method="personagen",
+        config={},
+        target={"joy": 12},
+        spec_yaml="name: x\n",
+        spec_hash="h",
+        spec_name="x",
+    )
+    ages = ["20s", "60s"]
+    store.add_personas(
+        run_id, 0, [(i, {"age": ages[i % 2], "medium": "chat"}, f"p{i}", "s") for i in range(40)]
+    )
+    rejected = [i for i in range(40) if i % 2 == 1 and i < 20]  # ten 60s candidates rejected at stage 2
+    store.set_persona_status(run_id, rejected, "rejected_stage2")
+    store.set_persona_status(run_id, [i for i in range(40) if i not in rejected], "validated")
+    kept = [i for i in range(40) if i not in rejected]
+    for j, pid in enumerate(kept[:24]):
+        emotion = ["joy", "anger"][j % 2]
+        text = f"I feel {words[emotion][j % 3]} about thing {j}"
+        store.add_text(
+            run_id, emotion=emotion, text=text, text_norm=text, persona_id=pid, model="m", quota=12
+        )
+    for pid in kept[:3]:  # three stage-4 rejections of 20s personas
+        store.add_rejection(run_id, stage=4, reason="refusal", emotion="joy", persona_id=pid, text="no")
+    store.add_rejection(run_id, stage=4, reason="quota_full", emotion="joy", persona_id=kept[4], text="x")
+    store.flush()
+
+    gold = pd.DataFrame(
+        {
+            "text": [f"so {w} today {i}" for i in range(10) for w in ("happy", "glad", "furious", "angry")],
+            "label": ["joy", "joy", "anger", "anger"] * 10,
+        }
+    )
+    frame = load_run_dataset(store, run_id)
+    report = evaluate(
+        {"run": frame},
+        gold_train=gold,
+        gold_test=gold,
+        settings=EvaluationSettings(
+            projections=(), bootstrap=2, prd_runs=1, prd_clusters=3, gold_per_class=20
+        ),
+        embedder=HashEmbedder(),
+        cache_dir=tmp_path / "cache",
+        rejections={"run": load_run_rejections(store, run_id)},
+    )
+    rows = {(r["attribute"], r["value"]): r for r in report["slices"]["datasets"]["run"]["rows"]}
+    assert report["slices"]["datasets"]["run"]["columns"] == ["age"]  # medium has a single value
+    old = rows[("age", "60s")]
+    assert old["n"] == int((frame["age"] == "60s").sum())
+    assert old["rejection_rate"] == pytest.approx(10 / 20) and old["rejection_rate_n"] == 20
+    young = rows[("age", "20s")]
+    assert (
+        young["rejection_rate"] == 0
+        and young["output_rejection_rate_n"] == int((frame["age"] == "20s").sum()) + 3
+    )
+    assert young["output_rejection_rate"] == pytest.approx(3 / young["output_rejection_rate_n"])
+    assert rows[("(all)", "(all)")]["emotion_match_n"] == len(frame)
+    assert (
+        0 <= rows[("(all)", "(all)")]["emotion_match"] <= 1
+        and rows[("(all)", "(all)")]["realism"] is not None
+    )
+    assert "emotion_match" in report["slices"]["datasets"]["run"]["differ_most"]
+
+    from personagen_core.evaluation.report import render_html, to_jsonable
+
+    page = render_html(to_jsonable(report))
+    assert "Slices: which personas make good data" in page and "age = 60s" in page
+    # Two runs: the report lists the slices whose intervals do not overlap (here a copy: none).
+    twice = dict(
+        report,
+        slices={
+            **report["slices"],
+            "datasets": {"a": report["slices"]["datasets"]["run"], "b": report["slices"]["datasets"]["run"]},
+        },
+    )
+    assert "a vs b: slices whose intervals do not overlap: none." in render_html(to_jsonable(twice))

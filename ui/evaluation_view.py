@@ -83,7 +83,7 @@ def evaluate_runs(
     """Evaluate runs from the store, showing progress, and store the evaluation (its id is in
     ``report["stored"]["eval_id"]``). The same inputs (runs and their sizes, settings, gold data, label map)
     reopen the stored evaluation instead of recomputing it; the core also caches embeddings and results."""
-    from personagen_core.evaluation.suite import evaluate, load_run_dataset
+    from personagen_core.evaluation.suite import evaluate, load_run_dataset, load_run_rejections
 
     store = get_store()
     evaluations = evaluation_store()
@@ -109,6 +109,7 @@ def evaluate_runs(
             llm_settings=llm,
             judge_store=store,
             on_event=on_event,
+            rejections={run_id: load_run_rejections(store, run_id) for run_id in run_ids},
         )
     finally:
         bar.empty()

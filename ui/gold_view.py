@@ -14,7 +14,7 @@ import streamlit as st
 from ui.runs import run_texts
 from ui.state import defaults, error_boundary
 
-__all__ = ["gold_inputs", "gold_key", "label_map_editor", "run_labels", "show_real_data"]
+__all__ = ["gold_inputs", "gold_key", "label_map_editor", "run_labels", "show_real_data", "show_slices"]
 
 
 def _skipped(report: dict[str, Any], section: str) -> None:
@@ -281,3 +281,57 @@ def show_real_data(report: dict[str, Any], figures: ModuleType) -> None:
         st.caption(
             f"Labels without a counterpart on the other side: {', '.join(map(str, gold['dropped_labels']))}."
         )
+
+
+def show_slices(report: dict[str, Any], figures: ModuleType) -> None:
+    """Slices: every persona / scenario attribute value of a run with its figures (a sortable table), the
+    slices that differ most (a chart), and two runs compared slice by slice."""
+    from personagen_core.evaluation import slices as S
+
+    st.subheader("Slices · which personas make good data")
+    block = report.get("slices")
+    if not block:
+        _skipped(report, "slices")
+        return
+    names = list(block["datasets"])
+    metrics = {k: v["name"] for k, v in (block.get("metrics") or {}).items()}
+    c1, c2 = st.columns(2)
+    name = c1.selectbox("Run", names, key="slices_run")
+    usable = [m for m in metrics if m in (block["datasets"][name].get("differ_most") or {})]
+    if not usable:
+        st.info("No slice figure could be computed for this run.")
+        return
+    metric = c2.selectbox("Figure", usable, format_func=metrics.get, key="slices_metric")
+    table = S.rows_to_table(block["datasets"][name]["rows"])
+    shown = table[["attribute", "value", "n", metric, f"{metric}_low", f"{metric}_high", f"{metric}_n"]]
+    st.dataframe(shown, hide_index=True, key="slices_table")  # click a column header to sort
+    with error_boundary("slices chart"):
+        st.plotly_chart(figures.slices_figure(report, name, metric), key="slices_fig")
+    notes = block.get("notes") or {}
+    if notes.get(metric):
+        st.caption(f"{metrics[metric]}: {notes[metric]}. {notes.get('differ most', '')}.")
+    if len(names) >= 2:
+        st.markdown("**Compare two runs slice by slice**")
+        c1, c2 = st.columns(2)
+        a = c1.selectbox("Before", names, index=0, key="slices_a")
+        b = c2.selectbox("After", names, index=1, key="slices_b")
+        cmp = S.compare_slices(
+            S.rows_to_table(block["datasets"][a]["rows"]),
+            S.rows_to_table(block["datasets"][b]["rows"]),
+            names=(a, b),
+            metrics=[metric],
+        )
+        cols = [
+            "attribute",
+            "value",
+            f"{metric} {a}",
+            f"{metric} {b}",
+            f"{metric} delta",
+            f"{metric} overlap",
+        ]
+        st.dataframe(
+            cmp[cols].sort_values(f"{metric} delta", key=abs, ascending=False),
+            hide_index=True,
+            key="slices_compare",
+        )
+        st.caption("overlap = False: the change is larger than the two intervals allow.")

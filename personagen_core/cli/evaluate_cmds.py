@@ -108,13 +108,19 @@ def run_evaluate(
         store = RunStore(db)
     datasets: dict[str, Any] = {}
     taken: set[str] = set()
+    rejections: dict[str, Any] = {}
     for run_id in run_ids:
-        datasets[_unique(run_id, taken)] = evaluation.load_run_dataset(store, run_id)
+        name = _unique(run_id, taken)
+        datasets[name] = evaluation.load_run_dataset(store, run_id)
+        rejections[name] = evaluation.load_run_rejections(store, run_id)
     data_defaults = gold.ReadOptions(text_col=text_col, label_col=label_col, multi_label=multi_label)
     for spec in data_files:
         frame = _load_input(str(spec), data_defaults, gold_file=False)
         datasets[_unique(gold.parse_file_spec(str(spec))[0].stem, taken)] = frame
     if names:
+        rejections = {
+            new: rejections[old] for old, new in zip(datasets, names, strict=True) if old in rejections
+        }
         datasets = dict(zip(names, datasets.values(), strict=True))
         if len(datasets) != len(names):
             raise DataError(f"--name values must be distinct (got {names})")
@@ -166,6 +172,7 @@ def run_evaluate(
         label_map=mapping,
         settings=settings,
         embedder=embedder,
+        rejections=rejections,
         llm_settings=llm_settings,
         judge_store=store,
         on_event=_progress_printer(),

@@ -41,6 +41,7 @@ __all__ = [
     "diversity_figure",
     "downstream_figure",
     "downstream_frame",
+    "slices_figure",
     "judge_distribution_figure",
     "judge_emotion_figure",
     "projection_figure",
@@ -287,7 +288,8 @@ def diversity_figure(report: Mapping[str, Any], metrics: Sequence[str] | None = 
                     marker_opacity=[0.35 if e in few else 1.0 for e in emotions],
                     marker_pattern_shape=["/" if e in few else "" for e in emotions],
                     customdata=[
-                        f"n = {int(n) if n is not None else '?'}" + (" (too few: unreliable)" if e in few else "")
+                        f"n = {int(n) if n is not None else '?'}"
+                        + (" (too few: unreliable)" if e in few else "")
                         for e, n in zip(emotions, sizes, strict=True)
                     ],
                     hovertemplate="%{x}: %{y:.4f}, %{customdata}<extra>" + name + "</extra>",
@@ -483,10 +485,14 @@ def downstream_figure(report: Mapping[str, Any]) -> go.Figure:
     for key in ("accuracy", "weighted_f1", "macro_f1"):
         y = [_finite_or_none(rows[n].get(key)) for n in names]
         cis = [(rows[n].get("ci") or {}).get(key) for n in names]
-        plus = [(_finite_or_none(c[1]) - v) if c and v is not None and _finite_or_none(c[1]) is not None
-                else None for c, v in zip(cis, y, strict=True)]
-        minus = [(v - _finite_or_none(c[0])) if c and v is not None and _finite_or_none(c[0]) is not None
-                 else None for c, v in zip(cis, y, strict=True)]
+        plus = [
+            (_finite_or_none(c[1]) - v) if c and v is not None and _finite_or_none(c[1]) is not None else None
+            for c, v in zip(cis, y, strict=True)
+        ]
+        minus = [
+            (v - _finite_or_none(c[0])) if c and v is not None and _finite_or_none(c[0]) is not None else None
+            for c, v in zip(cis, y, strict=True)
+        ]
         fig.add_trace(
             go.Bar(
                 x=ticks,
@@ -522,3 +528,46 @@ def _finite_or_none(value: Any) -> float | None:
 def _fmt(value: Any, digits: int = 4) -> str:
     v = _finite_or_none(value)
     return "–" if v is None else f"{v:.{digits}f}"
+
+
+def slices_figure(report: Mapping[str, Any], dataset: str, metric: str, *, k: int = 12) -> go.Figure:
+    """The slices of ``dataset`` that differ most from the whole dataset on ``metric``: horizontal bars
+    with their intervals and a line at the dataset's value (``report["slices"]``)."""
+    block = report["slices"]["datasets"][dataset]
+    rows = (block.get("differ_most") or {}).get(metric) or []
+    rows = rows[:k][::-1]  # largest difference on top
+    whole = next((r.get(metric) for r in block["rows"] if r["attribute"] == "(all)"), None)
+    names = [f"{r['attribute']} = {r['value']} (n = {r['n']})" for r in rows]
+    vals = [_finite_or_none(r.get(metric)) for r in rows]
+    lo = [_finite_or_none(r.get(f"{metric}_low")) for r in rows]
+    hi = [_finite_or_none(r.get(f"{metric}_high")) for r in rows]
+    title = (report["slices"].get("metrics", {}).get(metric) or {}).get("name", metric)
+    fig = go.Figure(
+        go.Bar(
+            y=names,
+            x=vals,
+            orientation="h",
+            marker_color=["#c92a2a" if (v or 0) < (whole or 0) else "#2b8a3e" for v in vals],
+            error_x={
+                "type": "data",
+                "array": [
+                    (h - v) if h is not None and v is not None else None
+                    for h, v in zip(hi, vals, strict=True)
+                ],
+                "arrayminus": [
+                    (v - lo_) if lo_ is not None and v is not None else None
+                    for lo_, v in zip(lo, vals, strict=True)
+                ],
+            },
+            hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+        )
+    )
+    if whole is not None:
+        fig.add_vline(x=whole, line_dash="dash", annotation_text=f"whole dataset {whole:.3f}")
+    fig.update_layout(
+        title=f"{dataset}: slices that differ most ({title})",
+        height=160 + 28 * max(len(rows), 1),
+        template="plotly_white",
+        margin={"l": 10},
+    )
+    return fig

@@ -98,6 +98,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         ("judge", "LLM judge (Fig. 4)", _judge_section),
         ("real_data", "Comparison with real data (Table VI)", _real_data_section),
         ("downstream", "Downstream utility (Table VII)", _downstream_section),
+        ("slices", "Slices: which personas make good data", _slices_section),
     ]
     for key, title, build in builders:
         flags = _flags(report, key)
@@ -406,6 +407,69 @@ def _downstream_section(report: Mapping[str, Any]) -> str:
             _safe_figure(
                 lambda: figures.confusion_grid(matrices, normalised=True, title="Confusion on gold test")
             )
+        )
+    return "\n".join(out)
+
+
+def _slices_section(report: Mapping[str, Any]) -> str:
+    """Per dataset, the slices that differ most on each metric (with intervals), one chart per dataset,
+    and for several datasets the slices whose figures changed beyond their intervals."""
+    from personagen_core.evaluation.slices import compare_slices, rows_to_table
+
+    block = report["slices"]
+    metrics = block.get("metrics") or {}
+    out = [_notes(block.get("notes") or {})]
+    for name, d in block["datasets"].items():
+        records = []
+        whole = {m: r.get(m) for r in d["rows"] if r["attribute"] == "(all)" for m in metrics}
+        for metric, rows in (d.get("differ_most") or {}).items():
+            for r in rows[:5]:
+                records.append(
+                    {
+                        "metric": metrics.get(metric, {}).get("name", metric),
+                        "slice": f"{r['attribute']} = {r['value']}",
+                        "n": r.get(f"{metric}_n"),
+                        "value": r.get(metric),
+                        "interval": _ci_text([r.get(f"{metric}_low"), r.get(f"{metric}_high")]),
+                        "whole dataset": whole.get(metric),
+                        "score": r.get("score"),
+                    }
+                )
+        if records:
+            out.append(
+                _table(pd.DataFrame(records), f"{name}: the slices that differ most from the whole dataset")
+            )
+            first = next(iter(d.get("differ_most") or {}), None)
+            if first:
+                out.append(_safe_figure(lambda n=name, m=first: figures.slices_figure(report, n, m)))
+    names = list(block["datasets"])
+    for other in names[1:]:
+        a, b = (
+            rows_to_table(block["datasets"][names[0]]["rows"]),
+            rows_to_table(block["datasets"][other]["rows"]),
+        )
+        cmp = compare_slices(a, b, names=(names[0], other))
+        changed = []
+        for metric in metrics:
+            col = f"{metric} overlap"
+            if col not in cmp:
+                continue
+            hit = cmp[~cmp[col].astype(bool) & cmp[f"{metric} delta"].notna()]
+            for _, r in hit.iterrows():
+                changed.append(
+                    {
+                        "slice": f"{r['attribute']} = {r['value']}",
+                        "metric": metrics[metric]["name"],
+                        names[0]: r[f"{metric} {names[0]}"],
+                        other: r[f"{metric} {other}"],
+                        "change": r[f"{metric} delta"],
+                    }
+                )
+        caption = f"{names[0]} vs {other}: slices whose intervals do not overlap"
+        out.append(
+            _table(pd.DataFrame(changed), caption)
+            if changed
+            else f'<p class="note">{html.escape(caption)}: none.</p>'
         )
     return "\n".join(out)
 

@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "load_data_file",
     "load_run_dataset",
+    "load_run_rejections",
 ]
 
 #: ``on_event(stage, fraction)``: ``stage`` names the step, ``fraction`` the share of the whole done (0–1).
@@ -162,6 +163,27 @@ def load_run_dataset(store: Any, run_id: str) -> pd.DataFrame:
     return frame
 
 
+def load_run_rejections(store: Any, run_id: str) -> dict[str, pd.DataFrame]:
+    """A run's judged candidates and stage-4 outputs with their persona attributes, for the slices'
+    rejection rates: ``{"candidates": attributes + rejected (stages 1-3), "outputs": attributes + rejected
+    (accepted texts and outputs the stage-4 checks rejected; quota overflows are not rejections)}``."""
+    personas = store.personas(run_id)
+    judged = personas[personas["status"].astype(str).str.match(r"validated|rejected")].copy()
+    judged["rejected"] = judged["status"].astype(str).str.startswith("rejected")
+    texts = store.texts(run_id)[["persona_id"]].assign(rejected=False)
+    rej = store.rejections(run_id)
+    rej = rej[(rej["stage"] == 4) & (rej["reason"] != "quota_full") & rej["persona_id"].notna()]
+    outputs = pd.concat([texts, rej[["persona_id"]].assign(rejected=True)], ignore_index=True)
+    attrs = personas.drop(columns=["status"])
+    outputs["persona_id"] = outputs["persona_id"].astype("Int64")
+    attrs["persona_id"] = attrs["persona_id"].astype("Int64")
+    outputs = outputs.merge(attrs, on="persona_id", how="left")
+    return {
+        "candidates": judged.drop(columns=["status", "persona_id"]).reset_index(drop=True),
+        "outputs": outputs.drop(columns=["persona_id"]),
+    }
+
+
 def load_data_file(path: str | Path, options: Any = None, **kwargs: Any) -> pd.DataFrame:
     """A dataset file or folder via :func:`gold.load_dataset` (``options``: a :class:`gold.ReadOptions`;
     keyword arguments override its fields)."""
@@ -189,8 +211,12 @@ def evaluate(
     judge_cache: dict[tuple[str, str], dict[str, int]] | None = None,
     cache_dir: str | Path | None = None,
     on_event: ProgressCallback | None = None,
+    rejections: Mapping[str, Mapping[str, pd.DataFrame]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``datasets`` (name → DataFrame with ``text``, ``label``) and return the report dict.
+
+    - ``rejections`` (per dataset name, from :func:`load_run_rejections`) adds the rejection rates to the
+      slices (``report["slices"]``: the figures per persona / scenario attribute value).
 
     - ``gold_test`` enables Table VI (real-data comparison, on the gold test set) and Table VII (train on each
       dataset, test on gold); ``gold_train`` adds the balanced gold row and the majority baseline to Table VII
@@ -273,6 +299,7 @@ def evaluate(
             report["judge"] = None
             report["skipped"]["judge"] = "judge disabled (settings.judge is false)"
 
+    gold_emb: dict[str, Any] | None = None
     if gold is None:
         report["gold"] = None
         report["real_data"] = None
@@ -298,6 +325,10 @@ def evaluate(
                 report["downstream"] = _downstream(gold, gold_emb, data, emb, settings, cache, warn)
                 if report["downstream"] is None:
                     report["skipped"]["downstream"] = "; ".join(warn.skipped.pop("downstream", {}).values())
+    with progress.stage("slices", report):
+        report["slices"] = _slices(data, emb, gold, gold_emb, rejections or {}, settings, cache)
+        if report["slices"] is None:
+            report["skipped"]["slices"] = "no dataset has persona or scenario attribute columns"
     progress.done()
     return report
 
@@ -382,8 +413,12 @@ def _diversity(
         rows = {str(idx): {str(c): _num(v) for c, v in row.items()} for idx, row in table.iterrows()}
         overall = rows.pop("average", {})
         few = {e: int(r["n"] or 0) for e, r in rows.items() if (r.get("n") or 0) < reliable_n}
-        per_ds[name] = {"per_emotion": rows, "overall": overall, "unreliable": sorted(few),
-                        "min_reliable": reliable_n}
+        per_ds[name] = {
+            "per_emotion": rows,
+            "overall": overall,
+            "unreliable": sorted(few),
+            "min_reliable": reliable_n,
+        }
         if few:
             listed = ", ".join(f"{e} ({c})" for e, c in few.items())
             warn.add(
@@ -472,7 +507,8 @@ def _separability(
             warn.add(
                 "separability",
                 name,
-                "unreliable: " + ", ".join(f"{lab} ({c})" for lab, c in few.items())
+                "unreliable: "
+                + ", ".join(f"{lab} ({c})" for lab, c in few.items())
                 + f" {'has' if len(few) == 1 else 'have'} fewer than {reliable_n} texts, so LightGBM "
                 f"(leaves of at least {leaf} training texts) can hardly learn them; accuracy "
                 f"{res.accuracy:.3f} on {res.n_test} held-out texts",
@@ -728,7 +764,11 @@ def _downstream(
 
     def interval(res: Any, labels: list[str]) -> dict[str, list[float]]:
         ci = score_intervals(
-            res.y_true, res.y_pred, labels, n_boot=settings.bootstrap, confidence=settings.confidence,
+            res.y_true,
+            res.y_pred,
+            labels,
+            n_boot=settings.bootstrap,
+            confidence=settings.confidence,
             random_state=settings.seed,
         )
         return {_ROW_KEYS[m]: [_num(lo), _num(hi)] for m, (lo, hi) in ci.items()}
@@ -812,6 +852,100 @@ def _downstream(
     }
 
 
+def _slices(
+    data: Mapping[str, pd.DataFrame],
+    emb: Mapping[str, np.ndarray],
+    gold: Mapping[str, Any] | None,
+    gold_emb: Mapping[str, Any] | None,
+    rejections: Mapping[str, Mapping[str, pd.DataFrame]],
+    settings: EvaluationSettings,
+    cache: Any,
+) -> dict[str, Any] | None:
+    """Per dataset with persona / scenario attribute columns: the figures of every attribute value
+    (:func:`slices.slice_table`) and the slices that differ most from the whole dataset."""
+    from personagen_core.evaluation import slices as S
+    from personagen_core.evaluation.classify import transfer
+
+    # The gold classifier and the realism reference: the balanced gold training sample and the gold test
+    # split when given (else whichever exists).
+    ref_x, clf = None, None
+    if gold is not None and gold_emb is not None:
+        ref_x = gold_emb.get("test") if gold_emb.get("test") is not None else gold_emb.get("train")
+        if gold_emb.get("train") is not None:
+            y_train = gold["train"]["label"].to_numpy(dtype=str)[gold_emb["train_idx"]]
+            clf = (gold_emb["train"], y_train, f"the balanced gold training sample ({len(y_train)} texts)")
+        elif gold_emb.get("test") is not None:
+            clf = (gold_emb["test"], gold["test"]["label"].to_numpy(dtype=str), "the gold test split")
+    out: dict[str, Any] = {}
+    for name, frame in data.items():
+        columns = S.attribute_columns(frame)
+        if not columns:
+            continue
+        match = np.full(len(frame), np.nan)
+        mapped = (gold or {}).get("mapped", {}).get(name)
+        if clf is not None and mapped is not None:
+            shared = sorted(set(clf[1].tolist()) & set(mapped["label"]))
+            keep = mapped[mapped["label"].isin(shared)]
+            if len(shared) >= 2 and len(keep):
+                rows = keep["row"].to_numpy()
+                res = cache.call(
+                    transfer,
+                    clf[0],
+                    clf[1],
+                    emb[name][rows],
+                    keep["label"].to_numpy(dtype=str),
+                    random_state=settings.seed,
+                )
+                match[rows] = (np.asarray(res.y_pred) == np.asarray(res.y_true)).astype(float)
+        realism = None if ref_x is None else cache.call(S.nearest_distance, emb[name], ref_x)
+        rej = rejections.get(name) or {}
+        table = cache.call(
+            S.slice_table,
+            frame[columns],
+            emb[name],
+            columns=columns,
+            match=match,
+            realism=realism,
+            candidates=rej.get("candidates"),
+            outputs=rej.get("outputs"),
+            n_boot=max(settings.bootstrap, 100),
+            confidence=settings.confidence,
+            random_state=settings.seed,
+        )
+        out[name] = {
+            "columns": columns,
+            "rows": S.slices_to_dict(table),
+            "differ_most": {
+                metric: S.slices_to_dict(S.differ_most(table, metric, k=8))
+                for metric in S.METRICS
+                if np.isfinite(table[metric].to_numpy(dtype=float)).any()
+            },
+        }
+    if not out:
+        return None
+    return {
+        "datasets": out,
+        "metrics": {k: {"name": v[0], "higher_is_better": v[1]} for k, v in S.METRICS.items()},
+        "notes": {
+            "emotion_match": (
+                f"LightGBM trained on {clf[2]} labels each text; share labelled with the emotion it was "
+                "written for (texts whose emotion the gold data lacks are not scored); Wilson interval"
+                if clf is not None
+                else "needs gold data"
+            ),
+            "realism": "cosine distance from each text to its nearest gold text, averaged; t interval"
+            if ref_x is not None
+            else "needs gold data",
+            "diversity": f"mean cosine distance between the slice's texts; percentile bootstrap interval "
+            f"({max(settings.bootstrap, 100)} resamples)",
+            "rejection_rate": "share of the slice's judged candidates rejected at stages 1-3, and of its "
+            "generated outputs rejected by the stage-4 checks (runs only); Wilson intervals",
+            "differ most": "ranked by |slice - whole dataset| / interval half-width (above 1: the slice's "
+            "interval excludes the dataset's value); slices of 5 or more texts",
+        },
+    }
+
+
 #: classify's score names -> report row keys.
 _ROW_KEYS = {
     "accuracy": "accuracy",
@@ -870,6 +1004,7 @@ class _Progress:
         "gold embeddings": 2.0,
         "real data": 1.0,
         "downstream": 1.0,
+        "slices": 1.0,
     }
 
     def __init__(self, on_event: ProgressCallback | None) -> None:
