@@ -419,13 +419,14 @@ def _slices_section(report: Mapping[str, Any]) -> str:
     block = report["slices"]
     metrics = block.get("metrics") or {}
     out = [_notes(block.get("notes") or {})]
+    records, charts = [], []
     for name, d in block["datasets"].items():
-        records = []
         whole = {m: r.get(m) for r in d["rows"] if r["attribute"] == "(all)" for m in metrics}
         for metric, rows in (d.get("differ_most") or {}).items():
             for r in rows[:5]:
                 records.append(
                     {
+                        "dataset": name,
                         "metric": metrics.get(metric, {}).get("name", metric),
                         "slice": f"{r['attribute']} = {r['value']}",
                         "n": r.get(f"{metric}_n"),
@@ -435,13 +436,12 @@ def _slices_section(report: Mapping[str, Any]) -> str:
                         "score": r.get("score"),
                     }
                 )
-        if records:
-            out.append(
-                _table(pd.DataFrame(records), f"{name}: the slices that differ most from the whole dataset")
-            )
-            first = next(iter(d.get("differ_most") or {}), None)
-            if first:
-                out.append(_safe_figure(lambda n=name, m=first: figures.slices_figure(report, n, m)))
+        first = next(iter(d.get("differ_most") or {}), None)
+        if first:
+            charts.append(_safe_figure(lambda n=name, m=first: figures.slices_figure(report, n, m)))
+    if records:
+        out.append(_table(pd.DataFrame(records), "The slices that differ most from their whole dataset"))
+    out.extend(charts)
     names = list(block["datasets"])
     for other in names[1:]:
         a, b = (
