@@ -130,5 +130,11 @@ def test_compare_shows_like_with_like_table_vii_and_slices(
     assert {r["value"] for r in report["slices"]["datasets"][run_id]["rows"]} >= {"20s", "60s"}
     subheaders = [h.value for h in at.subheader]
     assert "Slices · which personas make good data" in subheaders
+    # From a slice to its texts in Explore.
+    at.selectbox(key="slices_explore_pick").set_value(("age", "60s")).run()
+    next(b for b in at.button if b.label == "Show its texts in Explore").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = next(d.value for d in at.dataframe if "text" in d.value.columns)
+    assert len(shown) == 12 and set(shown["age"]) == {"60s"}
     st.cache_data.clear()
     st.cache_resource.clear()

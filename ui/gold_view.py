@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from ui.runs import run_texts
-from ui.state import defaults, error_boundary
+from ui.state import defaults, error_boundary, set_kept
 
 __all__ = ["gold_inputs", "gold_key", "label_map_editor", "run_labels", "show_real_data", "show_slices"]
 
@@ -307,6 +307,7 @@ def show_slices(report: dict[str, Any], figures: ModuleType) -> None:
     st.dataframe(shown, hide_index=True, key="slices_table")  # click a column header to sort
     with error_boundary("slices chart"):
         st.plotly_chart(figures.slices_figure(report, name, metric), key="slices_fig")
+    _explore_link(report, name, table)
     notes = block.get("notes") or {}
     if notes.get(metric):
         st.caption(f"{metrics[metric]}: {notes[metric]}. {notes.get('differ most', '')}.")
@@ -335,3 +336,24 @@ def show_slices(report: dict[str, Any], figures: ModuleType) -> None:
             key="slices_compare",
         )
         st.caption("overlap = False: the change is larger than the two intervals allow.")
+
+
+def _explore_link(report: dict[str, Any], name: str, table: Any) -> None:
+    """Open the Explore page on a slice's texts (its run, filtered to the attribute value)."""
+    from ui.runs import select_run
+
+    source = str((report.get("datasets") or {}).get(name, {}).get("source", ""))
+    if not source.startswith("run "):
+        return  # only runs from the store have texts to explore
+    run_id = source.removeprefix("run ")
+    choices = [(r["attribute"], r["value"]) for r in table.to_dict("records") if r["attribute"] != "(all)"]
+    c1, c2 = st.columns([3, 1])
+    picked = c1.selectbox(
+        "Slice", choices, format_func=lambda av: f"{av[0]} = {av[1]}", key="slices_explore_pick"
+    )
+    if c2.button("Show its texts in Explore", key="slices_explore") and picked is not None:
+        attribute, value = picked
+        select_run(run_id)
+        set_kept("filter_columns", [attribute])
+        set_kept(f"filter_values_{attribute}", [value])
+        st.switch_page("app_pages/5_explore.py")
