@@ -609,3 +609,55 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path: Path, sp
     info = store.run(first.run_id)
     assert info["status"] == "done" and info["sessions"] == 2 and info["lease"] is None
     _assert_exact(store, first.run_id, 6)
+
+
+def test_output_checks_reject_the_fake_servers_bad_texts_and_count_them(tmp_path: Path, spec: Spec) -> None:
+    """Cut-off texts (finish_reason length), a 5,000-character sentence, German and Spanish texts: each is
+    rejected with its own reason, recorded with the text, counted in the funnel and shown by `runs show`."""
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    faults = ["length", "long", "german", "spanish", "length", "german"]
+    with FakeOpenAIServer(faults=faults) as srv:  # no validation: every chat request is a generation
+        summary = run_generation(
+            spec, _config(srv, emotions=["joy"], per_emotion=4, validate=False, llm=_settings(srv, concurrency=1)),
+            store,
+        )
+    assert summary.state == "done"
+    expected = {"truncated": 2, "too_long": 1, "off_language": 3}
+    assert {k: v for k, v in summary.rejections.items() if k in expected} == expected
+    funnel = store.funnel(summary.run_id)
+    assert {k: funnel["output_rejections"].get(k) for k in expected} == expected
+    assert funnel["generated"] == funnel["accepted"] + sum(funnel["output_rejections"].values()) == 4 + 6
+    rej = store.rejections(summary.run_id).set_index("reason")
+    assert rej.loc["too_long", "detail"].startswith("4991 characters, at most 300")
+    assert set(rej.loc["off_language", "detail"]) == {"language 'de', expected 'en'", "language 'es', expected 'en'"}
+    assert rej.loc["truncated", "text"].tolist() and not rej.loc["truncated", "text"].iloc[0].endswith(".")
+    texts = store.texts(summary.run_id)["text"]
+    assert len(texts) == 4 and (texts.str.len() <= 300).all()
+    out = CliRunner().invoke(app, ["runs", "show", summary.run_id, "--db", str(store.path)]).output
+    for line in ("rejected: off_language", "rejected: truncated", "rejected: too_long", "4 accepted of 10"):
+        assert line in out, out
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_cost_estimate_within_25_percent_of_a_fake_server_run(tmp_path: Path, spec: Spec, validate: bool) -> None:
+    """The estimate stored with the run is what `runs show` compares with the actual cost."""
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer() as srv:
+        llm = _settings(srv, model="gpt-4.1-mini", concurrency=16)
+        config = _config(srv, llm=llm, per_emotion=25, emotions=None, validate=validate, seed=2)
+        summary = run_generation(spec, config, store)
+    assert summary.state == "done"
+    est = store.estimate(summary.run_id)
+    assert est is not None and est["total_usd"] == pytest.approx(estimate_cost(spec, config).total_usd)
+    ratio = summary.cost / est["total_usd"]
+    assert 0.75 <= ratio <= 1.25, ratio
+    out = CliRunner().invoke(app, ["runs", "show", summary.run_id, "--db", str(store.path)]).output
+    assert f"${est['total_usd']:.4f}; actual:" in out and f"{ratio:.2f}x the estimate" in out, out

@@ -541,6 +541,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
             *(str(v.get(k, 0)) for k in ("natural", "rare but plausible", "implausible", "error", "cached")),
         )
     f.add_row("stage 4 outputs", f"{funnel['accepted']} accepted of {funnel['generated']}", "", "", "", "")
+    # every output check's rejections, most frequent first (truncated, too_long, off_language, ...)
+    for reason, n in sorted(funnel["output_rejections"].items(), key=lambda kv: -kv[1]):
+        f.add_row(f"  rejected: {reason}", str(n), "", "", "", "")
     console.print(f)
     rej = store.rejection_counts(run_id)
     r = Table("reason", "count", title="rejections")
