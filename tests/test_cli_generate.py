@@ -314,24 +314,45 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_resume(tmp_path: Path, sig: signal.
 
 @pytest.mark.slow
 def test_second_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    import threading
+
+    from personagen_core.testing.fake_openai import DefaultResponder
+
     db = tmp_path / "runs.sqlite"
     env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-    per = 30  # long enough (about 0.3 s a text) to outlive the second process's start-up
-    with FakeOpenAIServer(api_key=KEY, latency=0.25) as srv:
+    per = 6
+    release = threading.Event()
+    seen = [0]
+    lock = threading.Lock()
+    default = DefaultResponder()
+
+    def responder(body: dict) -> object:
+        # The first run holds still after a few answers until the second process has been refused.
+        with lock:
+            seen[0] += 1
+            n = seen[0]
+        if n > 8:
+            release.wait(timeout=120)
+        return default(body)
+
+    with FakeOpenAIServer(responder=responder, api_key=KEY) as srv:
         first = subprocess.Popen(
             _generate_cmd(srv, db, "--pack", "japan", "--emotions", "joy", "--per-emotion", str(per),
                           "--concurrency", "1"),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
-        _wait_for_texts(db, first, 1)
-        run_id = RunStore(db).list_runs()["run_id"].iloc[0]
-        res = subprocess.run(_generate_cmd(srv, db, "--resume", run_id), env=env, capture_output=True,
-                             timeout=60, check=False)
-        err = res.stderr.decode()
-        assert res.returncode == 2, err
-        assert f"error: run {run_id} is being generated right now by pid {first.pid}" in err
-        assert "UNIQUE" not in err and "Traceback" not in err
-        assert RunStore(db).run(run_id)["status"] == "running"  # not marked failed
+        try:
+            _wait_for_texts(db, first, 1)
+            run_id = RunStore(db).list_runs()["run_id"].iloc[0]
+            res = subprocess.run(_generate_cmd(srv, db, "--resume", run_id), env=env, capture_output=True,
+                                 timeout=60, check=False)
+            err = res.stderr.decode()
+            assert res.returncode == 2, err
+            assert f"error: run {run_id} is being generated right now by pid {first.pid}" in err
+            assert "UNIQUE" not in err and "Traceback" not in err
+            assert RunStore(db).run(run_id)["status"] == "running"  # not marked failed
+        finally:
+            release.set()
         out = first.communicate(timeout=120)[0].decode()
         assert first.returncode == 0, out
     store = RunStore(db)
