@@ -661,3 +661,45 @@ def test_cost_estimate_within_25_percent_of_a_fake_server_run(tmp_path: Path, sp
     assert 0.75 <= ratio <= 1.25, ratio
     out = CliRunner().invoke(app, ["runs", "show", summary.run_id, "--db", str(store.path)]).output
     assert f"${est['total_usd']:.4f}; actual:" in out and f"{ratio:.2f}x the estimate" in out, out
+
+
+def test_no_retry_starts_after_a_stop(tmp_path: Path, spec: Spec) -> None:
+    """Two generations are under way: the first request gets a 500 and waits to retry, the second is
+    answered with a refusal whose rejection uses up --max-attempts. The retry is never sent: the run
+    stopped. (A loopback endpoint starts at one call at a time, so the requests arrive in this order.)"""
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(responder=ScriptedResponder(always_refuse=True), faults=["500", None, None]) as srv:
+        llm = _settings(srv, concurrency=2, backoff_base=0.6, backoff_max=0.6)
+        config = _config(srv, llm=llm, emotions=["joy"], per_emotion=5, validate=False, max_attempts=2)
+        summary = run_generation(spec, config, store)
+        statuses = [r.status for r in srv.chat_requests]
+    assert summary.state == "stopped" and summary.stop_reason == "max_attempts"
+    assert statuses == [500, 200]  # the 500's retry was refused by the stopped run
+    assert summary.rejections == {"refusal": 1}
+    assert store.totals(summary.run_id)["calls"] == 2
+
+
+def test_a_session_that_lost_its_lease_stops(tmp_path: Path, spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If another process took the run over (this session's heartbeat stalled past the lease TTL), the
+    session notices at its next heartbeat and stops instead of writing beside the new holder."""
+    import sqlite3
+
+    from personagen_core.generation import _scheduler
+
+    monkeypatch.setattr(_scheduler, "HEARTBEAT_S", 0.2)
+    store = RunStore(tmp_path / "runs.sqlite")
+    taken = threading.Event()
+
+    def take_over(ev: ProgressEvent) -> None:
+        if sum(ev.accepted.values()) >= 1 and not taken.is_set():
+            taken.set()
+            with sqlite3.connect(store.path) as conn:
+                conn.execute("UPDATE leases SET owner = 'someone-else' WHERE run_id = ?", (ev.run_id,))
+
+    with FakeOpenAIServer(latency=0.1) as srv:
+        summary = run_generation(spec, _config(srv, per_emotion=30, llm=_settings(srv, concurrency=1)), store,
+                                 on_event=take_over)
+    assert taken.is_set()
+    assert summary.state == "failed" and "lost its lease" in (summary.message or "")
+    assert sum(summary.accepted.values()) < 90
+    assert store.lease(summary.run_id).owner == "someone-else"  # type: ignore[union-attr]  # left alone
