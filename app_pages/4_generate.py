@@ -112,8 +112,6 @@ with right:
         with ui.error_boundary("reading the run store"):
             run_id = ui.run_picker("Run", key="gen_run")
             ui.show_run_progress(run_id)
+            ui.run_details(run_id)
 
     monitor()
-    with ui.error_boundary("reading the run store"):
-        if ui.kept("run"):
-            ui.run_details(ui.kept("run"))

@@ -532,11 +532,19 @@ def _changes_frame(changes: Sequence[Any]) -> Any:
     )
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _run_diff(path: str, before: str, after: str) -> dict[str, Any]:
+    """``diff_runs`` of two stored runs (a run's spec and settings never change once it is created)."""
+    from personagen_core.diff import diff_runs
+
+    store = _store_for(path)
+    return diff_runs(store.run(before), store.run(after))
+
+
 def run_details(run_id: str) -> None:
     """The exact spec and settings a run was launched with, and what differs from another run."""
     import json
 
-    from personagen_core.diff import diff_runs
     from personagen_core.errors import StoreError
 
     store = get_store()
@@ -564,7 +572,7 @@ def run_details(run_id: str) -> None:
         other = st.selectbox(
             "Compare with", others, **keep("compare_run", others[0], options=others)
         )
-        diff = diff_runs(store.run(other), info)
+        diff = _run_diff(str(store_path()), other, run_id)
         st.caption(f"From run `{other}` (before) to run `{run_id}` (after).")
         for part, title in (("config", "Settings"), ("target", "Target"), ("spec", "Spec")):
             changes = diff[part]

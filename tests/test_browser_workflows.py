@@ -1,0 +1,351 @@
+"""Whole dashboard workflows in headless Chromium (Playwright), across pages, reloads and browser contexts.
+
+One `streamlit run app.py` server per module, with its own PERSONAGEN_HOME and a fake OpenAI-compatible
+endpoint on loopback; small runs. The tests share the server (its draft and run store), so each one sets
+what it checks. Screenshots of failures go to tests/artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port, _no_exception, _settle, _wait_healthy
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-workflow-test-key"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
+]
+
+
+class Served:
+    """The running dashboard: its URL, home folder, log file and fake endpoint."""
+
+    def __init__(self, url: str, home: Path, log: Path, fake: Any) -> None:
+        self.url, self.home, self.log, self.fake = url, home, log, fake
+
+    def runs(self) -> Any:
+        from personagen_core.store import RunStore
+
+        with RunStore(self.home / "runs.sqlite") as store:
+            return store.list_runs()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    tmp = tmp_path_factory.mktemp("workflows")
+    with FakeOpenAIServer(api_key=KEY) as fake:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),  # this checkout's code, whatever the editable install points at
+            "PERSONAGEN_HOME": str(tmp / "home"),
+            "HF_HUB_OFFLINE": "1",
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": KEY,
+        }
+        log = tmp / "streamlit.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                 "--server.port", str(port), "--server.address", "127.0.0.1",
+                 "--browser.gatherUsageStats", "false"],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _wait_healthy(url, proc)
+                yield Served(url, tmp / "home", log, fake)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(served: Served) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser: Any, served: Served, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (no shared cookies or session); its last view is saved as a screenshot and
+    the page text and server log are printed (pytest shows them when the test fails)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    try:
+        yield p
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        p.screenshot(path=str(ARTIFACTS / f"workflow_{request.node.name}.png"), full_page=True)
+        print("--- page text ---\n" + p.locator("body").inner_text()[-3000:])
+        print("--- streamlit log ---\n" + served.log.read_text(errors="replace")[-3000:])
+        context.close()
+
+
+def _open(page: Any, served: Served, path: str, title: str) -> None:
+    """Open ``/path`` (the default page, Distributions, is ``/``) in a new session."""
+    page.goto(f"{served.url}/{path}")
+    page.get_by_role("heading", name=title).first.wait_for()
+    _settle(page)
+    _no_exception(page)
+
+
+def _nav(page: Any, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.get_by_role("heading", name=title, exact=False).first.wait_for()
+    _settle(page)
+    _no_exception(page)
+
+
+def _slider_value(page: Any, label: str) -> float:
+    return float(page.locator(f'input[type="range"][aria-label="{label}"]').first.get_attribute("value"))
+
+
+def _click_track(page: Any, label: str, fraction: float) -> None:
+    thumb = page.locator(f'input[type="range"][aria-label="{label}"]').first
+    slider = page.locator('[data-testid="stSlider"]', has=thumb).first
+    box = slider.locator('div[style*="position: relative"]').first.bounding_box()
+    assert box is not None
+    before = thumb.get_attribute("value")
+    page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        "([l, b]) => document.querySelector(`input[type=range][aria-label=\"${l}\"]`).value !== b",
+        arg=[label, before],
+    )
+    _settle(page)
+
+
+def _widget(page: Any, testid: str, label: str) -> Any:
+    return page.locator(f'[data-testid="{testid}"]').filter(
+        has=page.locator('[data-testid="stWidgetLabel"]', has_text=re.compile(f"^{re.escape(label)}"))
+    ).first
+
+
+def _fill_number(page: Any, label: str, value: str) -> None:
+    box = _widget(page, "stNumberInput", label).locator("input")
+    box.fill(value)
+    box.press("Enter")
+    _settle(page)
+
+
+def _fill_text(page: Any, label: str, value: str) -> None:
+    box = _widget(page, "stTextInput", label).locator("input")
+    box.fill(value)
+    box.press("Enter")
+    _settle(page)
+
+
+def _choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in a selectbox: type its start to filter the list, then click it."""
+    field = _widget(page, "stSelectbox", label).locator('input[role="combobox"]')
+    for attempt in range(3):
+        field.click()
+        field.press("Control+a")
+        field.press_sequentially(option[:4])
+        choice = page.get_by_role("option", name=option, exact=True).first
+        try:
+            choice.wait_for(timeout=5_000)
+        except Exception:
+            page.keyboard.press("Escape")
+            if attempt == 2:
+                raise
+            continue
+        choice.click()
+        break
+    _settle(page)
+
+
+def _selected(page: Any, label: str) -> str:
+    return _widget(page, "stSelectbox", label).locator('input[role="combobox"]').input_value()
+
+
+def _multiselect_values(page: Any, label: str) -> list[str]:
+    tags = _widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox [data-tag]")
+    return [tags.nth(i).get_attribute("aria-label") for i in range(tags.count())]
+
+
+def _unselect(page: Any, label: str, value: str) -> None:
+    box = _widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox")
+    box.get_by_role("button", name=f"Remove {value}", exact=True).click()
+    _settle(page)
+
+
+def _number(page: Any, label: str) -> str:
+    return _widget(page, "stNumberInput", label).locator("input").input_value()
+
+
+def _text(page: Any, label: str) -> str:
+    return _widget(page, "stTextInput", label).locator("input").input_value()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_deep_link_opens_the_proper_navigation(page: Any, served: Served) -> None:
+    _open(page, served, "evaluate", "Evaluate")
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    for title in ("Distributions", "Generate", "Evaluate", "Report & export"):
+        assert title in nav
+    assert "6_evaluate" not in nav and "distributions\n" not in nav
+    assert not page.get_by_text("Page not found").count()
+
+
+def test_tuned_slider_survives_pages_reloads_and_downloads_as_yaml(page: Any, served: Served) -> None:
+    _open(page, served, "", "Distributions")
+    before = _slider_value(page, "6-12")
+    _click_track(page, "6-12", 0.8)
+    tuned = _slider_value(page, "6-12")
+    assert tuned > before + 0.5
+    _nav(page, "Persona preview")
+    _nav(page, "Distributions")
+    assert _slider_value(page, "6-12") == pytest.approx(tuned)
+    page.reload()
+    page.get_by_role("heading", name="Distributions").first.wait_for()
+    _settle(page)
+    assert _slider_value(page, "6-12") == pytest.approx(tuned)
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download spec (YAML)").click()
+    data = yaml.safe_load(Path(info.value.path()).read_text())
+    ages = {it["name"]: it["p"] for it in data["attributes"]["age"]["items"]}
+    assert ages["6-12"] == pytest.approx(tuned, abs=1e-3)
+    assert sum(ages.values()) == pytest.approx(1.0)
+    assert "Traceback" not in served.log.read_text(errors="replace")
+
+
+def test_saved_spec_and_draft_reach_a_second_browser(page: Any, browser: Any, served: Served) -> None:
+    _open(page, served, "", "Distributions")
+    _click_track(page, "13-17", 0.5)
+    value = _slider_value(page, "13-17")
+    page.get_by_text("Saved specs", exact=True).first.click()
+    _fill_text(page, "Save the working spec as", "workflow spec")
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.get_by_text("Saved the working spec as 'workflow spec'").wait_for()
+
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        second = other.new_page()
+        second.set_default_timeout(30_000)
+        _open(second, served, "", "Distributions")
+        assert _slider_value(second, "13-17") == pytest.approx(value)  # the draft
+        second.get_by_text("Saved specs", exact=True).first.click()
+        assert _selected(second, "Saved specs").startswith("workflow spec")
+    finally:
+        other.close()
+    # The CLI reads it by name from the same home.
+    from personagen_core.spec_library import SpecLibrary
+
+    with SpecLibrary(served.home / "specs.sqlite") as lib:
+        assert lib.load("workflow spec").attributes["age"].items[1].p == pytest.approx(value, abs=1e-3)
+
+
+def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, served: Served) -> None:
+    _open(page, served, "generate", "Generate")
+    assert _selected(page, "Method").startswith("PersonaGen")
+    _fill_text(page, "Model", "gpt-4.1-mini")
+    _fill_number(page, "Texts per emotion", "1")
+    _fill_number(page, "Seed", "11")
+    _fill_number(page, "Concurrency", "3")
+    _fill_number(page, "Max cost (USD, 0 = none)", "5.00")
+    thumb = _widget(page, "stSlider", "Temperature").locator('input[type="range"]')
+    before = float(thumb.get_attribute("value"))
+    thumb.focus()
+    for _ in range(2):
+        thumb.press("ArrowRight")
+        _settle(page)
+    temperature = float(thumb.get_attribute("value"))
+    assert temperature == pytest.approx(before + 0.1)
+    # Keep two emotions: clear the selection, then pick them from the dropdown.
+    box = _widget(page, "stMultiSelect", "Emotions").locator(".react-aria-ComboBox")
+    box.get_by_role("button", name=re.compile("clear", re.IGNORECASE)).first.click()
+    _settle(page)
+    for name in ("anger", "fear"):
+        field = box.locator('input[role="combobox"]')
+        field.click()
+        field.press_sequentially(name)
+        page.get_by_role("option", name=name, exact=True).first.click()
+        _settle(page)
+        page.keyboard.press("Escape")
+    kept_emotions = _multiselect_values(page, "Emotions")
+    assert kept_emotions == ["anger", "fear"]
+    _choose(page, "Method", "AttrPrompt")
+    expected = {"Texts per emotion": "1", "Seed": "11", "Concurrency": "3", "Max cost (USD, 0 = none)": "5.00"}
+
+    def check() -> None:
+        for label, value in expected.items():
+            assert _number(page, label) == value, label
+        assert _text(page, "Model") == "gpt-4.1-mini"
+        assert float(_widget(page, "stSlider", "Temperature").locator('input[type="range"]')
+                     .get_attribute("value")) == pytest.approx(temperature)
+        assert _multiselect_values(page, "Emotions") == kept_emotions
+        assert _selected(page, "Method") == "AttrPrompt"
+
+    _nav(page, "Explore") if len(served.runs()) else _nav(page, "Scenarios & emotions")
+    _nav(page, "Distributions")
+    _nav(page, "Generate")
+    check()
+    page.reload()
+    page.get_by_role("heading", name="Generate").first.wait_for()
+    _settle(page)
+    check()
+
+    # Launch twice: the picker follows the newest launch, and the comparison shows what changed.
+    for launched, per_emotion in enumerate(("1", "2"), start=len(served.runs()) + 1):
+        _fill_number(page, "Texts per emotion", per_emotion)
+        page.get_by_role("button", name="Launch").click()
+        _settle(page)
+        deadline = time.monotonic() + 30
+        while len(served.runs()) < launched and time.monotonic() < deadline:
+            time.sleep(0.2)  # the run's thread creates it in the store
+        newest = str(served.runs().iloc[0]["run_id"])
+        page.wait_for_function(
+            "([id]) => [...document.querySelectorAll('[data-testid=stSelectbox] input')]"
+            ".some(e => e.value.includes(id))",
+            arg=[newest],
+        )
+        assert _selected(page, "Run").startswith(newest)
+        done = page.get_by_text(re.compile(r"\d+ / \d+ texts · (done|failed|stopped|cancelled)")).first
+        done.wait_for(timeout=120_000)
+        n = int(per_emotion) * 2
+        assert f"{n} / {n} texts · done" in done.inner_text()
+    page.get_by_text("Compare with another run").click()
+    _settle(page)
+    body = page.locator("body").inner_text()
+    # per_emotion changed (1 -> 2), and with it the target of both emotions; the spec is the same.
+    assert re.search(r"Settings: 1 change\(s\)", body) and re.search(r"Target: 2 change\(s\)", body), body
+    assert "Spec: identical" in body
+    from personagen_core.store import RunStore
+
+    with RunStore(served.home / "runs.sqlite") as store:
+        run = store.run(str(served.runs().iloc[0]["run_id"]))
+    config = run["config"]
+    assert config["per_emotion"] == 2 and config["seed"] == 11 and config["llm"]["concurrency"] == 3
+    assert config["max_cost"] == pytest.approx(5.0) and run["method"] == "attrprompt"
+    assert sorted(run["target"]) == sorted(kept_emotions)
+    assert KEY not in served.log.read_text(errors="replace")
