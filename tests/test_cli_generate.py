@@ -454,3 +454,52 @@ def test_progress_keeps_counts_readable_at_80_columns() -> None:
             "1:02:05 elapsed, ETA 30:00"
         )
     ]
+
+
+def test_list_show_export_open_the_store_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db)
+    run_id = store.create_run(method="personagen", config={}, target={"joy": 1}, spec_yaml=None, spec_hash=None,
+                              spec_name="x")
+    store.add_text(run_id, emotion="joy", text="So glad!", text_norm="so glad", persona_id=None, model="m", quota=1)
+    store.close()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    opened: list[bool] = []
+    real_init = RunStore.__init__
+
+    def spy(self: RunStore, path: object = None, *, read_only: bool = False) -> None:
+        opened.append(read_only)
+        real_init(self, path, read_only=read_only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunStore, "__init__", spy)
+    runner = CliRunner()
+    for cmd in (["runs", "list"], ["runs", "show", run_id], ["export", run_id, "-o", str(tmp_path / "t.csv")]):
+        res = runner.invoke(app, [*cmd, "--db", str(db)])
+        assert res.exit_code == 0, res.output
+    assert opened == [True, True, True]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    missing = tmp_path / "none" / "runs.sqlite"
+    res = runner.invoke(app, ["runs", "list", "--db", str(missing)])
+    assert res.exit_code == 0 and "no runs yet" in res.output and not missing.parent.exists()
+
+
+def test_generate_refuses_a_corrupt_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db)
+    run_id = store.create_run(method="personagen", config={}, target={"joy": 1}, spec_yaml=None, spec_hash=None,
+                              spec_name="x")
+    with store.write_behind():  # one transaction
+        for i in range(400):
+            store.add_rejection(run_id, stage=4, reason="x", detail="d" * 200, text=f"text {i} " * 20)
+    store.close()
+    data = bytearray(db.read_bytes())
+    mid = len(data) // 2 // 4096 * 4096  # a page in the middle of the file
+    data[mid : mid + 4096] = b"\xa5" * 4096
+    db.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--pack", "japan", "--per-emotion", "1", "--db", str(db), "--base-url",
+              "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"error: the run store {db} is corrupt" in err and "Traceback" not in err

@@ -367,8 +367,9 @@ def test_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
 def _corrupt_store(path: Path) -> None:
     store = RunStore(path)
     run_id = _run(store)
-    for i in range(400):
-        store.add_rejection(run_id, stage=4, reason="x", detail="d" * 200, text=f"text {i} " * 20)
+    with store.write_behind():  # one transaction
+        for i in range(400):
+            store.add_rejection(run_id, stage=4, reason="x", detail="d" * 200, text=f"text {i} " * 20)
     store.close()
     data = bytearray(path.read_bytes())
     assert len(data) > 40 * 4096

@@ -51,6 +51,7 @@ from personagen_core.errors import (
     LLMResponseError,
 )
 from personagen_core.generation.prompts import VerdictReasons
+from personagen_core.redaction import redact_text
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -701,6 +702,7 @@ class LLMClient:
         if self._secret:
             text = text.replace(self._secret, "***")
         text = re.sub(r"//[^/@\s]*@", "//***@", text)  # credentials inside URLs
+        text = redact_text(text)  # and key/token query parameters of the base URL
         return _KEY_LIKE_RE.sub("sk-***", text)
 
     def _where(self, model: str) -> str:
