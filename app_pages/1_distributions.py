@@ -45,6 +45,7 @@ with c_save:
 with st.expander("Saved specs", icon=":material/bookmarks:"):
     ui.spec_library_panel()
 
+ui.conflict_panel(ui.current_spec())
 spec = ui.current_spec()
 categories = ui.category_options(spec)
 

@@ -29,6 +29,7 @@ with left:
             placeholder="all values",
         )
         ui.field_error(f"scenario_filters.{key}")
+    ui.conflict_panel(ui.current_spec())
 with right:
     if spec.scenario:
         element = st.selectbox(

@@ -570,3 +570,21 @@ def test_long_category_uses_a_searchable_table_and_labels_every_bar(home: Path) 
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert fig["layout"]["yaxis"]["dtick"] == 1 and fig["data"][0]["orientation"] == "h"
     assert len(fig["data"][0]["y"]) == n
+
+
+def test_a_filter_that_conflicts_with_rules_offers_working_fixes(home: Path) -> None:
+    at = _open(_app().run(), "app_pages/2_scenarios.py")
+    at.multiselect(key="filter:0:location_type").set_value(["workplace"]).run()
+    assert not at.exception
+    assert any("rules[11]" in e.value for e in at.error), [e.value for e in at.error]
+    fix = next(b for b in at.button if b.label.startswith("Let rules[11]"))
+    fix.click().run()
+    assert not at.exception
+    spec = at.session_state["spec"]
+    assert spec.scenario_filters == {"location_type": ["workplace"]}  # the filter is kept
+    assert "location_type" not in spec.rules[11].deny
+    assert not any(b.label.startswith("Let rules[") for b in at.button)  # no conflict any more
+    at.selectbox(key="keep_scenario_element").set_value("location_type").run()
+    names = spec.scenario["location_type"].names
+    bar = _sampled_bar(at, "location_type")
+    assert bar[names.index("workplace")] == pytest.approx(1.0)  # every sampled scene is at a workplace

@@ -25,6 +25,7 @@ __all__ = [
     "category_editor",
     "edit_target",
     "category_options",
+    "conflict_panel",
     "emotion_editor",
     "handle_spec_upload",
     "has_table",
@@ -662,6 +663,40 @@ def spec_library_panel() -> None:
     if st.session_state.get("library_message"):
         st.success(st.session_state.pop("library_message"))
     field_error("library")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fixes_cached(digest: str, _spec: Any) -> tuple[str | None, list[Any]]:
+    from personagen_core.personas.repair import conflict, conflict_fixes
+
+    err = conflict(_spec)
+    return (str(err), conflict_fixes(_spec)) if err is not None else (None, [])
+
+
+def _apply_fix(digest: str, index: int) -> None:
+    _, fixes = _fixes_cached(digest, st.session_state["spec"])
+    if index < len(fixes):
+        _apply(fixes[index].spec, "conflict")
+
+
+def conflict_panel(spec: Any) -> bool:
+    """When rules, tables and filters leave a case without any value, show the conflict and one button per
+    fix that makes the spec sample again (computed by ``personas.repair``). Returns whether it conflicts."""
+    digest = _spec_hash(spec)
+    message, fixes = _fixes_cached(digest, spec)
+    if message is None:
+        return False
+    with st.container(border=True):
+        st.error(message, icon=":material/block:")
+        if fixes:
+            st.caption("Ways out (each one was tried and makes the spec sample again):")
+            for i, fix in enumerate(fixes):
+                st.button(fix.label, key=f"fix:{digest[:12]}:{i}", on_click=_apply_fix, args=(digest, i),
+                          icon=":material/build:")
+        else:
+            st.caption("No single rule or filter change resolves it; edit the rules or tables below.")
+        field_error("conflict")
+    return True
 
 
 def spec_digest(spec: Any) -> str:
