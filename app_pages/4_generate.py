@@ -14,6 +14,7 @@ left, right = st.columns([2, 3], gap="large")
 
 with left:
     st.subheader("Backend")
+    llm = None  # stays None when the settings form fails (the error is shown)
     with ui.error_boundary("LLM settings"):
         llm = ui.llm_settings_form()
     st.subheader("Run")
