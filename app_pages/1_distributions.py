@@ -45,7 +45,7 @@ with c_save:
 with st.expander("Saved specs", icon=":material/bookmarks:"):
     ui.spec_library_panel()
 
-ui.conflict_panel(ui.current_spec())
+ui.conflict_panel(ui.current_spec(), int(ui.kept("dist_n", 1000)), int(ui.kept("dist_seed", 0)))
 spec = ui.current_spec()
 categories = ui.category_options(spec)
 

@@ -12,6 +12,11 @@ Three measurements, all printed:
 2. *Slider change, whole page*: the Distributions page re-run by ``streamlit.testing.v1.AppTest`` after
    ``slider.set_value`` (script run + callback + every element; AppTest's own overhead included, so this is
    an upper bound of the server-side time).
+2b. *Edit of the long category (occupation, 39 items)*: the Distributions page showing occupation (its
+   searchable table, the conditional-row picker and the every-bar chart), re-run after one probability of
+   the edited table row changed. AppTest cannot type into a data editor, so each repeat does what the
+   editor's callback does (``ui.renormalise`` + ``ui.with_target_probs``, timed inside) and puts the new
+   spec in session state before the re-run; a new value each repeat, so sampling is never a cache hit.
 3. *Page open, warm*: each of the 8 pages opened with AppTest after a first visit warmed the caches, with one
    finished run (10 texts generated against the local fake OpenAI server) and its evaluation in the store.
    The Evaluate page is timed showing that evaluation (cached).
@@ -96,6 +101,32 @@ def bench_slider_page(repeats: int, home: Path) -> None:
     print(f"    {'page rerun':<18} {_ms(times)}")
 
 
+def bench_long_category(repeats: int, home: Path) -> None:
+    import ui
+
+    at = _app(home).run()
+    at.switch_page("app_pages/1_distributions.py").run()
+    at.selectbox(key="keep_dist_category").set_value("attributes.occupation").run()
+    target = at.selectbox(key="keep_cond_row:attributes.occupation").value  # the first age band's row
+    n_items = len(at.session_state["spec"].attributes["occupation"].items)
+    assert [d for d in at.dataframe if list(d.value.columns) == ["item", "p", "lock"]], "no item table"
+    times, callback = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        spec = at.session_state["spec"]
+        probs = ui.renormalise(ui.target_probs(spec, target), 1, 0.01 + 0.4 * i / max(repeats, 1))
+        at.session_state["spec"] = ui.with_target_probs(spec, target, probs)
+        t1 = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t0)
+        callback.append(t1 - t0)
+        assert not at.exception, [e.value for e in at.exception]
+    print(f"[2b] edit of the {n_items}-item category (occupation, row {target.split('@')[1]}), whole page "
+          f"via AppTest ({repeats} repeats)")
+    print(f"    {'callback work':<18} {_ms(callback)}")
+    print(f"    {'page rerun':<18} {_ms(times)}")
+
+
 def _finished_run(home: Path) -> None:
     """Generate 10 texts against the fake OpenAI server into ``home``'s run store (not timed)."""
     from personagen_core.generation.llm import LLMSettings
@@ -146,6 +177,7 @@ def main() -> None:
     bench_core(args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         bench_slider_page(max(5, args.repeats // 2), Path(tmp) / "slider")
+        bench_long_category(max(5, args.repeats // 2), Path(tmp) / "long")
         bench_pages(max(3, args.repeats // 4), Path(tmp) / "pages")
 
 

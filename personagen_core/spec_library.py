@@ -109,6 +109,9 @@ class SpecLibrary:
             # cross threads when access is serialised, which the lock does.
             self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: no fsync per draft save (every slider move); a power cut can lose the last
+            # draft writes, never corrupt the file.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise PersonaGenError(f"spec library {self.path}: {exc}") from exc
