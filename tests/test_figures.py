@@ -198,3 +198,23 @@ def test_diversity_bars_of_too_few_texts_are_faded_and_say_n() -> None:
     assert all(o == 1.0 for i, o in enumerate(trace.marker.opacity) if i != first)
     assert "unreliable" in fig.layout.title.text
     assert "unreliable" not in figures.diversity_figure(REPORT).layout.title.text
+
+
+def test_hover_wrap_is_textwraps_greedy_wrap() -> None:
+    import textwrap
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as hst
+
+    @settings(max_examples=300, deadline=None)
+    @given(hst.lists(hst.text(alphabet="abcdefghij", min_size=1, max_size=75), max_size=40), hst.integers(5, 60))
+    def check(parts: list[str], width: int) -> None:
+        text = " ".join(parts)
+        lines = figures._wrap(text, width).split("<br>")
+        assert all(len(line) <= width for line in lines)
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing lost
+        if all(len(p) <= width for p in parts):  # no word to break: the same lines as textwrap
+            assert lines == (textwrap.wrap(text, width) or [text])
+
+    check()
+    assert figures._wrap("a  b\n c", 60) == "a b c" and figures._wrap(None) == ""

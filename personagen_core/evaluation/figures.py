@@ -20,8 +20,9 @@ Report sections used here (see ``evaluation.py`` for the full layout):
 
 from __future__ import annotations
 
+import functools
 import math
-import textwrap
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,10 +96,19 @@ def color_map(values: Sequence[Any]) -> dict[str, str]:
     return {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(keys)}
 
 
+@functools.cache
+def _wrap_pattern(width: int) -> re.Pattern[str]:
+    # Greedy: up to ``width`` characters ending at a space (or the end), else ``width`` characters of one
+    # long word. One regex pass instead of textwrap, which took 80 % of drawing a 3,500-point projection.
+    return re.compile(rf"(.{{1,{width}}})(?: |$)|(.{{{width}}})")
+
+
 def _wrap(text: Any, width: int = _HOVER_WIDTH) -> str:
-    """Wrap hover text with <br> so long texts stay readable in the tooltip."""
-    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
-    return "<br>".join(textwrap.wrap(s, width)) or s
+    """Wrap hover text with <br> so long texts stay readable in the tooltip (whitespace runs collapse)."""
+    s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else " ".join(str(text).split())
+    if len(s) <= width:
+        return s
+    return "<br>".join(a or b for a, b in _wrap_pattern(width).findall(s))
 
 
 def projection_frame(report: Mapping[str, Any], dataset: str, method: str = "tsne") -> pd.DataFrame:
