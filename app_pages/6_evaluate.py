@@ -8,20 +8,22 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from personagen_core.evaluation import figures
+from personagen_core.evaluation import figures, projection
 from personagen_core.evaluation import suite as evaluation
 
 ui.page_title("Evaluate")
 
 run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True)
-ui.defaults(keep_eval_methods=["tsne"], keep_eval_cap=0, keep_eval_judge=False)
 c_proj, c_cap, c_judge = st.columns([2, 1, 1])
 methods = c_proj.multiselect(
-    "Projections", ["tsne", "umap"], key="keep_eval_methods", format_func={"tsne": "t-SNE", "umap": "UMAP"}.get
+    "Projections",
+    list(projection.METHODS),
+    format_func={"tsne": "t-SNE", "umap": "UMAP"}.get,
+    **ui.keep("eval_methods", ["tsne"], options=projection.METHODS),
 )
-cap = c_cap.number_input("Max texts per run (0 = all)", 0, 100_000, step=100, key="keep_eval_cap")
+cap = c_cap.number_input("Max texts per run (0 = all)", 0, 100_000, step=100, **ui.keep("eval_cap", 0))
 judge = c_judge.toggle(
-    "LLM judge", key="keep_eval_judge", help="Scores every text with the LLM set on the Generate page."
+    "LLM judge", help="Scores every text with the LLM set on the Generate page.", **ui.keep("eval_judge", False)
 )
 
 if not run_ids:
@@ -33,11 +35,11 @@ elif st.button("Evaluate", type="primary", icon=":material/insights:"):
         )
         report = ui.evaluate_runs(run_ids, settings, llm=ui.llm_settings() if judge else None)
         # Show what was just evaluated (the picker is drawn below, so its value can still be set).
-        st.session_state["keep_eval_open"] = report["stored"]["eval_id"]
+        ui.set_kept("eval_open", report["stored"]["eval_id"])
 
 st.subheader("Stored evaluations")
 with ui.error_boundary("stored evaluation"):
-    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", key="keep_eval_open")
+    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", name="eval_open")
     if eval_id is None:
         st.info("No stored evaluation yet: pick runs and press **Evaluate**.")
     else:

@@ -25,7 +25,7 @@ for col, fmt in zip(cols, ("csv", "jsonl", "parquet"), strict=True):
 
 st.subheader("HTML report")
 with ui.error_boundary("building the report"):
-    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", key="keep_report_eval")
+    eval_id = ui.stored_evaluation_picker("Evaluation (newest first)", name="report_eval")
     if eval_id is None:
         st.info(
             "No stored evaluation yet: evaluate runs on the **Evaluate** page (or the **Real data** page); "

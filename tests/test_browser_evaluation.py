@@ -319,20 +319,24 @@ def test_report_page_after_reload_downloads_a_stored_evaluation(browser: Any, se
         _settle(page)
         options = _stored_options(page)
         assert len(options) == len(listed)
-        newest = str(listed.iloc[0]["eval_id"])
-        assert newest in options[0]
+        assert str(listed.iloc[0]["eval_id"]) in options[0]  # newest first
+        # The picker shows the kept choice (or the newest): download that one.
+        picker = page.locator('[data-testid="stSelectbox"]', has_text="Evaluation (newest first)")
+        chosen = picker.get_by_role("combobox").input_value().rsplit(" · ", 1)[-1]
+        assert chosen in set(listed["eval_id"]), chosen
+        row = listed[listed["eval_id"] == chosen].iloc[0]
         with page.expect_download() as info:
             page.get_by_role("button", name="Download the HTML report").click()
         download = info.value
-        assert download.suggested_filename == f"personagen_report_{newest}.html"
+        assert download.suggested_filename == f"personagen_report_{chosen}.html"
         html = Path(download.path()).read_text(encoding="utf-8")
         parsed = _Html()
         parsed.feed(html)
         text = re.sub(r"\s+", " ", " ".join(parsed.text))
-        runs = listed.iloc[0]["runs"]
+        runs = row["runs"]
         assert parsed.title.startswith("PersonaGen evaluation: ") and runs[0] in parsed.title
         assert {"datasets", "projections", "diversity", "separability", "settings"} <= set(parsed.sections)
-        assert f"Stored evaluation {newest}" in text
+        assert f"Stored evaluation {chosen}" in text
         assert "Table IV" in text
         assert not re.search(r"<script[^>]+src=", html)  # self-contained
         if runs == [server["small"]]:  # the small run's report carries its warnings

@@ -10,13 +10,15 @@ from typing import Any
 
 import streamlit as st
 
-from ui.state import error_boundary, get_store, store_path
+from ui.state import error_boundary, get_store, keep, store_path
 
 __all__ = [
     "embedder",
     "evaluate_runs",
     "evaluation_store",
     "open_evaluation",
+    "recent_gold_picker",
+    "remember_gold_file",
     "stored_evaluation_picker",
     "overall_table",
     "per_emotion_table",
@@ -122,8 +124,9 @@ def open_evaluation(eval_id: str) -> dict[str, Any]:
     return evaluation_store().get(eval_id)
 
 
-def stored_evaluation_picker(label: str = "Stored evaluation", *, key: str) -> str | None:
-    """Pick a stored evaluation (newest first: id, date, runs, settings); None when there is none yet."""
+def stored_evaluation_picker(label: str = "Stored evaluation", *, name: str) -> str | None:
+    """Pick a stored evaluation (newest first: date, runs, texts, settings, warnings, id); the choice is
+    kept as ``name`` across pages and reloads (:func:`ui.state.keep`). None when there is none yet."""
     listed = evaluation_store().list(limit=200)
     if listed.empty:
         return None
@@ -133,9 +136,39 @@ def stored_evaluation_picker(label: str = "Stored evaluation", *, key: str) -> s
         + f" · {r['eval_id']}"
         for r in listed.to_dict("records")
     }
-    if st.session_state.get(key) not in labels:
-        st.session_state.pop(key, None)  # deleted or from another home: fall back to the newest
-    return st.selectbox(label, list(labels), format_func=labels.get, key=key)
+    ids = list(labels)
+    # A kept id that was deleted (or belongs to another home) falls back to the newest.
+    return st.selectbox(label, ids, format_func=labels.get, **keep(name, ids[0], options=ids))
+
+
+def remember_gold_file(path: Any, split: str) -> None:
+    """Remember a gold file that was read successfully (offered again by :func:`recent_gold_picker`)."""
+    from pathlib import Path
+
+    store = evaluation_store()
+    resolved = str(Path(path).expanduser().resolve())
+    if store.recent_gold_files(split=split, limit=1) != [resolved]:  # no write on every rerun
+        store.remember_gold_file(resolved, split=split)
+
+
+def _use_recent(split: str, target_key: str) -> None:
+    chosen = st.session_state.get(f"gold_{split}_recent")
+    if chosen:
+        st.session_state[target_key] = chosen  # a callback runs before the page draws the path field
+
+
+def recent_gold_picker(split: str, target_key: str) -> None:
+    """A picker of the gold files used recently (server paths that still exist), filling ``target_key``."""
+    recent = evaluation_store().recent_gold_files(split=split)
+    if recent:
+        st.selectbox(
+            f"Recent {split} files",
+            ["", *recent],
+            format_func=lambda p: p or "(choose a file used before)",
+            key=f"gold_{split}_recent",
+            on_change=_use_recent,
+            args=(split, target_key),
+        )
 
 
 def overall_table(section: dict[str, Any], field_name: str = "overall") -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from ui.evaluation_view import recent_gold_picker, remember_gold_file
 from ui.runs import run_texts
 from ui.state import defaults, error_boundary, set_kept
 
@@ -22,7 +23,6 @@ def _skipped(report: dict[str, Any], section: str) -> None:
     st.info(f"Not computed: {reason}.")
 
 
-_SHARED_CARER = Path(__file__).resolve().parents[2] / "shared" / "data" / "carer"
 _AUTO = "(auto)"
 _SEPARATORS = {_AUTO: None, "comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"}
 _HEADER = {_AUTO: None, "yes": True, "no": False}
@@ -57,8 +57,8 @@ def _read_table(path: str, mtime: float, options: dict[str, Any]) -> Any:
 def _source(kind: str, split: str) -> tuple[Path | None, str]:
     """The chosen file as a local path (uploads are saved first) and its display name."""
     if kind == "path":
-        default = _SHARED_CARER / f"{split}.txt"
-        defaults(**{f"keep_gold_{split}_path": str(default) if default.exists() else ""})
+        defaults(**{f"keep_gold_{split}_path": ""})  # the user chooses; recent files are offered
+        recent_gold_picker(split, f"keep_gold_{split}_path")
         value = st.text_input(
             f"Gold {split} file",
             key=f"keep_gold_{split}_path",
@@ -140,6 +140,8 @@ def _gold_split(kind: str, split: str) -> Any:
         st.dataframe(table.head(5), key=f"gold_{split}_raw")
         return None
     frame.attrs["source"] = name
+    if kind == "path":
+        remember_gold_file(path, split)
     read = frame.attrs.get("read", {})
     st.caption(
         f"{len(frame):,} texts, labels: {', '.join(sorted(frame['label'].astype(str).unique()))} "
