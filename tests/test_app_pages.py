@@ -588,3 +588,59 @@ def test_a_filter_that_conflicts_with_rules_offers_working_fixes(home: Path) -> 
     names = spec.scenario["location_type"].names
     bar = _sampled_bar(at, "location_type")
     assert bar[names.index("workplace")] == pytest.approx(1.0)  # every sampled scene is at a workplace
+
+
+@pytest.mark.slow
+def test_progress_tells_the_story_of_a_run_with_failing_calls(home: Path, monkeypatch) -> None:
+    """Failing calls are counted and the latest error shown; the newest texts and the stage are visible."""
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(api_key="sk-story", faults=["500", "500", None, "500"]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-story")
+        at = _open(_app().run(), "app_pages/4_generate.py")
+        at.number_input(key="keep_per_emotion").set_value(1)
+        at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
+        at.run()
+        _button(at, "Launch").click().run()
+        # The picker follows the launch at once, even before the run's thread has stored it.
+        launched = at.session_state["last_run_id"]
+        assert at.selectbox(key="keep_run_gen_run").value == launched
+        run = _wait_for_run(home)
+        assert run["run_id"] == launched and run["status"] == "done", run
+    at.run()
+    assert not at.exception
+    text = _texts(at)
+    assert "3 call(s) failed" in text and "Latest error, while" in text, text
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Failing"] == "3" and int(metrics["LLM calls"]) > 3
+    tail = next(d.value for d in at.dataframe if list(d.value.columns) == ["emotion", "text"])
+    assert set(tail["emotion"]) == {"joy", "anger"} and len(tail) == 2
+    assert "sk-story" not in text
+
+
+@pytest.mark.slow
+def test_progress_names_the_stage_being_worked_on(home: Path, monkeypatch) -> None:
+    import time
+
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(api_key="sk-stage", latency=0.4) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-stage")
+        at = _open(_app().run(), "app_pages/4_generate.py")
+        at.number_input(key="keep_per_emotion").set_value(4)
+        at.multiselect(key="keep_emotions").set_value(["joy"])
+        at.run()
+        _button(at, "Launch").click().run()
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            at.run()
+            seen |= {c.value for c in at.caption if c.value.startswith(("Now:", "Starting"))}
+            if any("generating texts" in s for s in seen):
+                break
+            time.sleep(0.2)
+        _wait_for_run(home)
+    assert any(s.startswith("Now: validating stage") for s in seen), seen  # stages 1-3 before texts
+    assert any(s.startswith("Now: generating texts") for s in seen), seen
