@@ -349,3 +349,33 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
     assert config["max_cost"] == pytest.approx(5.0) and run["method"] == "attrprompt"
     assert sorted(run["target"]) == sorted(kept_emotions)
     assert KEY not in served.log.read_text(errors="replace")
+
+
+def test_a_conditional_row_of_the_long_category_is_edited_in_its_table(page: Any, served: Served) -> None:
+    """Occupation (39 items) is conditioned on age: pick an age band, type a probability in the searchable
+    table; that row of the conditional table changes (the draft has it), the chart labels every item."""
+    from personagen_core.spec_library import SpecLibrary
+
+    _open(page, served, "", "Distributions")
+    _choose(page, "Category", "Stage 1 · occupation")
+    _choose(page, "Edit P(occupation | age) when", "age = 25-34")
+    canvas = page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None
+    # The grid is drawn on a canvas: row 1 (first item) is below the 35 px header; "probability" is the
+    # middle column of item | probability | lock.
+    page.mouse.dblclick(box["x"] + box["width"] * 0.6, box["y"] + 35 + 17)
+    page.wait_for_timeout(700)
+    page.keyboard.type("0.4")
+    page.keyboard.press("Enter")
+    _settle(page)
+    with SpecLibrary(served.home / "specs.sqlite") as lib:
+        spec = lib.load_draft().spec
+    cat = spec.attributes["occupation"]
+    row = next(r for r in cat.table if r.when == {"age": ["25-34"]})
+    probs = {it.name: it.p for it in row.items}
+    assert probs[cat.names[0]] == pytest.approx(0.4) and sum(probs.values()) == pytest.approx(1.0)
+    legend = page.locator('[data-testid="stPlotlyChart"]').first.inner_text()
+    assert "edited: age = 25-34" in legend and "marginal (exact)" in legend
+    assert page.get_by_role("heading", name="Conditional table").count() == 1  # full width, not an expander
