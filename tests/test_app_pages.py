@@ -336,6 +336,9 @@ def test_locked_item_keeps_its_value(home: Path) -> None:
     before = list(at.session_state["spec"].attributes["age"].probs)
     lock = next(c.key for c in at.checkbox if c.key.endswith("attributes.age:1"))
     at.checkbox(key=lock).check().run()
+    _open(at, "app_pages/3_preview.py")  # a lock survives a visit to another page
+    _open(at, "app_pages/1_distributions.py")
+    assert at.checkbox(key=lock).value is True
     slider = next(s.key for s in at.slider if s.key.endswith("attributes.age:0"))
     at.slider(key=slider).set_value(0.3).run()
     after = at.session_state["spec"].attributes["age"].probs

@@ -18,7 +18,7 @@ from ui.probabilities import (
     renormalise,
     spec_error_field,
 )
-from ui.state import _set_field_error, field_error, keep, set_spec
+from ui.state import _set_field_error, field_error, keep, kept, set_kept, set_spec
 
 __all__ = [
     "LONG_CATEGORY",
@@ -196,7 +196,8 @@ def _lock_key(target: str, index: int) -> str:
 
 
 def _locked(target: str, n: int) -> list[int]:
-    return [j for j in range(n) if st.session_state.get(_lock_key(target, j))]
+    # Locks are kept values (session only), so they survive a visit to another page.
+    return [j for j in range(n) if kept(_lock_key(target, j))]
 
 
 def _adopt_probs(target: str, index: int, value: float) -> None:
@@ -221,7 +222,7 @@ def _on_grid_edit(target: str) -> None:
     edits = (st.session_state.get(_grid_key(target)) or {}).get("edited_rows", {})
     for i, change in sorted(edits.items()):
         if "lock" in change:
-            st.session_state[_lock_key(target, int(i))] = bool(change["lock"])
+            set_kept(_lock_key(target, int(i)), bool(change["lock"]), session_only=True)
     for i, change in sorted(edits.items()):
         if change.get("p") is not None:
             _adopt_probs(target, int(i), float(change["p"]))
@@ -341,7 +342,8 @@ def category_editor(spec: Any, target: str) -> None:
             c_slider.slider(
                 item.name, 0.0, 1.0, step=0.001, format="%.3f", key=key, on_change=_on_slide, args=(target, i)
             )
-            c_lock.checkbox("lock", key=_lock_key(target, i))
+            c_lock.checkbox("lock", **keep(_lock_key(target, i), False, session_only=True,
+                                           key=_lock_key(target, i)))
             c_remove.button(
                 "✕",
                 type="tertiary",
@@ -365,7 +367,7 @@ def _grid_editor(cat: Any, target: str, probs: Sequence[float]) -> None:
         {
             "item": cat.names,
             "p": [float(p) for p in probs],
-            "lock": [bool(st.session_state.get(_lock_key(target, i))) for i in range(len(cat.items))],
+            "lock": [bool(kept(_lock_key(target, i))) for i in range(len(cat.items))],
         }
     )
     st.caption(
