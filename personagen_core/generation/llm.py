@@ -297,6 +297,7 @@ class _Call:
     prompt_estimate: int
     timeout: float
     max_tokens: int | None = None
+    vary: bool = False  # retry with some randomness (after an unusable answer to a greedy request)
     attempt: int = 0
     failures: int = 0
     consecutive_5xx: int = 0
@@ -556,6 +557,25 @@ def _error_body_text(exc: openai.APIStatusError) -> str:
     return str(body or exc.message)[:500]
 
 
+def _grammar_friendly(schema: Any) -> Any:
+    """``schema`` with small bounded integer ranges spelled out as enums.
+
+    llama.cpp's schema-to-grammar converters ignore ``minimum``/``maximum``, so a batch answer's ids would be
+    free (small models count from 1); an enum is enforced. The client still validates against the original.
+    """
+    if isinstance(schema, list):
+        return [_grammar_friendly(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _grammar_friendly(v) for k, v in schema.items()}
+    low, high = out.get("minimum"), out.get("maximum")
+    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
+            and 0 <= high - low < 256):
+        out = {k: v for k, v in out.items() if k not in ("minimum", "maximum")}
+        out["enum"] = list(range(low, high + 1))
+    return out
+
+
 def _looks_like_html(response: httpx.Response | Any) -> bool:
     """Is this response an HTML page (a web server or proxy, not the OpenAI API)?"""
     try:
@@ -781,7 +801,11 @@ class LLMClient:
                 raise health.error  # given up: no more calls to an endpoint that cannot work
             call.attempt += 1
             mode = self._mode(endpoint, kind) if schema is not None else "text"
-            request = self._request(messages, call, mode, {**options, "max_tokens": call.max_tokens}, kind)
+            attempt_options = {**options, "max_tokens": call.max_tokens}
+            if call.vary:
+                attempt_options["temperature"] = max(float(temperature or 0.0), 0.5)
+                attempt_options["seed"] = None if seed is None else seed + call.attempt
+            request = self._request(messages, call, mode, attempt_options, kind)
             reserved = call.prompt_estimate + (call.max_tokens or 0)
             if self._rpm is not None:
                 await self._rpm.acquire(1)
@@ -876,7 +900,7 @@ class LLMClient:
                 body["response_format"] = {"type": "json_object"}
                 # Each local server's own way to enforce the schema while decoding.
                 if kind in ("llama-cpp-python", "llama.cpp"):
-                    body["response_format"]["schema"] = schema
+                    body["response_format"]["schema"] = _grammar_friendly(schema)
                 elif kind == "vllm":
                     body["guided_json"] = schema
                 elif kind == "ollama":
@@ -971,6 +995,8 @@ class LLMClient:
         if fault.cause == "length" and call.max_tokens:
             # The JSON was cut by the token limit: the same limit would cut it again.
             call.max_tokens *= 2
+        if fault.kind == "malformed" and call.schema is not None:
+            call.vary = True  # the same greedy request would give the same unusable answer
         self._report(record("retry", str(fault)))
         delay = self._backoff(call.failures)
         if fault.delay is not None:
