@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from personagen_core.errors import LLMEndpointError
+from personagen_core.errors import LLMConnectionError, LLMEndpointError, LLMError
 from personagen_core.generation.llm import LLMClient, LLMSettings, _AdaptiveLimit
 from personagen_core.generation.pipeline import GenerationConfig, resume_generation, run_generation
 from personagen_core.personas.spec import Spec, load_pack
@@ -154,12 +154,13 @@ def test_timeouts_say_slow_and_refused_connections_say_unreachable() -> None:
         async with LLMClient(settings) as client:
             await client.complete(GEN, role="generator")
 
-    with FakeOpenAIServer(always="timeout", timeout_sleep=3) as srv:
-        with pytest.raises(Exception, match="too slow") as slow:
-            asyncio.run(call(_settings(srv, timeout=0.3, max_retries=1)))
+    with FakeOpenAIServer(always="timeout", timeout_sleep=3) as srv, pytest.raises(
+        LLMConnectionError, match="too slow"
+    ) as slow:
+        asyncio.run(call(_settings(srv, timeout=0.3, max_retries=1)))
     assert "timed out" in str(slow.value) and "timeout setting" in str(slow.value)
     port = srv.port  # stopped now: nothing listens there
-    with pytest.raises(Exception, match="unreachable") as down:
+    with pytest.raises(LLMConnectionError, match="unreachable") as down:
         asyncio.run(call(LLMSettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1,
                                      backoff_base=0.01)))
     assert "too slow" not in str(down.value)
@@ -222,3 +223,24 @@ def test_generic_endpoint_gets_no_grammar_and_default_timeouts_fit_the_backend()
     assert LLMSettings(base_url="http://192.168.1.20:8000/v1").effective_timeout == 300
     assert LLMSettings(backend="local").effective_timeout == 600
     assert LLMSettings(base_url="http://localhost:1/v1", timeout=7).effective_timeout == 7
+
+
+def test_cli_timeout_and_structured_reach_the_settings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+
+    db = tmp_path / "runs.sqlite"
+    args = ["generate", "--pack", "japan", "--emotions", "joy", "--per-emotion", "1", "--model", "fake-model",
+            "--db", str(db), "--llm-validation"]
+    with FakeOpenAIServer() as srv:
+        res = CliRunner().invoke(app, [*args, "--base-url", srv.base_url, "--timeout", "45", "--structured",
+                                       "prompt"])
+        validation = [r.body or {} for r in srv.chat_requests if "verdict" in str((r.body or {}).get("messages"))]
+        bad = CliRunner().invoke(app, [*args, "--base-url", srv.base_url, "--structured", "xml"])
+    assert res.exit_code == 0, res.output
+    info = RunStore(db).run(str(RunStore(db).list_runs().iloc[0]["run_id"]))
+    assert info["config"]["llm"]["timeout"] == 45 and info["config"]["llm"]["structured"] == "prompt"
+    assert validation and all("response_format" not in b for b in validation)  # prompt mode from the start
+    # A PersonaGenError naming the field (the CLI's main() prints it as "error: ..." with exit code 2).
+    assert isinstance(bad.exception, LLMError) and "structured" in str(bad.exception)

@@ -238,7 +238,8 @@ def llm_settings() -> Any:
 
     backend = kept("backend", _default_backend())
     common: dict[str, Any] = {"concurrency": int(kept("concurrency", 8)),
-                              "verdict_reasons": kept("verdict_reasons", "all")}
+                              "verdict_reasons": kept("verdict_reasons", "all"),
+                              "timeout": float(kept("timeout", 0.0) or 0) or None}  # 0: fits the backend
     models = {r: str(kept(f"model_{r}")).strip() for r in ROLES if str(kept(f"model_{r}") or "").strip()}
     if backend == "local":
         return LLMSettings(backend="local", local_model=kept("local_model", DEFAULT_LOCAL), models=models,
@@ -319,6 +320,12 @@ def llm_settings_form() -> Any:
             "reason after 'implausible' only: fewer tokens, but on the embedded 1.5B model it rejected a "
             "third of the candidates at random (docs/LOCAL_LLM.md).",
             **keep("verdict_reasons", "all", options=VERDICT_REASONS),
+        )
+        st.number_input(
+            "Timeout per call (seconds, 0 = automatic)", 0.0, 7200.0, step=30.0,
+            help="Automatic: 60 s for remote APIs, 300 s for a server on this machine or network, 600 s for "
+            "the embedded model. Raise it for a slow local server.",
+            **keep("timeout", 0.0),
         )
     return llm_settings()
 

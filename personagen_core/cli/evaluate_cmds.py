@@ -66,6 +66,7 @@ def run_evaluate(
     judge_model: str | None = None,
     backend: str | None = None,
     base_url: str | None = None,
+    timeout: float | None = None,
     projection: str = "both",
     seed: int = 0,
     max_texts: int | None = None,
@@ -157,7 +158,7 @@ def run_evaluate(
     if judge:
         from personagen_core.generation.llm import LLMSettings
 
-        overrides: dict[str, Any] = {"backend": backend, "base_url": base_url}
+        overrides: dict[str, Any] = {"backend": backend, "base_url": base_url, "timeout": timeout}
         if judge_model:
             overrides["models"] = {"judge": judge_model}
         llm_settings = LLMSettings.from_env(**overrides)
@@ -280,6 +281,9 @@ def register(app: typer.Typer) -> None:
         base_url: str | None = typer.Option(
             None, "--base-url", help="OpenAI-compatible endpoint for the judge."
         ),
+        timeout: float | None = typer.Option(
+            None, "--timeout", min=0.1, help="Seconds per judge call (default: fits the backend)."
+        ),
         projection: str = typer.Option("both", "--projection", help="tsne, umap, both or none."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
         max_texts: int | None = typer.Option(
@@ -319,6 +323,7 @@ def register(app: typer.Typer) -> None:
             judge_model=judge_model,
             backend=backend,
             base_url=base_url,
+            timeout=timeout,
             projection=projection,
             seed=seed,
             max_texts=max_texts,

@@ -338,6 +338,16 @@ def generate(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Parallel LLM calls (default 16).")
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.1, help="Seconds per LLM call before it is retried (default: 60 for "
+                     "remote APIs, 300 for a server on this machine or network, 600 for the embedded model)."),
+    ] = None,
+    structured: Annotated[
+        str | None,
+        typer.Option("--structured", help="Structured-output mode to start from: json_schema, json_object or "
+                     "prompt (default: by server kind)."),
+    ] = None,
     verdict_reasons: Annotated[
         _Reasons | None,
         typer.Option("--verdict-reasons", help="Which stage 1-3 verdicts carry a reason: all (default, "
@@ -388,6 +398,7 @@ def generate(
     llm_over = _llm_overrides(
         backend, base_url, model, local_model, validator_model, generator_model, concurrency, verdict_reasons
     )
+    llm_over.update({k: v for k, v in (("timeout", timeout), ("structured", structured)) if v is not None})
     if resume is not None:
         info = store.run(resume)
         if info["status"] == "done":

@@ -998,7 +998,9 @@ class LLMClient:
         if fault.kind == "malformed" and call.schema is not None:
             call.vary = True  # the same greedy request would give the same unusable answer
         self._report(record("retry", str(fault)))
-        delay = self._backoff(call.failures)
+        # Exponential back-off spares an overloaded server; a 200 with an unusable body came from one that
+        # is not overloaded, so its retries wait the first step only.
+        delay = self._backoff(1 if fault.kind == "malformed" else call.failures)
         if fault.delay is not None:
             delay = max(delay, min(fault.delay, self.settings.retry_after_max))
             # The server asked everyone to wait: hold back new attempts of other calls too.

@@ -1,0 +1,144 @@
+"""Endpoints that cannot work, and a real local server against the embedded backend.
+
+Measures, in one run:
+
+1. hopeless endpoints to a clear stop (issue 12's target: under 10 s and under 50 calls): a generation run
+   (2 emotions x 5 texts, validation on, concurrency 16) against the loopback fake server answering every
+   call with a model 404, an HTML page with status 200, or JSON that never matches the schema; plus the 404
+   with validation off. Prints seconds to the stop, chat requests the server saw, and the message;
+2. accepted texts per minute with SmolLM2-135M through llama-cpp-python's OpenAI-compatible server
+   (``python -m llama_cpp.server``, started here on a free loopback port, one thread) with the ``openai``
+   backend, and through the embedded in-process backend with the same model and thread count, same spec,
+   same settings (2 emotions x N texts, stage-1 validation in batches of 2 unless ``--no-validate``).
+
+Run: ``.venv/bin/python bench/bench_endpoints.py [--per-emotion N] [--no-validate] [--skip-llm]``.
+The machine's load average is printed with the figures: on a shared machine it dominates part 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _hopeless(fault: str, validate: bool) -> dict[str, Any]:
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
+    from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer(always=fault) as srv:
+        store = RunStore(Path(tmp) / "runs.sqlite")
+        llm = LLMSettings(base_url=srv.base_url, model="gpt-4.1-mini", concurrency=16)  # default retries/backoff
+        config = GenerationConfig(emotions=["joy", "fear"], per_emotion=5, validate=validate, llm=llm)
+        started = time.monotonic()
+        summary = run_generation(load_pack("japan"), config, store)
+        seconds = time.monotonic() - started
+        calls = len(srv.chat_requests)
+        store.close()
+    return {"state": summary.state, "seconds": seconds, "calls": calls, "message": summary.message}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rate(backend: str, per_emotion: int, validate: bool) -> dict[str, Any]:
+    """One run with SmolLM2 through ``backend`` ("server" or "embedded"); accepted texts per minute."""
+    import httpx
+
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.local import local_transport, resolve_model_path
+    from personagen_core.personas.spec import load_pack
+    from personagen_core.store import RunStore
+
+    proc = None
+    http = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if backend == "server":
+            port = _free_port()
+            log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path("smollm2-135m")),
+                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+                 "--n_threads_batch", "1", "--model_alias", "smollm2-135m"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            base_url = f"http://127.0.0.1:{port}/v1"
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            llm = LLMSettings(backend="openai", base_url=base_url, model="smollm2-135m", concurrency=4)
+        else:
+            http = httpx.AsyncClient(transport=local_transport("smollm2-135m", n_threads=1, n_threads_batch=1))
+            llm = LLMSettings(backend="local", local_model="smollm2-135m", concurrency=4)
+        try:
+            store = RunStore(Path(tmp) / "runs.sqlite")
+            config = GenerationConfig(emotions=["joy", "sadness"], per_emotion=per_emotion, seed=3,
+                                      validate=validate, stages="1", validation_batch=2, llm=llm)
+            started = time.monotonic()
+            summary = run_generation(load_pack("japan"), config, store, http_client=http)
+            seconds = time.monotonic() - started
+            accepted = sum(store.accepted_counts(summary.run_id).values())
+            store.close()
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                log.close()
+            if http is not None:
+                import asyncio
+
+                asyncio.run(http.aclose())
+    return {"state": summary.state, "accepted": accepted, "seconds": seconds, "calls": summary.calls,
+            "per_min": 60 * accepted / seconds, "rejections": summary.rejections}
+
+
+def main() -> None:
+    """Run both parts and print what was measured."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-emotion", type=int, default=3, help="texts per emotion in part 2 (default 3)")
+    parser.add_argument("--no-validate", action="store_true", help="part 2 without stage-1 validation")
+    parser.add_argument("--skip-llm", action="store_true", help="only part 1 (no model runs)")
+    args = parser.parse_args()
+
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("1. hopeless endpoint -> clear stop (target: < 10 s, < 50 calls)")
+    for fault, validate in (("model_404", True), ("model_404", False), ("html", True), ("schema_mismatch", True)):
+        r = _hopeless(fault, validate)
+        print(f"   {fault:16s} validate={validate!s:5s} {r['state']:7s} {r['seconds']:6.2f} s  "
+              f"{r['calls']:3d} calls")
+        print(f"      message: {r['message']}")
+    if args.skip_llm:
+        return
+    validate = not args.no_validate
+    print(f"2. SmolLM2-135M, 2 emotions x {args.per_emotion} texts, stage-1 validation {'on' if validate else 'off'}"
+          ", one thread each")
+    for backend in ("server", "embedded"):
+        r = _rate(backend, args.per_emotion, validate)
+        print(f"   {backend:8s} {r['state']:7s} {r['accepted']:2d} accepted in {r['seconds']:7.1f} s = "
+              f"{r['per_min']:5.2f} texts/min, {r['calls']} calls, rejections {r['rejections']}")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
