@@ -467,3 +467,42 @@ class _HashModel:
 
     def encode(self, texts: list[str], **_: Any) -> np.ndarray:
         return HashEmbedder().encode(list(texts))
+
+
+@pytest.mark.slow
+def test_evaluation_while_a_generation_writes_the_same_store(tmp_path: Path, monkeypatch) -> None:
+    """The dashboard evaluates a run while another run is generated into the same (shared) run store."""
+    import threading
+
+    from personagen_core.evaluation.embeddings import Embedder
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig, run_generation
+    from personagen_core.personas.spec import load_pack
+    from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    store = RunStore(tmp_path / "runs.sqlite")  # one object, as ui.get_store() shares it
+    embedder = Embedder(cache_dir=tmp_path / "emb")
+    monkeypatch.setattr(embedder, "_load_model", lambda: _HashModel())
+    spec = load_pack("japan")
+    with FakeOpenAIServer(api_key="sk-test-concurrent", latency=0.02) as srv:
+        llm = LLMSettings(backend="openai", base_url=srv.base_url, api_key="sk-test-concurrent", model="m")
+
+        def config(n: int) -> GenerationConfig:
+            return GenerationConfig(per_emotion=n, emotions=["joy", "fear", "anger"], llm=llm)
+
+        first = run_generation(spec, config(5), store)
+        assert first.state == "done"
+        generated: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: generated.update(s=run_generation(spec, config(8), store)))
+        thread.start()
+        reports, overlapped = [], []
+        while thread.is_alive() or not reports:
+            overlapped.append(thread.is_alive())
+            frame = load_run_dataset(store, first.run_id)
+            reports.append(evaluate({"r": frame}, settings=FAST, embedder=embedder, cache_dir=tmp_path / "c"))
+        thread.join()
+    assert any(overlapped), "no evaluation ran while the generation did"
+    assert generated["s"].state == "done" and len(store.texts(generated["s"].run_id)) == 24
+    assert all(r["datasets"]["r"]["n"] == 15 for r in reports)
+    assert all(r["diversity"] == reports[0]["diversity"] for r in reports)
