@@ -244,3 +244,56 @@ def test_cli_timeout_and_structured_reach_the_settings(tmp_path: Path) -> None:
     assert validation and all("response_format" not in b for b in validation)  # prompt mode from the start
     # A PersonaGenError naming the field (the CLI's main() prints it as "error: ..." with exit code 2).
     assert isinstance(bad.exception, LLMError) and "structured" in str(bad.exception)
+
+
+def test_validation_batches_shrink_when_calls_time_out(spec: Spec) -> None:
+    from personagen_core.errors import LLMResponseError
+    from personagen_core.generation._validation import Validator
+    from personagen_core.personas.sampling import sample_personas
+
+    class SlowClient:
+        """Times out (as counted by the real client) on batches of more than two candidates."""
+
+        def __init__(self) -> None:
+            self.settings = LLMSettings(base_url="http://127.0.0.1:9/v1", model="m")
+            self.timeouts: dict[str, int] = {}
+            self.sizes: list[int] = []
+
+        async def complete(self, messages: Any, *, schema: Any, **kw: Any) -> Any:
+            n = schema["properties"]["verdicts"]["maxItems"] if "verdicts" in schema["properties"] else 1
+            self.sizes.append(n)
+            if n > 2:
+                self.timeouts["validator"] = self.timeouts.get("validator", 0) + 1
+                raise LLMResponseError("no usable answer (timed out)")
+            data = {"verdicts": [{"id": i, "reason": "fine", "verdict": "natural"} for i in range(n)]}
+            return type("C", (), {"data": data if n > 1 or "verdicts" in schema["properties"] else
+                                  {"reason": "fine", "verdict": "natural"}, "text": ""})()
+
+    client = SlowClient()
+    validator = Validator(spec, None, client, batch_size=8)
+    rows = sample_personas(spec, 24, random_state=1).to_dict("records")
+    verdicts = asyncio.run(validator.verdicts(1, rows))
+    assert all(v.verdict == "natural" for v in verdicts)
+    assert validator.batch_size == 2
+    batches = [n for n in client.sizes if n > 1]  # size-1 calls are the per-candidate fallback
+    assert batches[:2] == [8, 4] and batches[2:] and set(batches[2:]) == {2}  # halved after each timeout
+
+
+def test_request_bodies_per_server_kind() -> None:
+    from personagen_core.generation.llm import _Call
+
+    client = LLMClient(LLMSettings(base_url="http://127.0.0.1:9/v1", model="m"))
+    schema = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 2}},
+              "required": ["id"]}
+    call = _Call(role="validator", model="m", schema=schema, validator=None, name="v", prompt_estimate=1,
+                 timeout=1.0)
+    body = {kind: client._request(GEN, call, "json_object", {"grammar": "root ::= x", "max_tokens": 9}, kind)
+            for kind in ("openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama")}
+    assert body["openai"]["response_format"] == {"type": "json_object"}
+    sent = body["llama-cpp-python"]["response_format"]["schema"]["properties"]["id"]
+    assert sent == {"type": "integer", "enum": [0, 1, 2]}  # its grammar converter ignores minimum/maximum
+    assert body["llama.cpp"]["response_format"]["schema"] == body["llama-cpp-python"]["response_format"]["schema"]
+    assert body["vllm"]["guided_json"] == schema and body["ollama"]["format"] == schema
+    assert all("grammar" not in b and b["max_tokens"] == 9 for b in body.values())  # the schema constrains
+    strict = client._request(GEN, call, "json_schema", {}, "vllm")["response_format"]
+    assert strict["type"] == "json_schema" and strict["json_schema"]["schema"] == schema

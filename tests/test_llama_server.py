@@ -126,11 +126,12 @@ def test_server_is_detected_and_gets_schema_and_grammar_it_enforces(server: str)
 def test_a_validated_run_reaches_exact_quotas(server: str, tmp_path: Path) -> None:
     spec = load_pack("japan")
     store = RunStore(tmp_path / "runs.sqlite")
-    # Stage 1 only, in batches of two: SmolLM2 judges most candidates implausible, and every call reads a
-    # 400-token prompt, so this is the smallest validated run that still goes through the batch schema.
+    # Stage 1 only, in batches of two, two texts per validated candidate: SmolLM2 judges most candidates
+    # implausible and every call reads a 400-token prompt, so this is the smallest validated run that still
+    # goes through the batch schema.
     config = GenerationConfig(
         emotions=["joy", "sadness"], per_emotion=1, seed=3, validate=True, stages="1", validation_batch=2,
-        llm=_settings(server),
+        texts_per_persona=2, llm=_settings(server),
     )
     summary = run_generation(spec, config, store)
     assert summary.state == "done", (summary.stop_reason, summary.message, summary.rejections)
