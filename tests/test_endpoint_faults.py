@@ -297,3 +297,18 @@ def test_request_bodies_per_server_kind() -> None:
     assert all("grammar" not in b and b["max_tokens"] == 9 for b in body.values())  # the schema constrains
     strict = client._request(GEN, call, "json_schema", {}, "vllm")["response_format"]
     assert strict["type"] == "json_schema" and strict["json_schema"]["schema"] == schema
+
+
+def test_adaptive_limit_hands_a_slot_on_when_a_woken_waiter_is_cancelled() -> None:
+    async def main() -> int:
+        limit = _AdaptiveLimit(1, start=1)
+        await limit.acquire()
+        first = asyncio.create_task(limit.acquire())
+        second = asyncio.create_task(limit.acquire())
+        await asyncio.sleep(0)
+        limit.release()  # wakes `first` ...
+        first.cancel()  # ... which is cancelled before it runs: `second` must get the slot
+        await asyncio.wait_for(second, timeout=2)
+        return limit.in_use
+
+    assert asyncio.run(main()) == 1

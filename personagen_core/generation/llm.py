@@ -348,9 +348,13 @@ class _AdaptiveLimit:
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
+            except asyncio.CancelledError:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                self._wake()  # pass on a wake-up this cancelled waiter may have received
+                raise
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
         self.in_use += 1
 
     def release(self, hold: float = 0.0) -> None:
