@@ -441,9 +441,14 @@ def test_cost_budget_stops_and_needs_a_price(tmp_path: Path, spec: Spec) -> None
     store = RunStore(tmp_path / "runs.sqlite")
     with FakeOpenAIServer() as srv:
         priced = _settings(srv, model="gpt-4.1-mini")
-        summary = run_generation(spec, _config(srv, llm=priced, max_cost=0.002, per_emotion=20), store)
+        summary = run_generation(spec, _config(srv, llm=priced, max_cost=0.02, per_emotion=20), store)
         assert summary.state == "stopped" and summary.stop_reason == "max_cost"
-        assert 0.002 <= summary.cost < 0.01  # only the calls already in flight may go past the budget
+        assert 0.01 <= summary.cost <= 0.02 and sum(summary.accepted.values()) > 0
+        # a budget that cannot carry one batch of candidates to texts starts nothing, and says why
+        fresh = RunStore(tmp_path / "fresh.sqlite")  # no cached verdicts (they would make candidates free)
+        tiny = run_generation(spec, _config(srv, llm=priced, max_cost=0.002, per_emotion=20), fresh)
+        assert (tiny.state, tiny.stop_reason, tiny.calls, tiny.cost) == ("stopped", "max_cost", 0, 0.0)
+        assert "a new batch of 8 candidates needs up to $0.0" in (tiny.message or "")
         unpriced = _settings(srv, model="my-own-model")
         with pytest.raises(BudgetExceeded, match="needs a price for model 'my-own-model'"):
             run_generation(spec, _config(srv, llm=unpriced, max_cost=1.0), store)
@@ -546,35 +551,37 @@ def _isna(value: Any) -> bool:
 
 def test_budget_overshoot_at_concurrency_32_is_bounded_by_one_call(tmp_path: Path, spec: Spec) -> None:
     """Every attempt reserves its worst case (prompt + max_tokens) before it is sent and is admitted only
-    while spent + reserved is below the limit: at concurrency 32 the run ends past --max-cost by at most
-    one call's worst case, and reports the overshoot and the calls in flight when the budget was reached."""
+    while spent + reserved is below the limit (a new batch of candidates: only while its way to texts fits
+    too). At concurrency 32 the run ends past --max-cost by at most one call's worst case, reports the
+    overshoot and the calls in flight when the budget was reached, and its money went into texts."""
     from personagen_core.generation import pricing
 
-    store = RunStore(tmp_path / "runs.sqlite")
-    limit = 0.01
-    with FakeOpenAIServer(latency=0.05) as srv:
-        llm = _settings(srv, model="gpt-4.1-mini", concurrency=32)
-        config = _config(srv, llm=llm, max_cost=limit, per_emotion=300, emotions=["joy", "fear"])
-        summary = run_generation(spec, config, store)
-        bodies = [r.body for r in srv.chat_requests if r.body]
-        peak = srv.max_in_flight
-    assert summary.state == "stopped" and summary.stop_reason == "max_cost"
-    totals = store.totals(summary.run_id)
-    assert abs(totals["cost"] - summary.cost) < 1e-12 and totals["calls"] == len(bodies)
-    worst_one = max(
-        pricing.cost("gpt-4.1-mini", int(len(" ".join(m["content"] for m in b["messages"])) / 4 * 1.1) + 1,
-                     int(b.get("max_tokens") or 1024))
-        or 0.0
-        for b in bodies
-    )
-    budget = summary.budget
-    assert budget is not None and budget["limit"] == limit and budget["spent"] == summary.cost
-    assert budget["overshoot"] == max(0.0, summary.cost - limit)
-    assert summary.cost <= limit + worst_one  # at most one admitted call reaches past the limit
-    assert budget["in_flight"] >= 1 and budget["overshoot"] <= budget["in_flight_worst"]
-    assert summary.cost >= limit - worst_one  # and the budget was used, not abandoned early
-    assert 1 < peak <= 32
-    assert "over by $" in (summary.message or "") and "calls were in flight" in (summary.message or "")
+    for limit in (0.01, 0.04):
+        store = RunStore(tmp_path / f"runs-{limit}.sqlite")
+        with FakeOpenAIServer(latency=0.05) as srv:
+            llm = _settings(srv, model="gpt-4.1-mini", concurrency=32)
+            config = _config(srv, llm=llm, max_cost=limit, per_emotion=300, emotions=["joy", "fear"])
+            summary = run_generation(spec, config, store)
+            bodies = [r.body for r in srv.chat_requests if r.body]
+            peak = srv.max_in_flight
+        assert summary.state == "stopped" and summary.stop_reason == "max_cost"
+        totals = store.totals(summary.run_id)
+        assert abs(totals["cost"] - summary.cost) < 1e-12 and totals["calls"] == len(bodies)
+        worst_one = max(
+            pricing.cost("gpt-4.1-mini", int(len(" ".join(m["content"] for m in b["messages"])) / 4 * 1.1) + 1,
+                         int(b.get("max_tokens") or 1024))
+            or 0.0
+            for b in bodies
+        )
+        budget = summary.budget
+        assert budget is not None and budget["limit"] == limit and budget["spent"] == summary.cost
+        assert budget["overshoot"] == max(0.0, summary.cost - limit)
+        assert summary.cost <= limit + worst_one  # at most one admitted call reaches past the limit
+        assert budget["in_flight"] >= 1 and budget["overshoot"] <= budget["in_flight_worst"]
+        # the budget went into texts (the old admission spent $0.01 on validation alone, 0 texts)
+        assert summary.cost >= limit / 2 and sum(summary.accepted.values()) >= 8
+        assert 1 < peak <= 32
+        assert "over by $" in (summary.message or "") and "calls were in flight" in (summary.message or "")
 
 
 def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path: Path, spec: Spec) -> None:
@@ -703,3 +710,25 @@ def test_a_session_that_lost_its_lease_stops(tmp_path: Path, spec: Spec, monkeyp
     assert summary.state == "failed" and "lost its lease" in (summary.message or "")
     assert sum(summary.accepted.values()) < 90
     assert store.lease(summary.run_id).owner == "someone-else"  # type: ignore[union-attr]  # left alone
+
+
+def test_token_budget_at_concurrency_32_overshoots_by_at_most_one_call(tmp_path: Path, spec: Spec) -> None:
+    import math
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    limit = 20_000
+    with FakeOpenAIServer(latency=0.05) as srv:
+        config = _config(srv, llm=_settings(srv, concurrency=32), max_tokens=limit, per_emotion=300,
+                         emotions=["joy", "fear"])
+        summary = run_generation(spec, config, store)
+        worst_one = max(
+            math.ceil(math.ceil(len(" ".join(m["content"] for m in r.body["messages"])) / 4) * 1.1)
+            + int(r.body.get("max_tokens") or 1024)
+            for r in srv.chat_requests
+            if r.body
+        )
+    assert summary.state == "stopped" and summary.stop_reason == "max_tokens"
+    assert limit <= summary.tokens <= limit + worst_one
+    budget = summary.budget
+    assert budget is not None and budget["overshoot"] == summary.tokens - limit <= budget["in_flight_worst"]
+    assert summary.tokens == store.totals(summary.run_id)["tokens"]

@@ -11,6 +11,7 @@ guarded insert refuses anything beyond the quota. Every call, verdict, rejection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -48,7 +49,7 @@ from personagen_core.generation.checks import (
     normalise,
 )
 from personagen_core.generation.llm import CallRecord, LLMClient, estimate_tokens
-from personagen_core.generation.prompts import generation_messages, sentence_grammar
+from personagen_core.generation.prompts import generation_messages, sentence_grammar, validation_messages
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec
@@ -82,6 +83,7 @@ _SAMPLE_CHUNK = 256  # candidates drawn per sampler call
 # split finer, so a reservation stays a worst case. A call without max_tokens reserves _DEFAULT_COMPLETION.
 _PROMPT_MARGIN = 1.1
 _DEFAULT_COMPLETION = 1024
+_POLL_S = 0.5  # an attempt waiting for budget re-checks at least this often
 
 
 class _Refused(Exception):
@@ -220,6 +222,7 @@ class RunSession:
         self.in_flight = 0
         self._released = asyncio.Event()
         self.budget_hit: dict[str, Any] | None = None
+        self._carry: dict[str, Any] | None = None  # see _carry_worst()
         self._last_heartbeat = time.monotonic()
         self.unpriced: set[str] = set()
         self.stop_reason: str | None = None
@@ -237,14 +240,54 @@ class RunSession:
         return scrub(text, self.secrets)
 
     # -- budget gate (llm.CallGate) ---------------------------------------------------------------------
-    def _over_budget(self) -> str | None:
-        """The budget already spent or reserved in full (no room for another attempt), if any."""
+    def _over_budget(self, need: tuple[float, int] | None = None) -> str | None:
+        """The budget already spent or reserved in full (no room for another attempt), if any; with
+        ``need`` (cost, tokens): the budget that cannot cover that much more."""
         c = self.config
-        if c.max_cost is not None and self.cost + self.reserved_cost >= c.max_cost:
+        cost, tokens = self.cost + self.reserved_cost, self.tokens + self.reserved_tokens
+        if need is None:
+            if c.max_cost is not None and cost >= c.max_cost:
+                return "max_cost"
+            if c.max_tokens is not None and tokens >= c.max_tokens:
+                return "max_tokens"
+            return None
+        if c.max_cost is not None and cost + need[0] > c.max_cost:
             return "max_cost"
-        if c.max_tokens is not None and self.tokens + self.reserved_tokens >= c.max_tokens:
+        if c.max_tokens is not None and tokens + need[1] > c.max_tokens:
             return "max_tokens"
         return None
+
+    def _carry_worst(self, completion: int) -> tuple[float, int]:
+        """Worst case of carrying one batch of new candidates from its first validated stage to texts: the
+        later stages' calls (their prompts built for sampled candidates, ``completion`` tokens each) and one
+        generation per candidate and text. Computed once from the spec (its own random stream)."""
+        if self._carry is None:
+            batch = self.config.validation_batch
+            df = self.sampler.sample(batch, random_state=np.random.default_rng([self.config.seed, 99]))
+            rows = [{k: str(v) for k, v in r.items()} for r in df.to_dict("records")]
+            reasons = self.config.llm.verdict_reasons
+            later = [
+                math.ceil(estimate_tokens(" ".join(m["content"] for m in validation_messages(
+                    s, rows, self.spec, reasons=reasons))) * _PROMPT_MARGIN)
+                for s in self.stages[1:]
+            ]
+            persona = describe_persona(rows[0], self.spec, stages=self.persona_stages)
+            scenario = describe_scenario(rows[0], self.spec) if 3 in self.stages else None
+            msgs = generation_messages(self.spec.emotions[0], persona, scenario, spec=self.spec)
+            per = self.config.texts_per_persona or self.spec.generation.texts_per_persona
+            n_gen = batch * per
+            self._carry = {
+                "later_prompt": sum(later),
+                "later_calls": len(later),
+                "gen_prompt": n_gen * math.ceil(estimate_tokens(" ".join(m["content"] for m in msgs)) * _PROMPT_MARGIN),
+                "gen_completion": n_gen * self.spec.generation.max_tokens,
+            }
+        c = self._carry
+        later_completion = c["later_calls"] * completion
+        cost = (pricing.cost(self.config.llm.model_for("validator"), c["later_prompt"], later_completion) or 0.0) + (
+            pricing.cost(self.config.llm.model_for("generator"), c["gen_prompt"], c["gen_completion"]) or 0.0
+        )
+        return cost, c["later_prompt"] + later_completion + c["gen_prompt"] + c["gen_completion"]
 
     async def acquire(self, role: str, body: Mapping[str, Any]) -> tuple[float, int]:
         """Admit one HTTP attempt: reserve its worst-case cost and tokens (prompt + ``max_tokens``) against
@@ -256,21 +299,34 @@ class RunSession:
         settle (actual usage is usually far below the reservation); with nothing in flight and nothing left,
         the run stops. After any stop (budget, cancel, attempts, fatal error) every new attempt, retries
         included, is refused with :class:`_Refused`.
+
+        A call that starts new candidates (the first validated stage) must also leave room to carry its
+        batch to texts (:meth:`_carry_worst`): late in a budget, the money goes to candidates already under
+        way rather than to fresh batches that could never become texts.
         """
         text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
         prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
         completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or _DEFAULT_COMPLETION)
         cost = pricing.cost(str(body.get("model")), prompt, completion) or 0.0
         tokens = prompt + completion
+        need: tuple[float, int] | None = None
+        budgeted = self.config.max_cost is not None or self.config.max_tokens is not None
+        if budgeted and self.validate and role == "validator" and CURRENT_STAGE.get() == self.stages[0]:
+            carry = self._carry_worst(completion)
+            need = (cost + carry[0], tokens + carry[1])
+        quiet = 0  # consecutive checks, one poll apart, that found nothing under way
         while True:
             if self._check_stop() is not None:
                 raise _Refused(self.stop_reason)
-            over = self._over_budget()
+            over = self._over_budget(need)
             if over is None:
-                self.reserved_cost += cost
-                self.reserved_tokens += tokens
+                # A new batch holds the reservation of its whole way to texts while its first call is out,
+                # so that concurrent new batches cannot promise the same money twice.
+                held = need or (cost, tokens)
+                self.reserved_cost += held[0]
+                self.reserved_tokens += held[1]
                 self.in_flight += 1
-                return cost, tokens
+                return held
             if self.budget_hit is None:
                 self.budget_hit = {
                     "reason": over,
@@ -278,12 +334,19 @@ class RunSession:
                     "in_flight_worst_usd": self.reserved_cost,
                     "in_flight_worst_tokens": self.reserved_tokens,
                 }
-            if self.in_flight == 0:
+            if need is not None:
+                self.budget_hit["new_batch"] = need  # what the refused new batch needed to become texts
+            busy = self.in_flight > 0 or (need is not None and self.generating > 0)
+            quiet = 0 if busy else quiet + 1
+            # Nothing under way can free room: the budget is spent. A new batch looks twice, one poll
+            # apart, so that candidates validated a moment ago reach the workers and go first.
+            if quiet > (1 if need is not None else 0):
                 self.stop_reason = self.stop_reason or over
                 self._wake()
                 raise _Refused(over)
             self._released.clear()
-            await self._released.wait()
+            with contextlib.suppress(TimeoutError):  # a poll: no wake-up can be missed for good
+                await asyncio.wait_for(self._released.wait(), _POLL_S)
 
     def release(self, ticket: tuple[float, int]) -> None:
         """Free an attempt's reservation (its actual usage was recorded by :meth:`on_call` just before)."""
@@ -442,6 +505,7 @@ class RunSession:
 
     def _wake(self) -> None:
         self._slots.set()
+        self._released.set()  # attempts waiting for budget re-check (and see a stop)
         if self.source is not None:
             self.source.poke()
 
@@ -723,15 +787,26 @@ class RunSession:
             worst = float(hit["in_flight_worst_usd"])
             text = (
                 f"spent ${spent:.4f} of ${limit:.4f}, over by ${max(0.0, spent - limit):.4f}; "
-                f"{hit['in_flight']} calls were in flight when it was reached, worst case ${worst:.4f}"
+                f"{hit['in_flight']} calls were in flight when it was reached, ${worst:.4f} reserved for them"
             )
+            if "new_batch" in hit:
+                text += (
+                    f"; a new batch of {self.config.validation_batch} candidates needs up to "
+                    f"${hit['new_batch'][0]:.4f} to become texts"
+                )
         else:
             limit, spent = float(self.config.max_tokens or 0), float(self.tokens)
             worst = float(hit["in_flight_worst_tokens"])
             text = (
                 f"used {int(spent):,} of {int(limit):,} tokens, over by {int(max(0.0, spent - limit)):,}; "
-                f"{hit['in_flight']} calls were in flight when it was reached, worst case {int(worst):,} tokens"
+                f"{hit['in_flight']} calls were in flight when it was reached, {int(worst):,} tokens reserved "
+                "for them"
             )
+            if "new_batch" in hit:
+                text += (
+                    f"; a new batch of {self.config.validation_batch} candidates needs up to "
+                    f"{hit['new_batch'][1]:,} tokens to become texts"
+                )
         return {
             "limit": limit,
             "spent": spent,

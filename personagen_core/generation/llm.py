@@ -478,8 +478,8 @@ class _TokenBucket:
 
 
 class CallGate(Protocol):
-    """Admission of HTTP attempts (the run scheduler's budget): ``await acquire(role, body)`` runs right
-    before an attempt is sent, with its request body; it may wait, or raise to refuse the attempt (the
+    """Admission of HTTP attempts (the run scheduler's budget): ``await acquire(role, body)`` runs before
+    an attempt queues for a connection slot, with its request body; it may wait, or raise to refuse it (the
     exception leaves :meth:`LLMClient.complete` unchanged, no retry follows). ``release(ticket)`` runs once
     the attempt ended, after ``on_call`` recorded its usage."""
 
@@ -817,14 +817,17 @@ class LLMClient:
                 await self._tpm.acquire(reserved)
             started = time.monotonic()
             hold = 0.0
-            ticket = None
-            await self._limit.acquire()
+            # Admission (a budget) first, so that an attempt waiting for room holds no connection slot.
+            ticket = await self.gate.acquire(call.role, request) if self.gate is not None else None
+            try:
+                await self._limit.acquire()
+            except BaseException:
+                self._release(ticket)
+                raise
             try:
                 await self._wait_for_pause()  # after queueing, right before sending
                 if health.error is not None:
                     raise health.error
-                if self.gate is not None:  # may wait for room in a budget, or raise to refuse the attempt
-                    ticket = await self.gate.acquire(call.role, request)
                 started = time.monotonic()
                 response = await self._send(request, call)
                 result = self._accept(response, call, mode, time.monotonic() - started)
