@@ -728,7 +728,9 @@ def test_token_budget_at_concurrency_32_overshoots_by_at_most_one_call(tmp_path:
             if r.body
         )
     assert summary.state == "stopped" and summary.stop_reason == "max_tokens"
-    assert limit <= summary.tokens <= limit + worst_one
+    # it stops once no admitted call fits (past the limit by at most one call) or once a new batch of
+    # candidates could not be carried to texts (below the limit by less than that batch's worst case)
+    assert limit / 2 < summary.tokens <= limit + worst_one and sum(summary.accepted.values()) > 0
     budget = summary.budget
-    assert budget is not None and budget["overshoot"] == summary.tokens - limit <= budget["in_flight_worst"]
+    assert budget is not None and budget["overshoot"] == max(0, summary.tokens - limit) <= budget["in_flight_worst"]
     assert summary.tokens == store.totals(summary.run_id)["tokens"]
