@@ -633,7 +633,7 @@ class LLMClient:
     ``http_client`` (an ``httpx.AsyncClient``, e.g. over ``httpx.MockTransport``) replaces the network; the
     caller keeps ownership of it. ``on_call`` receives a :class:`CallRecord` after every HTTP attempt.
     ``random_state`` seeds the back-off jitter (an int or a ``random.Random``); it is stored unchanged.
-    ``gate`` (a :class:`CallGate`) admits every HTTP attempt, retries included, right before it is sent.
+    ``gate`` (a :class:`CallGate`) admits every HTTP attempt, retries included, before it queues to be sent.
     """
 
     def __init__(
