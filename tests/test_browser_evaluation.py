@@ -258,8 +258,10 @@ def test_three_texts_per_emotion_shows_projection_and_diversity_with_warnings(
     try:
         _goto(page, "Evaluate", "LLM judge")
         _select_run(page, server["small"])
+        _set_cap(page, 0)  # kept values are shared through the draft: another test may have set a cap
         _evaluate(page, server)
         assert server["small"] in _stored_options(page)[0]
+        page.get_by_text(f"{server['small']}: 21 (anger 3, fear 3", exact=False).first.wait_for()
         # Projection: the scatter is drawn, with the warning that 21 points say little.
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
         page.get_by_text("a picture of so few points", exact=False).first.wait_for()

@@ -278,8 +278,9 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
             _skipped(report, "diversity")
         else:
             table = overall_table(div).rename(columns=figures.DIVERSITY_METRICS)
-            for col in ("unreliable", "min_reliable"):
-                table = table.drop(columns=col, errors="ignore")
+            # The overall row averages the emotions; its "n" would be a mean, so show the dataset's total.
+            table = table.drop(columns=["unreliable", "min_reliable", "n"], errors="ignore")
+            table.insert(0, "texts", [report["datasets"][n]["n"] for n in table.index])
             st.dataframe(table, key="eval_diversity_table")
             dataset = st.selectbox("Per emotion for", names, key="eval_div_ds")
             st.dataframe(
