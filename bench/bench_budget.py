@@ -1,9 +1,11 @@
 """How far a run goes past ``--max-cost`` at concurrency 32, against the cost of the calls in flight.
 
 Every HTTP attempt reserves its worst case (prompt tokens + ``max_tokens`` at the model's price) before it is
-sent, and is admitted only while spent + reserved is below the limit. So the overshoot is bounded by one
-admitted call's worst case, and in any case by the reserved worst case of the calls in flight when the
-budget was reached (what the run reports). This bench runs real generations (stages 1-4, validation on)
+sent, and is admitted only while spent + reserved is below the limit; a call that starts new candidates
+reserves (and must fit) the worst case of carrying its batch to texts as well. So the overshoot is bounded
+by one admitted call's worst case, and in any case by what the calls in flight had reserved when the
+budget was reached (what the run reports; for a new batch that includes its way to texts, so ``their_worst``
+can exceed the limit's remainder). This bench runs real generations (stages 1-4, validation on)
 against the loopback fake server with ``gpt-4.1-mini`` prices, for several budgets and seeds, and prints
 per run: the limit, what was spent, the overshoot, the calls in flight when the budget was reached and
 their reserved worst case, the largest single-call worst case seen, the calls made and the texts accepted.
