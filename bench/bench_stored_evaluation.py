@@ -49,8 +49,6 @@ class HashingEmbedder:
 
 
 def _dataset(n: int, carer: Path, seed: int = 0) -> Any:
-    import pandas as pd
-
     from personagen_core.personas.render import describe_persona, describe_scenario
     from personagen_core.personas.sampling import sample_personas
     from personagen_core.personas.spec import load_pack
@@ -62,7 +60,7 @@ def _dataset(n: int, carer: Path, seed: int = 0) -> Any:
         texts = [lines[i] for i in rng.choice(len(lines), n, replace=False)]
         source = "CARER train texts"
     else:
-        words = "the a day felt so very really about my our new old friend work home late rain call".split()
+        words = ["the", "a", "day", "felt", "so", "very", "really", "about", "my", "our", "new", "old"]
         texts = [" ".join(rng.choice(words, 14)) + f" {i}." for i in range(n)]
         source = "generated sentences"
     spec = load_pack("japan")

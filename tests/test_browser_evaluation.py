@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_browser import (
     ARTIFACTS,
     CHROMIUM,

@@ -1,5 +1,6 @@
 """Evaluation views (Evaluate, Real data and Report pages): stored evaluations with a live progress bar,
-a picker to reopen them, tables and figures with their warnings. Gold data inputs, the label map editor and Tables VI-VII live in :mod:`ui.gold_view`.
+a picker to reopen them, tables and figures with their warnings, the recent gold files memory. Gold data
+inputs, the label map editor and Tables VI-VII live in :mod:`ui.gold_view`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ __all__ = [
     "evaluate_runs",
     "evaluation_store",
     "open_evaluation",
-    "recent_gold_picker",
-    "remember_gold_file",
-    "stored_evaluation_picker",
     "overall_table",
     "per_emotion_table",
+    "recent_gold_picker",
+    "remember_gold_file",
     "report_html",
     "show_evaluation",
+    "stored_evaluation_picker",
 ]
 
 
