@@ -13,7 +13,9 @@ from personagen_core.evaluation import suite as evaluation
 
 ui.page_title("Evaluate")
 
-run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True)
+# Without runs (e.g. only data files evaluated with `personagen evaluate`), stored evaluations still open.
+has_runs = len(ui.get_store().list_runs()) > 0
+run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True) if has_runs else []
 c_proj, c_cap, c_judge = st.columns([2, 1, 1])
 methods = c_proj.multiselect(
     "Projections",
@@ -27,7 +29,10 @@ judge = c_judge.toggle(
 )
 
 if not run_ids:
-    st.info("Pick at least one run.")
+    st.info(
+        "Pick at least one run." if has_runs else "No runs in the run store yet: launch a generation on the "
+        "**Generate** page (stored evaluations are listed below)."
+    )
 elif st.button("Evaluate", type="primary", icon=":material/insights:"):
     with ui.error_boundary("evaluation"):
         settings = evaluation.EvaluationSettings(

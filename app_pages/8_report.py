@@ -9,19 +9,21 @@ import ui
 
 ui.page_title("Report & export")
 
-run_id = ui.run_picker()
-
 st.subheader("Dataset")
-cols = st.columns(3)
-for col, fmt in zip(cols, ("csv", "jsonl", "parquet"), strict=True):
-    with col, ui.error_boundary(f"{fmt} export"):
-        col.download_button(
-            f"Download {fmt.upper()}",
-            ui.export_cached(run_id, fmt),
-            file_name=f"{run_id}.{fmt}",
-            key=f"dl_{fmt}",
-            icon=":material/download:",
-        )
+if len(ui.get_store().list_runs()) == 0:  # stored evaluations (below) need no run
+    st.info("No runs in the run store yet: launch a generation on the **Generate** page.")
+else:
+    run_id = ui.run_picker()
+    cols = st.columns(3)
+    for col, fmt in zip(cols, ("csv", "jsonl", "parquet"), strict=True):
+        with col, ui.error_boundary(f"{fmt} export"):
+            col.download_button(
+                f"Download {fmt.upper()}",
+                ui.export_cached(run_id, fmt),
+                file_name=f"{run_id}.{fmt}",
+                key=f"dl_{fmt}",
+                icon=":material/download:",
+            )
 
 st.subheader("HTML report")
 with ui.error_boundary("building the report"):

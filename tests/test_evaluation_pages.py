@@ -121,3 +121,29 @@ def test_recent_gold_files_are_offered_again(home: dict[str, Any], tmp_path: Pat
     recent.set_value(str(gold.resolve())).run()
     assert fresh.text_input(key="keep_gold_test_path").value == str(gold.resolve())
     assert "6 texts" in _texts(fresh)
+
+
+def test_stored_evaluations_open_without_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data files evaluated with the CLI leave no run behind: Evaluate and Report still open them."""
+    import streamlit as st
+
+    from personagen_core.evaluation.stored import EvaluationStore
+    from personagen_core.evaluation.suite import EvaluationSettings, evaluate
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    frame = pd.DataFrame({"text": [f"joy text {i}" for i in range(6)] + [f"sad text {i}" for i in range(6)],
+                          "label": ["joy"] * 6 + ["sadness"] * 6})
+    report = evaluate({"file": frame}, settings=EvaluationSettings(projections=()), embedder=_HashEmbedder(),
+                      cache_dir=tmp_path / "results")
+    eval_id = EvaluationStore(tmp_path / "evaluations.sqlite").save(report, source="cli")
+    try:
+        at = _open("app_pages/6_evaluate.py")
+        assert "No runs in the run store yet" in _texts(at)
+        assert at.selectbox(key="keep_eval_open").value == eval_id and not at.error
+        report_page = _open("app_pages/8_report.py", at)
+        assert "Download the HTML report" in {b.proto.label for b in report_page.get("download_button")}
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
