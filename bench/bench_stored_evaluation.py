@@ -14,6 +14,8 @@ Measured, each repeated 5 times, median printed (seconds):
   list          list() of the stored evaluations (the picker)
   figures       the Evaluate page's figures built from the reopened report (projection, confusion, diversity)
   html          render_html of the reopened report (the Report page's download, before Streamlit caches it)
+  page_first    AppTest: the Evaluate page opened in a new session (imports, plotly, first draw)
+  page_warm     AppTest: back to the Evaluate page from another page (what a page switch costs), median
 
 Run: .venv/bin/python bench/bench_stored_evaluation.py [--texts 3500] [--repeats 5] [--carer DIR]
 """
@@ -84,6 +86,29 @@ def _median(fn: Any, repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
+def _page_times(home: Path, eval_id: str, repeats: int) -> tuple[float, float]:
+    """The Evaluate page through Streamlit's AppTest with ``home`` as PERSONAGEN_HOME (its store holds the
+    evaluation and no run, so only the stored evaluation is drawn)."""
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["PERSONAGEN_HOME"] = str(home)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    t = time.perf_counter()
+    at.switch_page("app_pages/6_evaluate.py").run()
+    first = time.perf_counter() - t
+    assert not at.exception and at.selectbox(key="keep_eval_open").value == eval_id, "the page did not open it"
+    warm = []
+    for _ in range(repeats):
+        at.switch_page("app_pages/5_explore.py").run()
+        t = time.perf_counter()
+        at.switch_page("app_pages/6_evaluate.py").run()
+        warm.append(time.perf_counter() - t)
+        assert at.get("plotly_chart"), "the reopened evaluation is drawn"
+    return first, statistics.median(warm)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=3500)
@@ -135,6 +160,7 @@ def main() -> None:
         row = lister._conn.execute("SELECT length(report) FROM evaluations WHERE eval_id = ?", (eval_id,))
         blob = int(row.fetchone()[0])
         lister.close()
+        page_first, page_warm = _page_times(Path(tmp), eval_id, args.repeats)
     out = {
         "workload": {
             "texts": args.texts,
@@ -153,6 +179,8 @@ def main() -> None:
             "figures": round(figures_s, 4),
             "open_plus_figures": round(open_s + figures_s, 4),
             "html": round(html_s, 4),
+            "page_first": round(page_first, 4),
+            "page_warm": round(page_warm, 4),
         },
         "repeats": args.repeats,
     }
