@@ -692,7 +692,8 @@ class RunSession:
                 # weak validator's survivors waited behind dozens of speculative stage-1 batches). Two
                 # batches let same-stage calls run back to back, each reusing the previous one's
                 # instructions from the KV cache; the next batches start once the stock is used up.
-                local = self.config.llm.backend == "local"
+                # The same holds for a local server that answers one call at a time (llama-cpp-python's).
+                local = self.config.llm.backend == "local" or await client.serves_one_at_a_time()
                 parallel = 1 if local else self.config.llm.concurrency
                 validator = (
                     Validator(self.spec, self.store, client, batch_size=self.config.validation_batch)

@@ -873,6 +873,11 @@ class LLMClient:
         # llama-cpp-python answers json_schema with a 500; its json_object takes the schema as a grammar.
         return "json_object" if kind == "llama-cpp-python" else "json_schema"
 
+    async def serves_one_at_a_time(self) -> bool:
+        """True when the endpoint is known to answer one call at a time (llama-cpp-python's server queues
+        every request behind one lock); detects the server kind if that was not done yet."""
+        return await self._server_kind() == "llama-cpp-python"
+
     async def _server_kind(self) -> str:
         """The endpoint's server kind: configured, or detected once (cheap GETs with short timeouts)."""
         if self._kind is not None:
