@@ -295,6 +295,9 @@ def test_request_bodies_per_server_kind() -> None:
     assert body["llama.cpp"]["response_format"]["schema"] == body["llama-cpp-python"]["response_format"]["schema"]
     assert body["vllm"]["guided_json"] == schema and body["ollama"]["format"] == schema
     assert all("grammar" not in b and b["max_tokens"] == 9 for b in body.values())  # the schema constrains
+    prompt = {kind: b["messages"][-1]["content"] for kind, b in body.items()}
+    assert '"properties"' in prompt["openai"] and '"properties"' in prompt["vllm"]
+    assert '"properties"' not in prompt["llama-cpp-python"]  # enforced as a grammar: not repeated in the prompt
     strict = client._request(GEN, call, "json_schema", {}, "vllm")["response_format"]
     assert strict["type"] == "json_schema" and strict["json_schema"]["schema"] == schema
 
