@@ -224,7 +224,10 @@ def _label_map_note(report: Mapping[str, Any]) -> str:
     pairs = ", ".join(f"{k} → {v if v is not None else '(left out)'}" for k, v in mapping.items())
     parts = [f"Label mapping (synthetic → gold): {pairs or 'identity'}."]
     if dropped:
-        parts.append(f"Left out (no counterpart): {', '.join(map(str, dropped))}.")
+        parts.append(
+            f"Without a counterpart on the other side: {', '.join(map(str, dropped))} (left out of Table VI "
+            "and of Table VII's shared-label rows; Table VII lists the labels left out of each row)."
+        )
     return " ".join(parts)
 
 
