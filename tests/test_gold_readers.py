@@ -199,3 +199,12 @@ def test_hugging_face_datasets_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"row 1: label \['x', 'y'\] holds 2 labels"):
         gold.load_dataset(tmp_path / "multi")
     assert gold.load_dataset(tmp_path / "multi", multi_label="explode")["label"].tolist() == ["x", "y", "z"]
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "label": "joy"}\n\n{"text": "", "label": "fear"}\n', encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"d\.jsonl: column 'text' \(text\) is empty in 1 row\(s\), first at line 3"
+    ):
+        gold.load_dataset(p)

@@ -309,9 +309,19 @@ def read_table(path: str | os.PathLike[str], options: ReadOptions | None = None)
     if fmt in ("jsonl", "parquet"):
         frame = _read_records(p, fmt)
         frame.attrs["read"] = {"format": fmt}
-        frame.attrs["lines"] = list(range(1, len(frame) + 1)) if fmt == "jsonl" else None
+        frame.attrs["lines"] = _jsonl_lines(p, len(frame)) if fmt == "jsonl" else None
         return frame
     return _read_delimited(p, fmt, o)
+
+
+def _jsonl_lines(p: Path, n: int) -> list[int] | None:
+    """Line numbers of a JSON-lines file's records (blank lines skipped); None when they do not map 1:1."""
+    try:
+        with p.open("rb") as fh:
+            lines = [i for i, raw in enumerate(fh, start=1) if raw.strip()]
+    except OSError:
+        return None
+    return lines if len(lines) == n else None
 
 
 def _read_records(p: Path, fmt: str) -> pd.DataFrame:
