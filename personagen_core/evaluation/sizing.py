@@ -28,10 +28,11 @@ __all__ = [
     "record_rate",
 ]
 
-#: Texts per second assumed before any measurement: all-MiniLM-L6-v2 embedded 2,000 CARER texts at 15.7
-#: texts/s on a 2-core machine shared with five other jobs (docs/METRICS.md, "Size and time"); an idle
-#: machine is several times faster, so this errs on the slow side.
-FALLBACK_RATE = 15.0
+#: Texts per second assumed before any measurement: all-MiniLM-L6-v2 (bfloat16) on this project's 2-core
+#: machine shared with other jobs embedded 15.7 texts/s (load ~10) and 9.4 texts/s (load ~14)
+#: (docs/METRICS.md, "Size and time"); an idle machine is several times faster, so this errs on the
+#: slow side.
+FALLBACK_RATE = 10.0
 #: Above this estimate the plan warns and suggests --max-texts / --max-gold.
 WARN_SECONDS = 600.0
 #: Evaluations that embedded fewer new texts do not update the stored rate (model loading dominates).
