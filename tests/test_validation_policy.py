@@ -195,3 +195,16 @@ def test_models_overview_shows_each_figure_with_its_n_and_interval(monkeypatch: 
     assert row["synthetic→real accuracy"] == "rules: 41% of 300 (CI 36%-47%), gold 52%, majority 20%"
     assert row["refusals"] == "rules: 2 retried; llm: 0 retried"
     assert row["texts/min"] == "rules-only: 8.3; validated: 1.0"
+
+
+def test_models_list_prints_the_shipped_figures_with_n_interval_and_speed() -> None:
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+    from personagen_core.local import model_speed
+
+    res = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "55% of 44 (CI 40%-68%)" in res.output
+    for key, modes in model_speed().get("models", {}).items():
+        assert f"texts/min {key} rules-only: {modes['rules_only']['accepted_per_min']:.1f}" in res.output

@@ -41,10 +41,11 @@ def register(app: typer.Typer) -> None:
         q = local_llm.model_quality()
         if q:
             m = q.get("machine", {})
-            console.print(f"Quality measured {q.get('date', '?')} on {m.get('cpus', '?')} cores "
+            console.print(f"Quality bench last run {q.get('date', '?')} on {m.get('cpus', '?')} cores "
                           f"(load average {m.get('loadavg_start', ['?'])[0]:.1f}) with "
                           f"`{q.get('command', '?')}`; validator accuracy is on the "
-                          f"{q.get('fixture_size', '?')}-persona plausibility fixture (half implausible).")
+                          f"{q.get('fixture_size', '?')}-persona plausibility fixture (half implausible). Models and "
+                          "modes it did not re-measure keep earlier figures, each dated in model_quality.json.")
             console.print("Intervals are 95 % (Wilson). Emotion match: a CARER-trained classifier's agreement with "
                           "the requested emotion, per validation mode (rules = rules and tables only, the "
                           "embedded default; llm = stage 1-3 LLM verdicts as in the paper).")
@@ -52,7 +53,13 @@ def register(app: typer.Typer) -> None:
             console.print("No quality figures yet: run bench/bench_local_quality.py.")
         speed = local_llm.model_speed()
         for key, modes in speed.get("models", {}).items():
+            if modes.get("slowdown"):
+                console.print(f"LLM validation on {key}: {modes['slowdown']['value']:.1f}x the work per accepted "
+                              f"text ({modes['slowdown']['method']})")
+        for key, modes in speed.get("models", {}).items():
             for mode, r in modes.items():
+                if mode not in ("rules_only", "validated"):
+                    continue
                 console.print(f"texts/min {key} {mode.replace('_', '-')}: {r['accepted_per_min']:.1f} "
                               f"({r['accepted']} texts, {r['measured'][:16]}, load average "
                               f"{r['loadavg_before']:.1f} on {r['cpus']} shared cores; `{r['command']}`)")
