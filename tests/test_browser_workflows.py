@@ -128,16 +128,25 @@ def _slider_value(page: Any, label: str) -> float:
 
 
 def _click_track(page: Any, label: str, fraction: float) -> None:
+    """Click a slider's track at ``fraction`` of its width and wait for the new value (a click that lands
+    while the page redraws is tried again)."""
     thumb = page.locator(f'input[type="range"][aria-label="{label}"]').first
-    slider = page.locator('[data-testid="stSlider"]', has=thumb).first
-    box = slider.locator('div[style*="position: relative"]').first.bounding_box()
-    assert box is not None
     before = thumb.get_attribute("value")
-    page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
-    page.wait_for_function(
-        "([l, b]) => document.querySelector(`input[type=range][aria-label=\"${l}\"]`).value !== b",
-        arg=[label, before],
-    )
+    for attempt in range(3):
+        _settle(page)
+        slider = page.locator('[data-testid="stSlider"]', has=thumb).first
+        box = slider.locator('div[style*="position: relative"]').first.bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+        try:
+            page.wait_for_function(
+                "([l, b]) => document.querySelector(`input[type=range][aria-label=\"${l}\"]`).value !== b",
+                arg=[label, before], timeout=10_000,
+            )
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     _settle(page)
 
 
@@ -368,12 +377,19 @@ def test_a_conditional_row_of_the_long_category_is_edited_in_its_table(page: Any
 
     before = row_25_34()
     probs: dict[str, float] = {}
-    for _ in range(3):  # the grid is a canvas: a click that lands while it redraws is tried again
-        canvas = page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first
-        canvas.scroll_into_view_if_needed()
-        page.wait_for_timeout(300)
-        box = canvas.bounding_box()
-        assert box is not None
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _ in range(4):  # the grid is a canvas: a click that lands while it redraws is tried again
+        _settle(page)
+        try:
+            canvas = page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first
+            canvas.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            box = canvas.bounding_box()
+        except PlaywrightError:
+            continue  # replaced by a redraw between finding and measuring it
+        if box is None:
+            continue
         # Row 1 is below the 35 px header; "probability" is the middle column of item | probability | lock.
         page.mouse.dblclick(box["x"] + box["width"] * 0.6, box["y"] + 35 + 17)
         page.wait_for_timeout(700)
