@@ -1,6 +1,6 @@
 """PersonaGen dashboard entry point: ``streamlit run app.py`` (or ``personagen app``).
 
-A multipage app built with ``st.navigation``; each page is one short script in ``pages/`` that reads
+A multipage app built with ``st.navigation``; each page is one short script in ``app_pages/`` that reads
 state, calls ``personagen_core`` and draws. Shared widgets and state plumbing live in the ``ui`` package.
 """
 

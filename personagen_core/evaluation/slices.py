@@ -29,6 +29,7 @@ from personagen_core.errors import DataError
 
 __all__ = [
     "METRICS",
+    "NON_ATTRIBUTE_COLUMNS",
     "attribute_columns",
     "compare_slices",
     "differ_most",
@@ -49,8 +50,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "output_rejection_rate": ("Outputs rejected at stage 4", False),
 }
 
-#: Bookkeeping columns of a run's texts that are not persona / scenario attributes.
-_NOT_ATTRIBUTES = {
+#: Bookkeeping columns of a run's texts that are not persona / scenario attributes (also used by the suite).
+NON_ATTRIBUTE_COLUMNS = frozenset({
     "text",
     "label",
     "emotion",
@@ -64,7 +65,7 @@ _NOT_ATTRIBUTES = {
     "id",
     "row",
     "rejected",
-}
+})
 
 
 def attribute_columns(frame: pd.DataFrame, *, max_levels: int = 40) -> list[str]:
@@ -72,7 +73,7 @@ def attribute_columns(frame: pd.DataFrame, *, max_levels: int = 40) -> list[str]
     out = []
     for col in frame.columns:
         name = str(col)
-        if name in _NOT_ATTRIBUTES or name.startswith(("verdict_", "reason_")):
+        if name in NON_ATTRIBUTE_COLUMNS or name.startswith(("verdict_", "reason_")):
             continue
         levels = frame[col].nunique(dropna=True)
         if 2 <= levels <= max_levels:

@@ -51,6 +51,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from personagen_core.errors import DataError, PersonaGenError
+from personagen_core.evaluation.slices import NON_ATTRIBUTE_COLUMNS
 
 __all__ = [
     "DIVERSITY_DEFINITIONS",
@@ -66,20 +67,6 @@ __all__ = [
 #: ``on_event(stage, fraction)``: ``stage`` names the step, ``fraction`` the share of the whole done (0–1).
 ProgressCallback = Callable[[str, float], None]
 
-#: Columns of a run's text table that are bookkeeping, not persona / scenario attributes.
-_NON_ATTRIBUTE_COLUMNS = {
-    "text",
-    "label",
-    "emotion",
-    "text_id",
-    "run_id",
-    "method",
-    "persona",
-    "persona_id",
-    "scenario",
-    "model",
-    "id",
-}
 
 #: How each diversity metric is defined (written into the report next to the numbers).
 DIVERSITY_DEFINITIONS: dict[str, str] = {
@@ -373,7 +360,7 @@ def _projections(
             col: frame[col].astype(str).tolist()
             for col in frame.columns
             # Free-text verdict reasons are hover material, not categories to colour by.
-            if col not in _NON_ATTRIBUTE_COLUMNS
+            if col not in NON_ATTRIBUTE_COLUMNS
             and not col.startswith("reason_")
             and frame[col].nunique() <= 100
         }
