@@ -33,14 +33,14 @@ if not run_ids:
         "Pick at least one run." if has_runs else "No runs in the run store yet: launch a generation on the "
         "**Generate** page (stored evaluations are listed below)."
     )
-elif st.button("Evaluate", type="primary", icon=":material/insights:"):
+else:
     with ui.error_boundary("evaluation"):
-        settings = evaluation.EvaluationSettings(
-            projections=tuple(methods), max_texts=int(cap) or None, judge=judge
-        )
-        report = ui.evaluate_runs(run_ids, settings, llm=ui.llm_settings() if judge else None)
-        # Show what was just evaluated (the picker is drawn below, so its value can still be set).
-        ui.set_kept("eval_open", report["stored"]["eval_id"])
+        settings = evaluation.EvaluationSettings(projections=tuple(methods), max_texts=int(cap) or None, judge=judge)
+        ui.embedding_estimate(run_ids, settings, hint="Set **Max texts per run** to evaluate a seeded sample.")
+        if st.button("Evaluate", type="primary", icon=":material/insights:"):
+            report = ui.evaluate_runs(run_ids, settings, llm=ui.llm_settings() if judge else None)
+            # Show what was just evaluated (the picker is drawn below, so its value can still be set).
+            ui.set_kept("eval_open", report["stored"]["eval_id"])
 
 st.subheader("Stored evaluations")
 with ui.error_boundary("stored evaluation"):

@@ -36,12 +36,17 @@ boot = c3.number_input("Bootstrap resamples", 0, 200, 20)
 if not run_ids:
     st.info("Pick at least one run.")
     st.stop()
+settings = None
+with ui.error_boundary("settings"):
+    settings = evaluation.EvaluationSettings(
+        projections=(), max_gold=int(max_gold) or None, bootstrap=int(boot), gold_per_class=int(per_class)
+    )
+    ui.embedding_estimate(run_ids, settings, gold=(train, test), hint="Lower the gold sizes above or pick fewer runs.")
+if settings is None:
+    st.stop()
 if st.button("Compare with real data", type="primary") or st.session_state.get("real_shown") == run_ids:
     st.session_state["real_shown"] = list(run_ids)
     with ui.error_boundary("comparison"):
-        settings = evaluation.EvaluationSettings(
-            projections=(), max_gold=int(max_gold) or None, bootstrap=int(boot), gold_per_class=int(per_class)
-        )
         report = ui.evaluate_runs(
             run_ids, settings, gold=(train, test), gold_key=ui.gold_key(train, test), label_map=label_map
         )

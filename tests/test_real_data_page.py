@@ -138,3 +138,33 @@ def test_compare_shows_like_with_like_table_vii_and_slices(
     assert len(shown) == 12 and set(shown["age"]) == {"60s"}
     st.cache_data.clear()
     st.cache_resource.clear()
+
+
+def test_size_estimate_before_the_comparison(home: Path) -> None:
+    """Before embedding, the page says how many texts it will embed and how long that should take
+    (sizing, as the CLI prints), and warns above the threshold (issue 16)."""
+    from personagen_core.evaluation import sizing
+    from personagen_core.evaluation.embeddings import Embedder
+
+    at = _page()
+    _upload(at, "test.txt", b"so happy today;joy\nso sad today;sadness\nhappy again;joy\n")
+    # 4 run texts + 3 gold test texts at the fallback rate; nothing embedded yet.
+    assert "embedding up to 7 texts" in _captions(at) and "10 texts/s" in _captions(at), _captions(at)
+    assert not at.warning, [w.value for w in at.warning]
+    # A slow measured rate on this machine: above the threshold, a warning naming the page's controls.
+    sizing.record_rate(Embedder(None).model_id, 500, 50_000, home=home)  # 0.01 texts/s: 7 texts in 700 s
+    at.run()
+    assert "embedding up to 7 texts" in _captions(at) and "measured here" in _captions(at), _captions(at)
+    warnings = [w.value for w in at.warning]
+    assert any("more than 10 min" in w and "gold sizes" in w for w in warnings), warnings
+    assert not any("--max" in w for w in warnings), warnings  # no CLI option the page lacks
+
+
+def test_evaluate_page_shows_the_size_estimate(home: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/6_evaluate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = "\n".join(str(c.value) for c in at.caption)
+    assert "embedding up to 4 texts" in captions, captions

@@ -15,6 +15,7 @@ from ui.state import error_boundary, get_store, keep, store_path
 
 __all__ = [
     "embedder",
+    "embedding_estimate",
     "evaluate_runs",
     "evaluation_store",
     "open_evaluation",
@@ -55,6 +56,35 @@ def evaluation_store() -> Any:
     from personagen_core.evaluation.stored import default_path
 
     return _evaluations_for(str(default_path()))
+
+
+def embedding_estimate(
+    run_ids: Sequence[str], settings: Any, *, gold: tuple[Any, Any] | None = None, hint: str = ""
+) -> Any:
+    """Before an evaluation starts: how many texts it embeds and how long that should take at this
+    machine's measured rate (:mod:`personagen_core.evaluation.sizing`, as ``personagen evaluate`` prints),
+    with a warning above :data:`~personagen_core.evaluation.sizing.WARN_SECONDS` that names the page's own
+    size controls (``hint``). Returns the plan (None without runs)."""
+    import pandas as pd
+
+    from personagen_core.evaluation import sizing
+
+    if not run_ids:
+        return None
+    counts = get_store().list_runs().set_index("run_id")["accepted"]
+    # The plan only counts rows: the runs' sizes from the run list, without loading their texts.
+    runs = {r: pd.DataFrame(index=range(int(counts.get(r, 0)))) for r in run_ids}
+    train, test = gold if gold is not None else (None, None)
+    plan = sizing.embedding_plan(runs, train, test, settings, model_id=embedder().model_id)
+    st.caption(" · ".join(line.strip() for line in plan.lines() if not line.startswith("warning:")))
+    if plan.warn:
+        biggest = max(plan.counts, key=plan.counts.__getitem__)
+        st.warning(
+            f"That is more than {sizing.WARN_SECONDS / 60:.0f} min of embedding; {biggest} is the largest "
+            f"input. {hint}".strip(),
+            icon=":material/hourglass_top:",
+        )
+    return plan
 
 
 def _inputs_key(
@@ -99,6 +129,10 @@ def evaluate_runs(
     def on_event(stage: str, fraction: float) -> None:
         bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Evaluating: {stage}")
 
+    from personagen_core.evaluation import sizing
+
+    emb = embedder()
+    misses = emb.stats.misses
     try:
         datasets = {run_id: load_run_dataset(store, run_id) for run_id in run_ids}
         gold_train, gold_test = gold if gold is not None else (None, None)
@@ -108,7 +142,7 @@ def evaluate_runs(
             gold_test=gold_test,
             label_map=label_map,
             settings=settings,
-            embedder=embedder(),
+            embedder=emb,
             llm_settings=llm,
             judge_store=store,
             on_event=on_event,
@@ -116,6 +150,13 @@ def evaluate_runs(
         )
     finally:
         bar.empty()
+    timings = report.get("timings", {})
+    # This machine's embedding rate for the next estimate (as the CLI records it).
+    sizing.record_rate(
+        emb.model_id,
+        emb.stats.misses - misses,
+        timings.get("embeddings", 0.0) + timings.get("gold embeddings", 0.0),
+    )
     eval_id = evaluations.save(report, runs=list(run_ids), source="dashboard", key=key)
     return evaluations.get(eval_id)
 
