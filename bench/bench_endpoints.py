@@ -6,12 +6,14 @@ Measures, in one run:
    (2 emotions x 5 texts, validation on, concurrency 16) against the loopback fake server answering every
    call with a model 404, an HTML page with status 200, or JSON that never matches the schema; plus the 404
    with validation off. Prints seconds to the stop, chat requests the server saw, and the message;
-2. accepted texts per minute with SmolLM2-135M through llama-cpp-python's OpenAI-compatible server
-   (``python -m llama_cpp.server``, started here on a free loopback port, one thread) with the ``openai``
-   backend, and through the embedded in-process backend with the same model and thread count, same spec,
-   same settings (2 emotions x N texts, stage-1 validation in batches of 2 unless ``--no-validate``).
+2. accepted texts per minute with a bundled model (``--model``, default SmolLM2-135M) through
+   llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``, started here on a free
+   loopback port, one thread) with the ``openai`` backend, and through the embedded in-process backend
+   with the same model and thread count, same spec, same settings (2 emotions x N texts, stage-1
+   validation in batches of 2 unless ``--no-validate``).
 
-Run: ``.venv/bin/python bench/bench_endpoints.py [--per-emotion N] [--no-validate] [--skip-llm]``.
+Run: ``.venv/bin/python bench/bench_endpoints.py [--model KEY] [--per-emotion N] [--no-validate]
+[--skip-llm | --skip-hopeless]``.
 The machine's load average is printed with the figures: on a shared machine it dominates part 2.
 """
 
@@ -55,8 +57,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rate(backend: str, per_emotion: int, validate: bool) -> dict[str, Any]:
-    """One run with SmolLM2 through ``backend`` ("server" or "embedded"); accepted texts per minute."""
+def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-135m") -> dict[str, Any]:
+    """One run with bundled ``model`` through ``backend`` ("server" or "embedded"); accepted texts per minute."""
     import httpx
 
     from personagen_core.generation.llm import LLMSettings
@@ -72,9 +74,9 @@ def _rate(backend: str, per_emotion: int, validate: bool) -> dict[str, Any]:
             port = _free_port()
             log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path("smollm2-135m")),
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path(model)),
                  "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                 "--n_threads_batch", "1", "--model_alias", "smollm2-135m"],
+                 "--n_threads_batch", "1", "--model_alias", model],
                 stdout=log, stderr=subprocess.STDOUT,
             )
             base_url = f"http://127.0.0.1:{port}/v1"
@@ -84,10 +86,10 @@ def _rate(backend: str, per_emotion: int, validate: bool) -> dict[str, Any]:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            llm = LLMSettings(backend="openai", base_url=base_url, model="smollm2-135m", concurrency=4)
+            llm = LLMSettings(backend="openai", base_url=base_url, model=model, concurrency=4)
         else:
-            http = httpx.AsyncClient(transport=local_transport("smollm2-135m", n_threads=1, n_threads_batch=1))
-            llm = LLMSettings(backend="local", local_model="smollm2-135m", concurrency=4)
+            http = httpx.AsyncClient(transport=local_transport(model, n_threads=1, n_threads_batch=1))
+            llm = LLMSettings(backend="local", local_model=model, concurrency=4)
         try:
             store = RunStore(Path(tmp) / "runs.sqlite")
             config = GenerationConfig(emotions=["joy", "sadness"], per_emotion=per_emotion, seed=3,
@@ -119,11 +121,16 @@ def main() -> None:
     parser.add_argument("--per-emotion", type=int, default=3, help="texts per emotion in part 2 (default 3)")
     parser.add_argument("--no-validate", action="store_true", help="part 2 without stage-1 validation")
     parser.add_argument("--skip-llm", action="store_true", help="only part 1 (no model runs)")
+    parser.add_argument("--skip-hopeless", action="store_true", help="only part 2 (server vs embedded)")
+    parser.add_argument("--model", default="smollm2-135m", help="bundled model key for part 2 (default smollm2-135m)")
     args = parser.parse_args()
 
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("1. hopeless endpoint -> clear stop (target: < 10 s, < 50 calls)")
-    for fault, validate in (("model_404", True), ("model_404", False), ("html", True), ("schema_mismatch", True)):
+    faults = () if args.skip_hopeless else (("model_404", True), ("model_404", False), ("html", True),
+                                            ("schema_mismatch", True))
+    if faults:
+        print("1. hopeless endpoint -> clear stop (target: < 10 s, < 50 calls)")
+    for fault, validate in faults:
         r = _hopeless(fault, validate)
         print(f"   {fault:16s} validate={validate!s:5s} {r['state']:7s} {r['seconds']:6.2f} s  "
               f"{r['calls']:3d} calls")
@@ -131,10 +138,11 @@ def main() -> None:
     if args.skip_llm:
         return
     validate = not args.no_validate
-    print(f"2. SmolLM2-135M, 2 emotions x {args.per_emotion} texts, stage-1 validation {'on' if validate else 'off'}"
+    print(f"2. {args.model}, 2 emotions x {args.per_emotion} texts, stage-1 validation {'on' if validate else 'off'}"
           ", one thread each")
     for backend in ("server", "embedded"):
-        r = _rate(backend, args.per_emotion, validate)
+        r = _rate(backend, args.per_emotion, validate, args.model)
+        print(f"   load average now: {os.getloadavg()[0]:.1f}")
         print(f"   {backend:8s} {r['state']:7s} {r['accepted']:2d} accepted in {r['seconds']:7.1f} s = "
               f"{r['per_min']:5.2f} texts/min, {r['calls']} calls, rejections {r['rejections']}")
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
