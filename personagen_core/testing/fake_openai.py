@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from personagen_core.testing.fake_batches import BatchAPI
+
 __all__ = [
     "FAULTS",
     "HTML_PAGE",
@@ -396,6 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Serve ``POST /v1/chat/completions``."""
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        ctype = self.headers.get("Content-Type") or ""
+        if ctype.startswith("multipart/form-data"):  # a file upload (/v1/files)
+            self.server.fake._handle(self, {"_raw": raw, "_content_type": ctype})
+            return
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -452,6 +458,9 @@ class FakeOpenAIServer:
         always: str | None = None,
         serial: bool = False,
         kind: str = "openai",
+        batch_validating_s: float = 0.05,
+        batch_in_progress_s: float = 0.2,
+        batch_failure_rate: float = 0.0,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown server kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -487,6 +496,14 @@ class FakeOpenAIServer:
         self._httpd: _Server | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
+        #: ``/v1/files`` and ``/v1/batches`` (:mod:`fake_batches`); lines answered like chat requests.
+        self.batches = BatchAPI(self.answer_body, validating_s=batch_validating_s,
+                                in_progress_s=batch_in_progress_s, failure_rate=batch_failure_rate, seed=seed)
+
+    def answer_body(self, body: dict[str, Any], index: int = 0) -> tuple[int, dict[str, Any]]:
+        """``(200, chat completion)`` for a request body, as ``/v1/chat/completions`` answers it without a
+        fault (the Batch API and vLLM ``run_batch`` simulations answer each JSONL line with it)."""
+        return 200, self._completion(body, self._content(body, None), index)
 
     def __repr__(self) -> str:
         state = f"listening on {self.base_url}" if self._httpd else "stopped"
@@ -602,6 +619,13 @@ class FakeOpenAIServer:
             self._send_json(handler, record, 200, {
                 "openapi": "3.1.0", "info": {"title": LLAMA_CPP_PYTHON_TITLE, "version": "0.3.36"}, "paths": {},
             })
+            return
+        if not is_chat and (record.path.startswith("/v1/files") or record.path.startswith("/v1/batches")):
+            status, payload, ctype = self.batches.handle(handler.command, record.path, record.body)
+            if isinstance(payload, bytes):
+                self._send_bytes(handler, record, status, payload, ctype)
+            else:
+                self._send_json(handler, record, status, payload)
             return
         if not is_chat:
             self._send_error(handler, record, 404, f"no route for {handler.command} {record.path}", "not_found")
@@ -766,6 +790,16 @@ class FakeOpenAIServer:
     ) -> None:
         payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         self._send_json(handler, record, status, payload, headers=headers)
+
+    @staticmethod
+    def _send_bytes(handler: _Handler, record: RecordedRequest, status: int, data: bytes, ctype: str) -> None:
+        record.status = status
+        handler.send_response(status)
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.wfile.flush()
 
     @staticmethod
     def _send_json(
