@@ -128,7 +128,8 @@ CREATE TABLE IF NOT EXISTS calls (
     error TEXT,
     mode TEXT,
     cost REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    endpoint TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id);
 CREATE TABLE IF NOT EXISTS judge_scores (
@@ -249,6 +250,7 @@ class CallRow:
     error: str | None = None
     mode: str | None = None
     cost: float = 0.0
+    endpoint: str | None = None  # an endpoint pool's label for the endpoint (redacted URL or name)
 
 
 class RunStore:
@@ -289,6 +291,8 @@ class RunStore:
                         "runs may still be readable with `sqlite3 FILE .recover`"
                     )
             conn.executescript(_SCHEMA)
+            if "endpoint" not in {r[1] for r in conn.execute("PRAGMA table_info(calls)")}:
+                conn.execute("ALTER TABLE calls ADD COLUMN endpoint TEXT")  # a store from before endpoint pools
         except StoreError:
             self.close()
             raise
@@ -860,7 +864,7 @@ class RunStore:
         self._defer(
             "INSERT INTO calls(run_id, stage, role, model, prompt_tokens, completion_tokens, latency_s,"
             " status,"
-            " error, mode, cost, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " error, mode, cost, created_at, endpoint) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (
                     run_id,
@@ -875,6 +879,7 @@ class RunStore:
                     c.mode,
                     c.cost,
                     now,
+                    c.endpoint,
                 )
                 for c in calls
             ],
@@ -904,6 +909,26 @@ class RunStore:
                 "cost",
             ],
         )
+
+    def endpoint_usage(self, run_id: str) -> pd.DataFrame:
+        """Usage per endpoint of a run that used an endpoint pool (empty otherwise): ``endpoint`` (its label:
+        the redacted URL or its name), ``calls``, ``failed``, ``prompt_tokens``, ``completion_tokens``,
+        ``cost`` and ``last_error`` (the endpoint's most recent failed attempt)."""
+        columns = ["endpoint", "calls", "failed", "prompt_tokens", "completion_tokens", "cost", "last_error"]
+        try:
+            rows = self._query(
+                """SELECT endpoint, COUNT(*) AS calls,
+                          SUM(CASE WHEN error IS NULL THEN 0 ELSE 1 END) AS failed,
+                          SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
+                          SUM(cost) AS cost,
+                          (SELECT e.error FROM calls e WHERE e.run_id = c.run_id AND e.endpoint = c.endpoint
+                             AND e.error IS NOT NULL ORDER BY e.id DESC LIMIT 1) AS last_error
+                   FROM calls c WHERE run_id = ? AND endpoint IS NOT NULL GROUP BY endpoint ORDER BY endpoint""",
+                (run_id,),
+            )
+        except StoreError:  # a read-only store from before endpoint pools has no endpoint column
+            rows = []
+        return pd.DataFrame([dict(r) for r in rows], columns=columns)
 
     def totals(self, run_id: str) -> dict[str, float]:
         """Run-wide totals: ``calls``, ``failed_calls``, ``prompt_tokens``, ``completion_tokens``, ``tokens``,

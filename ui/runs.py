@@ -4,6 +4,7 @@ threads with live progress, and exports.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -18,10 +19,13 @@ from ui.state import _store_for, error_boundary, get_store, home_dir, keep, kept
 
 __all__ = [
     "BACKENDS",
+    "ENDPOINT_COLUMNS",
     "ROLES",
     "RunHandle",
     "any_run_active",
     "attribute_filters",
+    "endpoints_editor",
+    "endpoints_from_rows",
     "export_cached",
     "filter_frame",
     "http_client_for",
@@ -30,10 +34,10 @@ __all__ = [
     "local_pool",
     "pd_series",
     "resume_run",
+    "run_details",
     "run_picker",
     "run_registry",
     "run_status",
-    "run_details",
     "run_texts",
     "select_run",
     "show_run_progress",
@@ -246,13 +250,17 @@ def llm_settings() -> Any:
                            **common)
     env = {"OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "")}
     base_url = None
+    endpoints = None
     if backend == "compatible":
         base_url = (kept("base_url") or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+        if kept("several_endpoints", False):
+            endpoints = endpoints_from_rows(kept("endpoint_rows") or [])
     model = str(kept("model") or "").strip() or None
     return LLMSettings.from_env(
         env,
         backend="openai",
         base_url=base_url,
+        endpoints=endpoints,
         api_key=kept("api_key") or None,
         model=model,
         models=models,
@@ -296,7 +304,13 @@ def llm_settings_form() -> Any:
         st.caption("Runs in this process on the CPU; no network, no key, no cost.")
         _local_model_quality()
     else:
-        if backend == "compatible":
+        several = backend == "compatible" and st.toggle(
+            "Several endpoints", help="Spread the calls over several OpenAI-compatible endpoints (replicas, "
+            "accounts): each gets its own adaptive concurrency, and one that keeps failing is taken out and "
+            "probed again later.", **keep("several_endpoints", False))
+        if several:
+            endpoints_editor()
+        elif backend == "compatible":
             st.text_input("Base URL", placeholder="http://localhost:8000/v1",
                           **keep("base_url", os.environ.get("OPENAI_BASE_URL", "")))
         st.text_input("Model", **keep("model", "gpt-4.1-mini"))
@@ -330,6 +344,72 @@ def llm_settings_form() -> Any:
     return llm_settings()
 
 
+#: Columns of the Generate page's endpoints table (an endpoint pool's settings, without keys).
+ENDPOINT_COLUMNS = ("url", "model", "key_env", "weight", "max_concurrency")
+
+
+def _clean(value: Any) -> Any:
+    """A table cell as a plain value: blank strings and NaN become None."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, float) and math.isnan(value):  # an empty number cell
+        return None
+    return value
+
+
+def endpoints_from_rows(rows: Sequence[dict[str, Any]]) -> list[Any] | None:
+    """Validated endpoints from the endpoints table's rows (rows without a URL are skipped; None when no
+    row has one). Errors name the row and the field (:func:`~personagen_core.generation.endpoints.parse_endpoints`)."""
+    from personagen_core.generation.endpoints import parse_endpoints
+
+    entries = []
+    for row in rows:
+        entry = {k: _clean(row.get(k)) for k in ENDPOINT_COLUMNS}
+        if entry["url"] is None:
+            continue
+        if entry["max_concurrency"] is not None:
+            entry["max_concurrency"] = int(entry["max_concurrency"])
+        entries.append({k: v for k, v in entry.items() if v is not None})
+    return parse_endpoints(entries, source="endpoints table") if entries else None
+
+
+def endpoints_editor() -> None:
+    """A small editable table of endpoints (URL, model, key variable, weight, max concurrency), kept across
+    pages and reloads. It holds no keys: *Key variable* names the environment variable holding a key."""
+    import pandas as pd
+
+    rows = kept("endpoint_rows") or [
+        {"url": kept("base_url") or os.environ.get("OPENAI_BASE_URL", ""), "model": None, "key_env": None,
+         "weight": 1.0, "max_concurrency": None}
+    ]
+    rev = int(st.session_state.get("endpoint_rows_rev", 0))
+    edited = st.data_editor(
+        pd.DataFrame(rows, columns=list(ENDPOINT_COLUMNS)).astype({"url": "object", "model": "object",
+                                                                   "key_env": "object"}),
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        key=f"endpoints_editor:{rev}",
+        column_config={
+            "url": st.column_config.TextColumn("URL", help="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1"),
+            "model": st.column_config.TextColumn("Model", help="Empty: the model below."),
+            "key_env": st.column_config.TextColumn(
+                "Key variable", help="Name of the environment variable holding this endpoint's API key (never "
+                "the key itself). Empty: the API key below."),
+            "weight": st.column_config.NumberColumn("Weight", min_value=0.001, default=1.0,
+                                                    help="Share of the calls when every endpoint has room."),
+            "max_concurrency": st.column_config.NumberColumn(
+                "Max concurrency", min_value=1, max_value=1024, step=1, help="Empty: the run's concurrency."),
+        },
+    )
+    records = [{k: _clean(v) for k, v in r.items()} for r in edited.to_dict("records")]
+    if records != [{k: _clean(r.get(k)) for k in ENDPOINT_COLUMNS} for r in rows]:
+        set_kept("endpoint_rows", records)
+        st.session_state["endpoint_rows_rev"] = rev + 1  # a fresh editor over the kept rows
+        st.rerun()
+    st.caption("Each endpoint keeps its own adaptive concurrency and server kind; usage is recorded per endpoint.")
+
+
 @st.cache_resource(show_spinner=False)
 def local_pool() -> Any:
     """The embedded-model pool of this server process (models load once, on first use)."""
@@ -359,8 +439,10 @@ def _run_in_thread(handle: RunHandle, call: Any, secrets: list[str]) -> None:
 
 
 def _secrets_of(settings: Any) -> list[str]:
+    from personagen_core.generation.endpoints import endpoint_secrets
+
     key = getattr(settings, "api_key", None)
-    return [key.get_secret_value()] if key is not None else []
+    return ([key.get_secret_value()] if key is not None else []) + endpoint_secrets(settings)
 
 
 def _start(run_id: str, call: Any, settings: Any, cancel: threading.Event) -> str:
@@ -508,6 +590,10 @@ def show_run_progress(run_id: str) -> None:
         right.dataframe(pd.Series(rejections, name="count"), key=f"rejections_{run_id}")
     else:
         right.write("none")
+    per_endpoint = store.endpoint_usage(run_id)
+    if not per_endpoint.empty:  # a run over several endpoints: calls, tokens, cost and failures of each
+        st.caption("Usage per endpoint")
+        st.dataframe(per_endpoint, hide_index=True, width="stretch", key=f"per_endpoint_{run_id}")
     if handle is not None and handle.error:
         st.error(f"The run stopped: {handle.error}")
     elif status == "failed":

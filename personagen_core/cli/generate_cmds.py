@@ -119,6 +119,20 @@ def _llm_overrides(
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _endpoint_overrides(urls: list[str], endpoints_file: Path | None) -> dict[str, Any]:
+    """``endpoints`` for the LLM settings from ``--base-url`` given several times or ``--endpoints FILE``
+    (an empty list when one ``--base-url`` replaces a resumed run's pool; nothing when neither was given)."""
+    from personagen_core.generation.endpoints import endpoints_from_urls, load_endpoints_file
+
+    if endpoints_file is not None and urls:
+        raise typer.BadParameter("give --endpoints FILE or --base-url, not both", param_hint="--endpoints")
+    if endpoints_file is not None:
+        return {"endpoints": load_endpoints_file(endpoints_file)}
+    if len(urls) > 1:
+        return {"endpoints": endpoints_from_urls(urls)}
+    return {"endpoints": []} if urls else {}
+
+
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -326,7 +340,14 @@ def generate(
         str | None, typer.Option("--local-model", help="Embedded model name or GGUF path.")
     ] = None,
     base_url: Annotated[
-        str | None, typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL).")
+        list[str] | None,
+        typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL). Give it several "
+                     "times to spread the calls over several endpoints (same model and key, weight 1 each)."),
+    ] = None,
+    endpoints_file: Annotated[
+        Path | None,
+        typer.Option("--endpoints", help="YAML or JSON file listing endpoints (url, model, key_env, weight, "
+                     "max_concurrency, server, name); calls are spread over the healthy ones."),
     ] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model for every role.")] = None,
     validator_model: Annotated[
@@ -378,6 +399,7 @@ def generate(
     import httpx
 
     from personagen_core.generation import throughput
+    from personagen_core.generation.endpoints import describe_endpoints
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import (
         METHODS,
@@ -389,15 +411,17 @@ def generate(
         stored_llm_settings,
     )
     from personagen_core.local import LocalModelPool, prefer_passive_openmp
-    from personagen_core.redaction import redact_url
     from personagen_core.store import new_run_id
 
     prefer_passive_openmp()
 
     store = _store(db)
+    urls = list(base_url or [])
     llm_over = _llm_overrides(
-        backend, base_url, model, local_model, validator_model, generator_model, concurrency, verdict_reasons
+        backend, urls[0] if len(urls) == 1 else None, model, local_model, validator_model, generator_model,
+        concurrency, verdict_reasons,
     )
+    llm_over.update(_endpoint_overrides(urls, endpoints_file))
     llm_over.update({k: v for k, v in (("timeout", timeout), ("structured", structured)) if v is not None})
     if resume is not None:
         info = store.run(resume)
@@ -437,7 +461,7 @@ def generate(
         llm=LLMSettings.from_env(**llm_over),
     )
     est = estimate_cost(spec, config)
-    where = redact_url(config.llm.effective_base_url)
+    where = describe_endpoints(config.llm)
     price = (
         f"${est.total_usd:.4f}"
         if est.total_usd is not None
@@ -538,6 +562,14 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
         + (f", per role {llm.get('models')}" if llm.get("models") else "")
         + f", sessions {info['sessions']}, created {_ts(info['created_at'])} UTC"
     )
+    for ep in llm.get("endpoints") or []:  # stored redacted: URLs without credentials, key variable names only
+        console.print(
+            f"endpoint {ep.get('name') or ep['url']}: {ep['url']}, weight {ep.get('weight', 1):g}"
+            + (f", model {ep['model']}" if ep.get("model") else "")
+            + (f", key from ${ep['key_env']}" if ep.get("key_env") else "")
+            + (f", max concurrency {ep['max_concurrency']}" if ep.get("max_concurrency") else ""),
+            markup=False,
+        )
     counts = store.accepted_counts(run_id)
     t = Table("emotion", "accepted", "target", title="texts")
     for e, n in info["target"].items():
@@ -587,6 +619,19 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
             f"{float(row['cost']):.4f}",
         )
     console.print(u)
+    per_endpoint = store.endpoint_usage(run_id)
+    if not per_endpoint.empty:
+        e = Table("endpoint", "calls", "failed", "tokens", "cost (USD)", "last error", title="usage per endpoint")
+        for _, row in per_endpoint.iterrows():
+            e.add_row(
+                str(row["endpoint"]),
+                str(row["calls"]),
+                str(row["failed"]),
+                f"{int(row['prompt_tokens']) + int(row['completion_tokens']):,}",
+                f"{float(row['cost']):.4f}",
+                str(row["last_error"])[:120] if isinstance(row["last_error"], str) else "",
+            )
+        console.print(e)
     tot = store.totals(run_id)
     console.print(
         f"total: {tot['calls']} calls ({tot['failed_calls']} failed attempts), {tot['tokens']:,} tokens, "

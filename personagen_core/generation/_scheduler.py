@@ -48,6 +48,12 @@ from personagen_core.generation.checks import (
     check_output,
     normalise,
 )
+from personagen_core.generation.endpoints import (
+    EndpointPool,
+    endpoint_secrets,
+    open_client,
+    total_concurrency,
+)
 from personagen_core.generation.llm import CallRecord, LLMClient, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, sentence_grammar, validation_messages
 from personagen_core.personas.render import describe_persona, describe_scenario
@@ -214,7 +220,7 @@ class RunSession:
         self._rows: deque[dict[str, Any]] = deque()
         self.next_pid = store.next_persona_id(run_id)
         key = config.llm.api_key.get_secret_value() if config.llm.api_key else None
-        self.secrets = [s for s in (key, *url_secrets(config.llm.base_url)) if s]
+        self.secrets = [s for s in (key, *url_secrets(config.llm.base_url), *endpoint_secrets(config.llm)) if s]
         self.language_id = LanguageIdentifier(spec.language)
         # Budget gate: worst-case cost and tokens reserved by the attempts in flight (see acquire()).
         self.reserved_cost = 0.0
@@ -232,7 +238,7 @@ class RunSession:
         self._slots = asyncio.Event()
         self._last_event = 0.0
         self._last_stored_event = 0.0
-        self.client: LLMClient | None = None
+        self.client: LLMClient | EndpointPool | None = None
         self.source: CandidateSource | None = None
 
     # -- accounting -----------------------------------------------------------------------------------------
@@ -377,6 +383,7 @@ class RunSession:
                     error=self._scrub(rec.error),
                     mode=rec.mode,
                     cost=price,
+                    endpoint=rec.endpoint,
                 )
             ],
         )
@@ -677,7 +684,7 @@ class RunSession:
             # Bookkeeping rows are committed in groups (with each accepted text and by the ticker) rather
             # than one transaction each; accepted texts are still committed the moment they arrive.
             async with (
-                LLMClient(
+                open_client(
                     self.config.llm,
                     http_client=http_client,
                     on_call=self.on_call,
@@ -694,7 +701,7 @@ class RunSession:
                 # instructions from the KV cache; the next batches start once the stock is used up.
                 # The same holds for a local server that answers one call at a time (llama-cpp-python's).
                 local = self.config.llm.backend == "local" or await client.serves_one_at_a_time()
-                parallel = 1 if local else self.config.llm.concurrency
+                parallel = 1 if local else total_concurrency(self.config.llm)
                 validator = (
                     Validator(self.spec, self.store, client, batch_size=self.config.validation_batch)
                     if self.validate

@@ -51,7 +51,7 @@ from personagen_core.errors import (
     LLMResponseError,
 )
 from personagen_core.generation.prompts import VerdictReasons
-from personagen_core.redaction import redact_text
+from personagen_core.redaction import redact_text, redact_url
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -61,6 +61,7 @@ __all__ = [
     "CallGate",
     "CallRecord",
     "Completion",
+    "EndpointSettings",
     "LLMClient",
     "LLMSettings",
     "StructuredMode",
@@ -109,6 +110,52 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class EndpointSettings(BaseModel):
+    """One endpoint of a pool (:mod:`personagen_core.generation.endpoints`): where to send calls and how many.
+
+    ``url`` is the OpenAI-compatible base URL; ``model`` replaces the run's model (for every role) on this
+    endpoint when given; ``key_env`` is the *name* of the environment variable holding this endpoint's API
+    key (the key itself never appears in a settings file or the run store; without it the run's key is used);
+    ``weight`` is its share of the calls when every endpoint has room; ``max_concurrency`` caps its calls in
+    flight (default: the run's ``concurrency``; the endpoint's adaptive limit stays below it); ``server``
+    as :attr:`LLMSettings.server`. ``name`` labels it in the usage tables (default: the redacted URL).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    model: str | None = None
+    key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    max_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    server: ServerKind = "auto"
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL such as http://localhost:8000/v1")
+        return value.rstrip("/")
+
+    @field_validator("key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME_RE.match(value):
+            # Never echo the value: it may be a pasted key.
+            raise ValueError("must be the NAME of an environment variable holding the key (letters, digits, "
+                             "underscores, e.g. OPENAI_API_KEY), not the key itself")
+        return value
+
+    @property
+    def label(self) -> str:
+        """How usage tables and messages name this endpoint: ``name``, else the URL with credentials redacted."""
+        return self.name or str(redact_url(self.url))
+
+
 class LLMSettings(BaseModel):
     """Where and how to call the LLM. The API key is a secret: excluded from ``model_dump``, hidden in repr.
 
@@ -155,14 +202,28 @@ class LLMSettings(BaseModel):
     server: ServerKind = "auto"
     structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
     give_up_after: int = Field(default=12, ge=1, le=10_000)
+    #: Several endpoints at once (an endpoint pool; ``base_url`` is then unused): see
+    #: :mod:`personagen_core.generation.endpoints`.
+    endpoints: list[EndpointSettings] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
     def _default_backend(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and data.get("backend") is None:
             data = dict(data)
-            data["backend"] = "openai" if data.get("base_url") or data.get("api_key") else "local"
+            data["backend"] = (
+                "openai" if data.get("base_url") or data.get("api_key") or data.get("endpoints") else "local"
+            )
         return data
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, value: list[EndpointSettings]) -> list[EndpointSettings]:
+        labels = [e.label for e in value]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"endpoint {twice[0]} is listed twice; give each entry its own URL or a distinct name")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -261,6 +322,7 @@ class CallRecord:
     attempt: int
     mode: str
     http_status: int | None = None
+    endpoint: str | None = None  # the pool endpoint's label (None for a single endpoint)
 
 
 class _Fault(Exception):
@@ -297,6 +359,7 @@ class _Call:
     prompt_estimate: int
     timeout: float
     max_tokens: int | None = None
+    max_retries: int | None = None  # overrides settings.max_retries (an endpoint pool's probe: 0)
     vary: bool = False  # retry with some randomness (after an unusable answer to a greedy request)
     attempt: int = 0
     failures: int = 0
@@ -765,6 +828,7 @@ class LLMClient:
         seed: int | None = None,
         timeout: float | None = None,
         grammar: str | None = None,
+        max_retries: int | None = None,
     ) -> Completion:
         """One chat completion for ``role`` with retries; with ``schema``, parsed and checked JSON in ``data``.
 
@@ -779,6 +843,7 @@ class LLMClient:
         retries) or :class:`LLMEndpointError` (the give-up rule: this call, or earlier ones, kept failing).
         ``grammar`` (GBNF, only grammars known to parse: an invalid one crashes llama.cpp's servers) constrains
         plain-text output on the embedded backend and llama.cpp-based servers, and is ignored elsewhere.
+        ``max_retries`` overrides ``settings.max_retries`` for this call.
         """
         if not messages:
             raise LLMError("complete() needs at least one message")
@@ -791,6 +856,7 @@ class LLMClient:
             prompt_estimate=estimate_tokens(" ".join(str(m.get("content", "")) for m in messages)),
             timeout=timeout if timeout is not None else self.settings.effective_timeout,
             max_tokens=max_tokens,
+            max_retries=max_retries,
         )
         endpoint = (self._base_url, call.model)
         health = self._health.setdefault(endpoint, _Health())
@@ -872,6 +938,10 @@ class LLMClient:
             return self.settings.structured
         # llama-cpp-python answers json_schema with a 500; its json_object takes the schema as a grammar.
         return "json_object" if kind == "llama-cpp-python" else "json_schema"
+
+    def reset_health(self) -> None:
+        """Forget the give-up state of every model here (an endpoint pool probes an endpoint it took out)."""
+        self._health.clear()
 
     async def serves_one_at_a_time(self) -> bool:
         """True when the endpoint is known to answer one call at a time (llama-cpp-python's server queues
@@ -996,7 +1066,8 @@ class LLMClient:
             raise LLMResponseError(f"the endpoint {self._where(call.model)} failed: {fault}") from None
         call.consecutive_5xx = call.consecutive_5xx + 1 if (status or 0) >= 500 else 0
         call.failures += 1
-        if health.error is not None or call.failures > self.settings.max_retries:
+        retries = self.settings.max_retries if call.max_retries is None else call.max_retries
+        if health.error is not None or call.failures > retries:
             self._report(record("error", str(fault)))
             if health.error is not None:
                 raise health.error

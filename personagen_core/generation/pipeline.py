@@ -44,7 +44,8 @@ from personagen_core.generation._scheduler import (
     stages_of,
 )
 from personagen_core.generation._validation import Validator, Verdict
-from personagen_core.generation.llm import LLMClient, LLMSettings, estimate_tokens
+from personagen_core.generation.endpoints import open_client
+from personagen_core.generation.llm import LLMSettings, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, validation_columns, validation_messages
 from personagen_core.generation.validation_policy import decide
 from personagen_core.personas.render import describe_persona, describe_scenario
@@ -115,6 +116,8 @@ class GenerationConfig(BaseModel):
         llm = out.get("llm") or {}
         if llm.get("base_url"):
             llm["base_url"] = redact_url(llm["base_url"])
+        for endpoint in llm.get("endpoints") or []:  # an endpoint pool: key variable names only, never keys
+            endpoint["url"] = redact_url(endpoint["url"])
         return out
 
 
@@ -208,6 +211,12 @@ def stored_llm_settings(
                 f"run {info['run_id']} used the base URL {redacted}, whose credentials are never stored; "
                 "give it again with --base-url (or OPENAI_BASE_URL) to resume"
             )
+    redacted = [e["url"] for e in stored.get("endpoints") or [] if is_redacted_url(e.get("url"))]
+    if redacted and not overrides.get("endpoints"):
+        raise StoreError(
+            f"run {info['run_id']} used the endpoint(s) {', '.join(redacted)}, whose credentials are never "
+            "stored; give the endpoints again (--endpoints FILE or --base-url) to resume"
+        )
     return LLMSettings.from_env(env, **{**stored, **overrides})
 
 
@@ -361,7 +370,7 @@ async def avalidate_personas(
     dropped: list[int | None] = [None] * len(rows)
     cancelled = False
     batch = max(1, int(batch_size))
-    async with LLMClient(llm_settings, http_client=http_client) as client:
+    async with open_client(llm_settings, http_client=http_client) as client:
         validator = Validator(spec, store, client, batch_size=batch)
         # Chunks run concurrently (the client bounds the HTTP concurrency); the semaphore only keeps
         # chunks not started yet cancellable.

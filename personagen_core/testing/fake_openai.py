@@ -23,7 +23,9 @@ limit, ``finish_reason: length``), ``"long"`` (one sentence of about 5,000 chara
 ``"spanish"`` (texts in another language). ``serial=True`` serves one chat request at a time, each taking
 ``latency`` seconds, like llama.cpp's servers; requests computed for a client that had already given up are
 counted in ``abandoned``. ``kind="llama-cpp-python"`` imitates llama-cpp-python's server: its ``/openapi.json``
-title, a 500 for ``json_schema`` and a ``json_object`` ``schema`` that is obeyed.
+title, a 500 for ``json_schema`` and a ``json_object`` ``schema`` that is obeyed. ``fail_after=N`` makes an
+endpoint break mid-run: chat requests from the N-th on (0-based) get ``fail_with`` (default ``"500"``), for
+``fail_for`` requests (default: for good), as one replica of an endpoint pool going down and coming back.
 """
 
 from __future__ import annotations
@@ -440,6 +442,9 @@ class FakeOpenAIServer:
     kind:
         ``"openai"`` (default) or ``"llama-cpp-python"``: answers ``GET /openapi.json`` with that server's
         title, rejects ``json_schema`` with a 500 and obeys ``{"type": "json_object", "schema": S}``.
+    fail_after / fail_with / fail_for:
+        From chat request ``fail_after`` on (0-based), answer ``fail_with`` (a fault name) to requests without
+        a scripted fault, for ``fail_for`` requests (None: from then on). Both may be changed while serving.
     """
 
     def __init__(
@@ -461,6 +466,9 @@ class FakeOpenAIServer:
         batch_validating_s: float = 0.05,
         batch_in_progress_s: float = 0.2,
         batch_failure_rate: float = 0.0,
+        fail_after: int | None = None,
+        fail_with: str = "500",
+        fail_for: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown server kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -482,6 +490,9 @@ class FakeOpenAIServer:
         self.always = self._check_fault(always)
         self.serial = serial
         self.kind = kind
+        self.fail_after = fail_after
+        self.fail_with = self._check_fault(fail_with)
+        self.fail_for = fail_for
         self._serial_lock = threading.Lock()
         self.abandoned = 0  # serial mode: requests computed although their client had gone
         self.computing = 0  # chat requests being answered now (queued ones in serial mode excluded)
@@ -592,6 +603,9 @@ class FakeOpenAIServer:
                     record.fault = self._fault_queue.popleft()
                 if record.fault is None:
                     record.fault = self.always
+                if record.fault is None and self.fail_after is not None and record.index >= self.fail_after and (
+                        self.fail_for is None or record.index < self.fail_after + self.fail_for):
+                    record.fault = self.fail_with
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 record.concurrent = self.in_flight
