@@ -33,7 +33,7 @@ def version() -> None:
 
 
 # Each command group lives in its own module and registers itself on ``app``.
-_COMMAND_MODULES = ("spec_cmds", "generate_cmds", "evaluate_cmds", "local_cmds", "app_cmd")
+_COMMAND_MODULES = ("spec_cmds", "generate_cmds", "batch_cmds", "evaluate_cmds", "local_cmds", "app_cmd")
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 

@@ -389,6 +389,15 @@ def generate(
         int | None,
         typer.Option("--max-attempts", help="Stop after this many accepted + rejected candidates/outputs."),
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option("--batch", help="Send the run as Batch API batches (/v1/files + /v1/batches) in waves, "
+                     "at batch prices; --resume picks up a batch in flight."),
+    ] = False,
+    poll_interval: Annotated[
+        float | None, typer.Option("--poll-interval", min=0.01, help="Seconds between batch status polls "
+                                   "(batch mode; default 30).")
+    ] = None,
 ) -> None:
     """Generate emotion texts with exact quotas into the run store, with a live progress bar.
 
@@ -430,6 +439,11 @@ def generate(
             return
         llm = stored_llm_settings(info, **llm_over)
         typer.echo(f"resuming run {resume} ({info['method']}, spec {info['spec_name']}) at {store.path}")
+        if store.batch_run(resume) is not None:  # a Batch API run (generate --batch)
+            from personagen_core.cli.batch_cmds import resume_batch
+
+            _finish(resume_batch(store, resume, info, llm, poll_interval, _run_with_progress))
+            return
         summary = _run_with_progress(
             lambda on_event, cancel: resume_generation(
                 store,
@@ -475,6 +489,13 @@ def generate(
     config = resolve_validation(config)
     if config.validation_policy and config.validation_policy.get("message") and METHODS[config.method].validate:
         typer.echo(config.validation_policy["message"])
+    if batch:
+        from personagen_core.cli.batch_cmds import start_batch
+
+        run_id = new_run_id()
+        typer.echo(f"run {run_id} -> {store.path}")
+        _finish(start_batch(spec, config, store, run_id, poll_interval, _run_with_progress))
+        return
     # The embedded model is loaded once for the calibration and the run.
     pool = LocalModelPool() if config.llm.backend == "local" else None
 
@@ -638,6 +659,9 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
         f"${tot['cost']:.4f}"
     )
     console.print(_estimate_line(store.estimate(run_id), tot, done=info["status"] == "done"))
+    from personagen_core.cli.batch_cmds import batch_table
+
+    batch_table(store, run_id, console)
 
 
 def _estimate_line(est: dict[str, Any] | None, tot: dict[str, Any], *, done: bool) -> str:

@@ -31,7 +31,15 @@ from personagen_core.generation.prompts import (
 from personagen_core.personas.spec import Spec
 from personagen_core.store import RunStore, verdict_key
 
-__all__ = ["CURRENT_STAGE", "Candidate", "CandidateSource", "Validator", "Verdict"]
+__all__ = [
+    "CURRENT_STAGE",
+    "Candidate",
+    "CandidateSource",
+    "Validator",
+    "Verdict",
+    "parse_batch_verdicts",
+    "verdict_max_tokens",
+]
 
 #: The pipeline stage an LLM call belongs to, read by the usage recorder (calls happen inside a task whose
 #: context carries it; contextvars keep concurrent tasks apart).
@@ -172,27 +180,13 @@ class Validator:
                 temperature=0.0,
                 schema=batch_verdict_schema(len(rows), self.reasons),
                 schema_name=f"stage{stage}_verdicts",
-                # Room for a one-sentence reason per verdict (a cut answer is invalid JSON and retried).
-                max_tokens=(100 if self.reasons == "all" else 50) * len(rows) + 40,
+                max_tokens=verdict_max_tokens(len(rows), self.reasons),
             )
         except (LLMAuthError, LLMConnectionError, LLMEndpointError):
             raise  # the endpoint cannot work (now): stop the run rather than record errors as verdicts
         except LLMError:
             return {}  # fall back to one call per candidate
-        got: dict[int, Verdict] = {}
-        items = comp.data.get("verdicts") if isinstance(comp.data, Mapping) else None
-        for item in items or []:
-            if not isinstance(item, Mapping):
-                continue
-            i = item.get("id")
-            if (
-                isinstance(i, int)
-                and 0 <= i < len(rows)
-                and i not in got
-                and item.get("verdict") in _VERDICT_SET
-            ):
-                got[i] = Verdict(str(item["verdict"]), str(item.get("reason", "")))
-        return got
+        return parse_batch_verdicts(comp.data, len(rows))
 
     async def _single(self, stage: int, row: Mapping[str, Any]) -> Verdict:
         if self.reasons == "rejected":  # its two-shape verdict needs an object around it: the batch form
@@ -218,6 +212,26 @@ class Validator:
 
 
 _VERDICT_SET = frozenset({"natural", "rare but plausible", "implausible"})
+
+
+def verdict_max_tokens(n: int, reasons: VerdictReasons) -> int:
+    """``max_tokens`` of a call asking ``n`` verdicts: room for a one-sentence reason per verdict (a cut
+    answer is invalid JSON and retried)."""
+    return (100 if reasons == "all" else 50) * n + 40
+
+
+def parse_batch_verdicts(data: Any, n: int) -> dict[int, Verdict]:
+    """The usable verdicts of a batch answer ``{"verdicts": [{"id", "verdict", "reason"}]}`` by id (ids out of
+    range, repeated ids and unknown verdicts are left out: those candidates get no verdict)."""
+    got: dict[int, Verdict] = {}
+    items = data.get("verdicts") if isinstance(data, Mapping) else None
+    for item in items or []:
+        if not isinstance(item, Mapping):
+            continue
+        i = item.get("id")
+        if isinstance(i, int) and 0 <= i < n and i not in got and item.get("verdict") in _VERDICT_SET:
+            got[i] = Verdict(str(item["verdict"]), str(item.get("reason", "")))
+    return got
 
 
 @dataclass

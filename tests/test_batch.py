@@ -1,0 +1,232 @@
+"""Batch API mode (generation/batch.py): exact quotas in waves, surplus, batch prices, failed requests and
+batches, kill -9 then resume without resubmitting, and the vLLM run_batch round trip (batch export/import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from personagen_core.cli import app
+from personagen_core.export import export_frame
+from personagen_core.generation import pricing
+from personagen_core.generation.batch import BatchOptions, run_batch_generation
+from personagen_core.generation.llm import LLMSettings
+from personagen_core.generation.pipeline import GenerationConfig
+from personagen_core.personas.spec import load_pack
+from personagen_core.store import RunStore
+from personagen_core.testing.fake_openai import DefaultResponder, FakeOpenAIServer
+
+KEY = "sk-batch-test-0123456789"
+FAST = BatchOptions(poll_interval=0.02)
+
+
+def _config(srv: FakeOpenAIServer, per: int, **kw: object) -> GenerationConfig:
+    return GenerationConfig(per_emotion=per, emotions=["joy", "fear", "anger"], validate=True, llm=LLMSettings(
+        backend="openai", base_url=srv.base_url, api_key=KEY, model="gpt-4.1-mini"), **kw)
+
+
+def _mixed() -> DefaultResponder:
+    """One verdict in three implausible: waves must top up what validation drops."""
+    return DefaultResponder(seed=3, choices={"verdict": ["natural", "rare but plausible", "implausible"]})
+
+
+def test_exact_quotas_surplus_and_batch_prices(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    events = []
+    with FakeOpenAIServer(_mixed(), batch_in_progress_s=0.02) as srv:
+        summary = run_batch_generation(load_pack("japan"), _config(srv, 12), store, options=FAST,
+                                       on_event=events.append)
+        creates = len(srv.batches.creates)
+        chat = len(srv.chat_requests)
+    assert summary.state == "done", summary.message
+    texts = store.texts(summary.run_id)
+    assert texts.groupby("emotion").size().to_dict() == {"joy": 12, "fear": 12, "anger": 12}
+    assert store.accepted_counts(summary.run_id) == {"joy": 12, "fear": 12, "anger": 12}
+    assert len(export_frame(store, summary.run_id)) == 36  # surplus is never delivered
+    jobs = store.batch_jobs(summary.run_id)
+    assert creates == len(jobs) and chat == 0  # everything went through batches
+    assert list(jobs["step"][:4]) == ["stage1", "stage2", "stage3", "generate"]
+    assert (jobs["status"] == "completed").all() and jobs["ingested"].all()
+    gen = jobs[jobs["step"] == "generate"]
+    surplus = sum(store.surplus_counts(summary.run_id).values())
+    assert int(gen["completed"].sum()) >= 36 and surplus >= 0
+    with sqlite3.connect(store.path) as conn:
+        n_sur = conn.execute("SELECT COUNT(*) FROM batch_surplus WHERE run_id = ?", (summary.run_id,)).fetchone()[0]
+    assert n_sur == surplus
+    # every verdict was asked through a batch: stage 1 dropped about a third (over-provisioned, topped up)
+    assert store.rejection_counts(summary.run_id).get("stage1_implausible", 0) > 0
+    usage = store.usage(summary.run_id)
+    for _, row in usage.iterrows():
+        full = pricing.cost("gpt-4.1-mini", int(row["prompt_tokens"]), int(row["completion_tokens"]))
+        assert row["cost"] == pytest.approx(full * pricing.BATCH_DISCOUNT, rel=1e-6)
+    assert summary.cost > 0 and events[-1].state == "done"
+    assert any("batch" in (e.message or "") for e in events)
+
+
+def test_failed_requests_inside_a_batch_are_sent_again(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(batch_in_progress_s=0.02, batch_failure_rate=0.25, seed=5) as srv:
+        summary = run_batch_generation(load_pack("japan"), _config(srv, 8), store, options=FAST)
+    assert summary.state == "done", summary.message
+    assert store.accepted_counts(summary.run_id) == {"joy": 8, "fear": 8, "anger": 8}
+    jobs = store.batch_jobs(summary.run_id)
+    assert jobs["failed"].sum() > 0
+    with sqlite3.connect(store.path) as conn:
+        failed = conn.execute("SELECT job_id, groups_json FROM batch_requests WHERE run_id = ? AND status = 'failed'"
+                              " AND persona_id IS NULL", (summary.run_id,)).fetchall()
+        later = {pid for (g,) in conn.execute(
+            "SELECT groups_json FROM batch_requests WHERE run_id = ? AND status = 'ok'", (summary.run_id,))
+            for group in json.loads(g) for pid in group}
+    assert failed, "some validation request failed"
+    for _, groups in failed:  # the candidates of a failed validation request were validated in a later wave
+        assert {p for grp in json.loads(groups) for p in grp} <= later
+    calls = store.usage(summary.run_id)
+    assert calls["failed"].sum() == jobs["failed"].sum()
+
+
+def test_expired_batch_is_resubmitted(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(batch_in_progress_s=0.02) as srv:
+        srv.batches.add_outcomes(["expire"])
+        summary = run_batch_generation(load_pack("japan"), _config(srv, 5), store, options=FAST)
+    assert summary.state == "done", summary.message
+    jobs = store.batch_jobs(summary.run_id)
+    assert list(jobs["status"][:2]) == ["expired", "completed"]
+    assert list(jobs["step"][:2]) == ["stage1", "stage1"] and list(jobs["attempt"][:2]) == [1, 2]
+    # the expired batch delivered half its answers; the retry asked only the rest
+    assert jobs["completed"].iloc[0] > 0 and jobs["requests"].iloc[1] == jobs["requests"].iloc[0] - jobs[
+        "completed"].iloc[0]
+    assert store.accepted_counts(summary.run_id) == {"joy": 5, "fear": 5, "anger": 5}
+
+
+def test_a_batch_failing_past_the_retries_stops_the_run_with_the_reason(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(batch_in_progress_s=0.01) as srv:
+        srv.batches.add_outcomes(["fail", "fail"])
+        summary = run_batch_generation(load_pack("japan"), _config(srv, 3), store,
+                                       options=BatchOptions(poll_interval=0.02, max_batch_retries=1))
+        assert summary.state == "failed"
+        assert "ended failed 2 time(s)" in (summary.message or "") and "simulated batch failure" in summary.message
+        assert store.run(summary.run_id)["status"] == "failed"
+        assert sum(summary.accepted.values()) == 0
+        # the cause is gone: a resume carries on to the quotas
+        from personagen_core.generation.batch import resume_batch_generation
+
+        again = resume_batch_generation(store, summary.run_id, poll_interval=0.02, llm=_config(srv, 3).llm)
+    assert again.state == "done" and store.accepted_counts(summary.run_id) == {"joy": 3, "fear": 3, "anger": 3}
+
+
+def _cli(*args: str, env: dict[str, str]) -> list[str]:
+    return [sys.executable, "-m", "personagen_core.cli", *args]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_batch_then_resume_polls_the_same_batch(tmp_path: Path) -> None:
+    db = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    with FakeOpenAIServer(api_key=KEY, batch_in_progress_s=3.0) as srv:
+        cmd = [sys.executable, "-m", "personagen_core.cli", "generate", "--batch", "--poll-interval", "0.1",
+               "--pack", "japan", "--emotions", "joy,fear", "--per-emotion", "4", "--base-url", srv.base_url,
+               "--model", "gpt-4.1-mini", "--llm-validation", "--db", str(db)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        killed_batch = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and killed_batch is None:
+            time.sleep(0.1)
+            try:
+                with sqlite3.connect(db) as conn:
+                    row = conn.execute("SELECT batch_id FROM batch_jobs WHERE status = 'in_progress'").fetchone()
+            except sqlite3.OperationalError:
+                continue
+            killed_batch = row[0] if row else None
+        assert killed_batch is not None and proc.poll() is None, proc.communicate()[0].decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        store = RunStore(db)
+        run_id = store.list_runs()["run_id"].iloc[0]
+        assert store.run(run_id)["status"] == "interrupted"
+        res = subprocess.run([sys.executable, "-m", "personagen_core.cli", "generate", "--resume", run_id,
+                              "--poll-interval", "0.1", "--db", str(db), "--base-url", srv.base_url],
+                             env=env, capture_output=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+        assert srv.batches.creates.count(killed_batch) == 1  # polled again, never created again
+        jobs = store.batch_jobs(run_id)
+        assert list(jobs["batch_id"]) == srv.batches.creates  # one remote batch per recorded job, no other
+        creates = [r for r in srv.requests if r.method == "POST" and r.path == "/v1/batches"]
+        assert len(creates) == len(jobs)
+    assert store.accepted_counts(run_id) == {"joy": 4, "fear": 4}
+    assert store.run(run_id)["status"] == "done"
+    shown = CliRunner().invoke(app, ["runs", "show", run_id, "--db", str(db)])
+    assert shown.exit_code == 0 and killed_batch in shown.output and "batches" in shown.output, shown.output
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def run_batch_simulation(requests: Path, results: Path, srv: FakeOpenAIServer, *, fail_every: int = 0) -> int:
+    """What ``vllm.entrypoints.openai.run_batch`` does: one output line per input line, in vLLM's format;
+    answers come from the fake's chat logic. ``fail_every`` makes every n-th request fail (HTTP 500)."""
+    out = []
+    for i, line in enumerate(requests.read_text().splitlines()):
+        req = json.loads(line)
+        assert req["method"] == "POST" and req["url"] == "/v1/chat/completions"
+        if fail_every and i % fail_every == fail_every - 1:
+            out.append({"id": f"vllm-{i}", "custom_id": req["custom_id"],
+                        "response": {"status_code": 500, "request_id": f"vllm-batch-{i}",
+                                     "body": {"object": "error", "message": "boom"}}, "error": None})
+            continue
+        status, body = srv.answer_body(req["body"], i)
+        out.append({"id": f"vllm-{i}", "custom_id": req["custom_id"],
+                    "response": {"status_code": status, "request_id": f"vllm-batch-{i}", "body": body},
+                    "error": None})
+    results.write_text("".join(json.dumps(x) + "\n" for x in out))
+    return len(out)
+
+
+def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> None:
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db)
+    srv = FakeOpenAIServer(_mixed())  # not started: only its answer logic simulates the GPU job
+    cfg = GenerationConfig(per_emotion=6, emotions=["joy", "sadness"], validate=True,
+                           llm=LLMSettings(backend="openai", base_url="http://gpu-box.invalid/v1", model="fake-model"))
+    run_id = run_batch_generation(load_pack("japan"), cfg, store, offline=True).run_id
+    runner = CliRunner()
+    steps = []
+    for round_ in range(40):
+        req, res = tmp_path / f"req{round_}.jsonl", tmp_path / f"res{round_}.jsonl"
+        out = runner.invoke(app, ["batch", "export", run_id, "--out", str(req), "--db", str(db)])
+        assert out.exit_code == 0, out.output
+        if "nothing to export" in out.output:
+            break
+        first = json.loads(req.read_text().splitlines()[0])
+        assert set(first) == {"custom_id", "method", "url", "body"} and first["body"]["messages"]
+        steps.append(first["custom_id"])
+        run_batch_simulation(req, res, srv, fail_every=7)
+        if round_ == 0:  # a results file of some other job is refused, naming the file and the custom id
+            stray = tmp_path / "stray.jsonl"
+            stray.write_text(json.dumps({"id": "x", "custom_id": "999-0", "response": None, "error": None}) + "\n")
+            bad = runner.invoke(app, ["batch", "import", run_id, str(stray), "--db", str(db)])
+            assert "stray.jsonl" in str(bad.exception) and "999-0" in str(bad.exception)
+        out = runner.invoke(app, ["batch", "import", run_id, str(res), "--db", str(db)])
+        assert out.exit_code == 0, out.output
+        if "done" in out.output.splitlines()[0]:
+            break
+    assert store.run(run_id)["status"] == "done"
+    assert store.accepted_counts(run_id) == {"joy": 6, "sadness": 6}
+    jobs = store.batch_jobs(run_id)
+    assert list(jobs["step"][:4]) == ["stage1", "stage2", "stage3", "generate"] and jobs["failed"].sum() > 0
+    # importing a file of another export, or twice, is refused with the reason
+    bad = runner.invoke(app, ["batch", "import", run_id, str(tmp_path / "res0.jsonl"), "--db", str(db)])
+    assert bad.exit_code != 0 and "no exported batch" in str(bad.exception)
+    # an answer line for a request this export did not make is refused, naming the file
+    runner.invoke(app, ["generate", "--resume", run_id, "--db", str(db)])  # done: nothing happens
+    assert store.run(run_id)["status"] == "done"
