@@ -98,9 +98,17 @@ with left:
                 f"{', '.join(estimate.unknown_models)} (embedded or custom models cost nothing here)."
             )
         ready = True
+    # Batch API: the same method in waves of provider batches (half price, results within 24 h).
+    batch_poll = None
+    if getattr(llm, "backend", None) == "openai" and not getattr(llm, "endpoints", None):
+        if st.toggle("Batch API", help="Send the run as batches (/v1/files + /v1/batches) in waves: half the "
+                     "price, results within 24 h; a closed dashboard resumes the same batches.",
+                     **ui.keep("batch_api", False)):
+            batch_poll = float(st.number_input("Batch poll interval (s)", 1, 3600, **ui.keep("batch_poll", 30)))
+            st.caption("Costs use batch prices (half the list price); the run view shows each batch.")
     if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=not ready):
         with ui.error_boundary("launching"):
-            run_id = ui.start_generation(run_spec, config)  # also selects it in the run pickers
+            run_id = ui.start_generation(run_spec, config, batch_poll_s=batch_poll)  # also selects the run
             st.toast(f"Run {run_id} started.")
 
 with right:

@@ -24,6 +24,7 @@ __all__ = [
     "RunHandle",
     "any_run_active",
     "attribute_filters",
+    "batch_table",
     "endpoints_editor",
     "endpoints_from_rows",
     "export_cached",
@@ -459,12 +460,20 @@ def _start(run_id: str, call: Any, settings: Any, cancel: threading.Event) -> st
     return run_id
 
 
-def start_generation(spec: Any, config: Any) -> str:
-    """Start ``pipeline.run_generation`` in a background thread; returns the new run's id at once."""
+def start_generation(spec: Any, config: Any, *, batch_poll_s: float | None = None) -> str:
+    """Start ``pipeline.run_generation`` in a background thread; returns the new run's id at once. With
+    ``batch_poll_s`` the run goes through the endpoint's Batch API instead (``generation.batch``), its
+    batches polled every ``batch_poll_s`` seconds."""
     from personagen_core.generation.pipeline import run_generation
     from personagen_core.store import new_run_id
 
     store, run_id, cancel = get_store(), new_run_id(), threading.Event()
+    if batch_poll_s is not None:
+        from personagen_core.generation.batch import BatchOptions, run_batch_generation
+
+        options = BatchOptions(poll_interval=batch_poll_s)
+        return _start(run_id, lambda: run_batch_generation(spec, config, store, options=options, cancel=cancel,
+                                                           run_id=run_id), config.llm, cancel)
 
     def call() -> Any:
         from personagen_core.generation import throughput
@@ -483,6 +492,11 @@ def resume_run(run_id: str, settings: Any) -> str:
     from personagen_core.generation.pipeline import resume_generation
 
     store, cancel = get_store(), threading.Event()
+    if store.batch_run(run_id) is not None:  # a Batch API run: poll its batch in flight, then go on
+        from personagen_core.generation.batch import resume_batch_generation
+
+        return _start(run_id, lambda: resume_batch_generation(store, run_id, llm=settings, cancel=cancel),
+                      settings, cancel)
 
     def call() -> Any:
         return resume_generation(
@@ -594,6 +608,7 @@ def show_run_progress(run_id: str) -> None:
     if not per_endpoint.empty:  # a run over several endpoints: calls, tokens, cost and failures of each
         st.caption("Usage per endpoint")
         st.dataframe(per_endpoint, hide_index=True, width="stretch", key=f"per_endpoint_{run_id}")
+    batch_table(run_id, event)
     if handle is not None and handle.error:
         st.error(f"The run stopped: {handle.error}")
     elif status == "failed":
@@ -632,6 +647,20 @@ def _run_diff(path: str, before: str, after: str) -> dict[str, Any]:
 
     store = _store_for(path)
     return diff_runs(store.run(before), store.run(after))
+
+
+def batch_table(run_id: str, event: dict[str, Any] | None = None) -> None:
+    """A Batch API run's batches (wave, step, status, counts), what it is doing now and its surplus."""
+    store = get_store()
+    jobs = store.batch_jobs(run_id)
+    if jobs.empty:
+        return
+    st.caption("Batches (Batch API)" + (f" · {event['message']}" if event and event.get("message") else ""))
+    cols = ["wave", "step", "attempt", "status", "batch_id", "requests", "completed", "failed", "message"]
+    st.dataframe(jobs[cols], hide_index=True, width="stretch", key=f"batches_{run_id}_{len(jobs)}")
+    surplus = store.surplus_counts(run_id)
+    st.caption("Surplus texts (kept, not delivered): "
+               + (", ".join(f"{e} {n}" for e, n in surplus.items()) if surplus else "none"))
 
 
 def run_details(run_id: str) -> None:

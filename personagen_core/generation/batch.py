@@ -838,11 +838,13 @@ def run_batch_generation(
     run_id: str | None = None,
     http_client: Any = None,
     offline: bool = False,
+    remote: OpenAIBatches | None = None,
 ) -> RunSummary:
     """Start a Batch API run: same quotas, prompts, validation and checks as ``run_generation``, sent as
     batches to ``config.llm``'s endpoint (``/v1/files`` + ``/v1/batches``). ``http_client`` (an
     ``httpx.Client``) replaces the network. ``offline=True`` only creates the run (for
-    :func:`export_requests`). Synchronous: it polls every ``options.poll_interval`` seconds."""
+    :func:`export_requests`); ``remote`` replaces the endpoint client (e.g. one that times its calls).
+    Synchronous: it polls every ``options.poll_interval`` seconds."""
     from personagen_core.generation.pipeline import estimate_cost, resolve_validation
 
     options = options or BatchOptions()
@@ -850,6 +852,8 @@ def run_batch_generation(
     if config.llm.backend == "local" and not offline:
         raise LLMError("batch mode needs an endpoint with the Batch API (--base-url); the embedded model has none "
                        "(use `personagen batch export` for an offline batch job instead)")
+    if getattr(config.llm, "endpoints", None) and not offline:
+        raise LLMError("batch mode sends its batches to one endpoint: give one --base-url, not an endpoint pool")
     config = resolve_validation(config)
     run_id = store.create_run(
         method=config.method, config=config.stored(), target={e: config.per_emotion for e in names},
@@ -863,7 +867,7 @@ def run_batch_generation(
         return RunSummary(run_id, "stopped", "awaiting_import", None, {}, {e: config.per_emotion for e in names},
                           {}, 0, 0.0, 0, 0.0)
     session = BatchRun(spec, config, store, run_id, options, on_event=on_event, cancel=cancel)
-    return session.execute(OpenAIBatches(config.llm, http_client=http_client))
+    return session.execute(remote or OpenAIBatches(config.llm, http_client=http_client))
 
 
 def resume_batch_generation(

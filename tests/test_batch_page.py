@@ -1,0 +1,63 @@
+"""Dashboard: the Generate page's "Batch API" choice launches a Batch API run; the run view shows its batches."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import streamlit as st
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.mark.slow
+def test_generate_page_batch_api_choice_runs_through_batches(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(api_key="sk-test-0123456789", batch_in_progress_s=0.05) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        at.switch_page("app_pages/4_generate.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        at.number_input(key="keep_per_emotion").set_value(3)
+        at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
+        at.toggle(key="keep_batch_api").set_value(True).run()
+        at.number_input(key="keep_batch_poll").set_value(1).run()
+        next(b for b in at.button if b.label == "Launch").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        store = RunStore(home / "runs.sqlite")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            runs = store.list_runs()
+            if len(runs) and runs.iloc[0]["status"] in ("done", "failed", "stopped", "cancelled"):
+                break
+            time.sleep(0.2)
+        run_id = str(store.list_runs().iloc[0]["run_id"])
+        assert store.run(run_id)["status"] == "done", store.run(run_id)
+        assert not srv.chat_requests and srv.batches.creates  # everything went through batches
+        assert store.accepted_counts(run_id) == {"joy": 3, "anger": 3}
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        tables = [d.value for d in at.dataframe if "batch_id" in getattr(d.value, "columns", [])]
+        assert tables and set(tables[0]["batch_id"]) == set(store.batch_jobs(run_id)["batch_id"])
+        assert any("Surplus texts" in c.value for c in at.caption)
