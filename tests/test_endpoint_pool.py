@@ -316,3 +316,23 @@ def test_calls_from_an_old_store_gain_the_endpoint_column(tmp_path: Path) -> Non
     assert store.endpoint_usage("nope").empty
     with sqlite3.connect(path) as db:
         assert "endpoint" in {r[1] for r in db.execute("PRAGMA table_info(calls)")}
+
+
+def test_waiting_calls_are_served_in_turn_within_each_endpoints_cap_and_cancellable() -> None:
+    async def main(urls: list[str]) -> tuple[int, int, list[int]]:
+        llm = _pool_settings(*({"url": u, "max_concurrency": 2} for u in urls))
+        async with EndpointPool(llm) as pool:
+            tasks = [asyncio.create_task(pool.complete(GEN, role="generator")) for _ in range(40)]
+            await asyncio.sleep(0.05)
+            for t in tasks[30:]:  # calls still waiting for room are cancelled: the others must not stall
+                t.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            done = sum(not isinstance(r, BaseException) for r in results)
+            cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+            return done, cancelled, [s["in_flight"] for s in pool.status()]
+
+    with FakeOpenAIServer(latency=0.02) as a, FakeOpenAIServer(latency=0.02, seed=1) as b:
+        done, cancelled, in_flight = asyncio.run(main([a.base_url, b.base_url]))
+        peaks = [a.max_in_flight, b.max_in_flight]
+    assert done + cancelled == 40 and done >= 30 and in_flight == [0, 0]
+    assert max(peaks) <= 2  # each endpoint's max_concurrency held

@@ -25,7 +25,7 @@ import os
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -338,7 +338,7 @@ class EndpointPool:
         ]
         self.router = EndpointRouter([e.label for e in self.endpoints], [e.weight for e in self.endpoints],
                                      probe_after=probe_after, probe_max=probe_max, clock=clock)
-        self._changed: asyncio.Event | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()  # calls waiting for room, first come first served
 
     def __repr__(self) -> str:
         return f"EndpointPool({describe_endpoints(self.settings)})"
@@ -403,10 +403,16 @@ class EndpointPool:
         await self.aclose()
 
     # -- routing -----------------------------------------------------------------------------------------------
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
+    def _notify(self, *, everyone: bool = False) -> None:
+        """Wake the longest-waiting call (a call ended: one slot is free), or every waiting call (an endpoint
+        left the rotation: each must see whether any is left). Waking one at a time keeps a long queue of
+        calls from all re-checking the router on every release."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
 
     def _all_out_error(self) -> LLMEndpointError:
         errors = "; ".join(f"{s.label}: {s.last_error or 'taken out'}" for s in self.router.snapshot())
@@ -420,14 +426,17 @@ class EndpointPool:
                 return i
             if self.router.all_out():
                 raise self._all_out_error()
-            if self._changed is None:
-                self._changed = asyncio.Event()
-            changed = self._changed
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             wait = self.router.next_probe_in()
-            try:  # a call ending frees room; a cool-down ending offers a probe
-                await asyncio.wait_for(changed.wait(), timeout=min(1.0, wait if wait is not None else 1.0) + 0.001)
+            try:  # a call ending frees room; a cool-down ending offers a probe (hence the timeout)
+                await asyncio.wait_for(waiter, timeout=min(1.0, wait if wait is not None else 1.0) + 0.001)
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._notify()  # pass on the wake-up this cancelled call received
+                raise
 
     def _take_out(self, i: int, exc: BaseException) -> None:
         error = redact_text(str(exc))
@@ -454,11 +463,13 @@ class EndpointPool:
                 result = await client.complete(messages, **kwargs, **({"max_retries": 0} if probe else {}))
             except (LLMEndpointError, LLMConnectionError, LLMAuthError) as exc:
                 self._take_out(i, exc)
+                self._notify(everyone=True)
                 continue
             except LLMError as exc:
                 if not probe:
                     raise
                 self._take_out(i, exc)  # the probe's one attempt failed: out again, the call goes elsewhere
+                self._notify(everyone=True)
                 continue
             finally:
                 self.router.release(i)
