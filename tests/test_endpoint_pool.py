@@ -336,3 +336,14 @@ def test_waiting_calls_are_served_in_turn_within_each_endpoints_cap_and_cancella
         peaks = [a.max_in_flight, b.max_in_flight]
     assert done + cancelled == 40 and done >= 30 and in_flight == [0, 0]
     assert max(peaks) <= 2  # each endpoint's max_concurrency held
+
+
+def test_pool_settings_never_reach_a_single_client_and_time_estimates_key_on_the_pool() -> None:
+    from personagen_core.generation.llm import LLMClient
+    from personagen_core.generation.throughput import profile_key
+
+    llm = _pool_settings({"url": "http://gpu1:8000/v1", "max_concurrency": 8}, {"url": "http://gpu2:8000/v1"})
+    with pytest.raises(LLMError, match="open_client"):
+        LLMClient(llm)  # would otherwise send everything to base_url / api.openai.com
+    key = profile_key(GenerationConfig(llm=llm, validate=False))
+    assert key.startswith("pool:http://gpu1:8000/v1,http://gpu2:8000/v1|") and "concurrency=12" in key

@@ -142,11 +142,12 @@ def judge_texts(
     on_progress: Callable[[int, int], None] | None = None,
     http_client: Any | None = None,
 ) -> pd.DataFrame:
-    """Synchronous wrapper: open an :class:`LLMClient` with ``llm_settings`` and run :func:`ajudge_texts`."""
-    from personagen_core.generation.llm import LLMClient
+    """Synchronous wrapper: open an :class:`LLMClient` (an endpoint pool when ``llm_settings`` lists endpoints)
+    with ``llm_settings`` and run :func:`ajudge_texts`."""
+    from personagen_core.generation.endpoints import open_client
 
     async def run() -> pd.DataFrame:
-        async with LLMClient(llm_settings, http_client=http_client) as client:
+        async with open_client(llm_settings, http_client=http_client) as client:  # one endpoint or a pool
             return await ajudge_texts(frame, client, store=store, cache=cache, on_progress=on_progress)
 
     return asyncio.run(run())

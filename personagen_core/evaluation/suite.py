@@ -543,12 +543,12 @@ def _judge(
     async def run() -> tuple[str, dict[str, pd.DataFrame]]:
         if client is not None:
             return client.settings.model_for("judge"), await run_all(client)
-        from personagen_core.generation.llm import LLMClient
+        from personagen_core.generation.endpoints import open_client
 
         llm = llm_settings
         if settings.judge_model:
             llm = llm.model_copy(update={"models": {**llm.models, "judge": settings.judge_model}})
-        async with LLMClient(llm) as c:
+        async with open_client(llm) as c:  # one endpoint, or an endpoint pool
             return c.settings.model_for("judge"), await run_all(c)
 
     model, scores = asyncio.run(run())

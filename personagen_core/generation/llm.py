@@ -708,6 +708,9 @@ class LLMClient:
         random_state: int | random.Random | None = None,
         gate: CallGate | None = None,
     ) -> None:
+        if settings.endpoints:  # never fall back to base_url (or api.openai.com) for a pool's settings
+            raise LLMError("these settings list several endpoints: open them with "
+                           "personagen_core.generation.endpoints.open_client (an endpoint pool)")
         self.settings = settings
         self.on_call = on_call
         self.gate = gate

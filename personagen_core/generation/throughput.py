@@ -72,6 +72,11 @@ def profile_key(config: GenerationConfig) -> str:
     validated = METHODS[config.method].validate and bool(config.validate_)
     if llm.backend == "local":
         where = f"local:{llm.local_model}"
+    elif llm.endpoints:  # an endpoint pool: its endpoints (labels: URLs without credentials) and their capacity
+        from personagen_core.generation.endpoints import total_concurrency
+
+        where = (f"pool:{','.join(e.label for e in llm.endpoints)}|{llm.model_for('validator')}"
+                 f"|{llm.model_for('generator')}|concurrency={total_concurrency(llm)}")
     else:
         where = (f"{llm.effective_base_url}|{llm.model_for('validator')}|{llm.model_for('generator')}"
                  f"|concurrency={llm.concurrency}")
