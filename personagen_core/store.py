@@ -322,7 +322,8 @@ class RunStore:
         self.read_only = read_only
         self._local = threading.local()
         self._lock = threading.RLock()
-        self._pending: list[tuple[str, list[Sequence[Any]]]] = []
+        # deferred writes: (statement, rows, whether every row must be written: see add_text(defer=True))
+        self._pending: list[tuple[str, list[Sequence[Any]], bool]] = []
         self._buffering = 0
         self._immutable = False
         if read_only:
@@ -431,11 +432,14 @@ class RunStore:
             if sql is None and not pending:
                 return None
             integrity: sqlite3.IntegrityError | None = None
+            refused = 0
             cur = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for stmt, rows in pending:
-                    conn.executemany(stmt, rows)
+                for stmt, rows, checked in pending:
+                    done = conn.executemany(stmt, rows).rowcount
+                    if checked:
+                        refused += len(rows) - done
                 if sql is not None:
                     try:
                         cur = conn.executemany(sql, many) if many is not None else conn.execute(sql, params)
@@ -448,6 +452,13 @@ class RunStore:
                 raise StoreError(f"run store {self.path}: {exc}") from exc
         if integrity is not None:
             raise integrity
+        if refused:
+            # The writer counted these texts as accepted; the store's guards refused them, so some other
+            # process wrote this run meanwhile. Everything else was committed; resume recounts from disk.
+            raise StoreError(
+                f"run store {self.path}: {refused} deferred accepted text(s) were refused (duplicate or quota "
+                "reached): another process wrote to this run; resume it to recount"
+            )
         return cur
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -458,11 +469,11 @@ class RunStore:
     def _writemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._tx(sql, many=list(rows))
 
-    def _defer(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def _defer(self, sql: str, rows: Iterable[Sequence[Any]], *, checked: bool = False) -> None:
         """Write now, or with the next transaction while :meth:`write_behind` is active."""
         if self._buffering:
             with self._lock:
-                self._pending.append((sql, list(rows)))
+                self._pending.append((sql, list(rows), checked))
         else:
             self._writemany(sql, rows)
 
@@ -473,11 +484,13 @@ class RunStore:
     @contextmanager
     def write_behind(self) -> Iterator[None]:
         """Defer bookkeeping writes (personas, verdicts, rejections, calls, events) and commit them with the
-        next accepted text, the next read or :meth:`flush`, whichever comes first; flushed on exit.
+        next immediate write, the next read or :meth:`flush`, whichever comes first; flushed on exit.
 
-        Accepted texts are still committed immediately, together with everything deferred before them (so a
-        text's persona row is always on disk with it). A crash loses at most the bookkeeping since the last
-        commit, which the pipeline bounds by flushing a few times a second.
+        Accepted texts are committed immediately, together with everything deferred before them (so a text's
+        persona row is always on disk with it), unless the writer defers them too with
+        ``add_text(defer=True)`` (the pipeline does: one transaction per flush instead of one per text). A
+        crash loses at most what was deferred since the last commit, which the pipeline bounds by flushing
+        ten times a second and before it reports progress, so no accepted text it reported is lost.
         """
         with self._lock:
             self._buffering += 1  # a count: two runs may share one store (e.g. the dashboard's)
@@ -784,17 +797,32 @@ class RunStore:
         persona_id: int | None,
         model: str | None,
         quota: int,
+        defer: bool = False,
     ) -> str:
         """Commit an accepted text unless it would exceed ``quota`` for its emotion or duplicate one.
 
         Returns ``"accepted"``, ``"duplicate"`` (same normalised text already in the run) or ``"quota_full"``.
+
+        ``defer=True`` inside :meth:`write_behind`: the text is written with the next commit and
+        ``"accepted"`` is returned at once. Only for the run's one writer (the lease holder), which has
+        already checked the duplicate and the quota in memory; the same guards still apply when it is
+        written, and a text they refuse makes that commit raise :class:`StoreError`.
         """
+        guard = " WHERE (SELECT COUNT(*) FROM texts WHERE run_id = ? AND emotion = ?) < ?"
+        row = (run_id, emotion, text, text_norm, persona_id, model, time.time(), run_id, emotion, quota)
+        if defer and self._buffering:
+            self._defer(
+                "INSERT OR IGNORE INTO texts(run_id, emotion, text, text_norm, persona_id, model, created_at)"
+                " SELECT ?,?,?,?,?,?,?" + guard,
+                [row],
+                checked=True,
+            )
+            return "accepted"
         try:
             cur = self._write(
                 "INSERT INTO texts(run_id, emotion, text, text_norm, persona_id, model, created_at)"
-                " SELECT ?,?,?,?,?,?,?"
-                " WHERE (SELECT COUNT(*) FROM texts WHERE run_id = ? AND emotion = ?) < ?",
-                (run_id, emotion, text, text_norm, persona_id, model, time.time(), run_id, emotion, quota),
+                " SELECT ?,?,?,?,?,?,?" + guard,
+                row,
             )
         except sqlite3.IntegrityError:
             return "duplicate"

@@ -386,3 +386,96 @@ def test_corrupt_store_is_refused_for_writing(tmp_path: Path) -> None:
         RunStore(path)
     assert str(path) in str(exc.value) and "Move it aside" in str(exc.value)
     assert path.read_bytes() == damaged  # nothing was written into it
+
+
+def test_deferred_texts_are_committed_in_one_transaction_with_the_flush(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    reader = sqlite3.connect(path)
+
+    def count() -> int:
+        return reader.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
+
+    kw = {"persona_id": None, "model": "m", "quota": 2, "defer": True}
+    with store.write_behind():
+        for i, emotion in enumerate(["joy", "joy", "fear"]):
+            assert store.add_text(run_id, emotion=emotion, text=f"T{i}", text_norm=f"t{i}", **kw) == "accepted"
+        assert count() == 0  # deferred: a kill -9 now loses them (they were never reported)
+        store.flush()
+        assert count() == 3
+    # outside write_behind, defer=True writes at once and still reports the guards' answer
+    assert store.add_text(run_id, emotion="joy", text="T9", text_norm="t9", **kw) == "quota_full"
+    assert count() == 3
+
+
+def test_a_deferred_text_the_guards_refuse_fails_the_flush_but_keeps_the_rest(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "r.sqlite")
+    run_id = _run(store)
+    kw = {"persona_id": None, "model": "m", "quota": 2, "defer": True}
+    assert store.add_text(run_id, emotion="joy", text="A", text_norm="a", quota=2, persona_id=None, model="m") == (
+        "accepted"
+    )
+    with store.write_behind():
+        store.add_calls(run_id, [CallRow(4, "generator", "m", 10, 1)])
+        store.add_text(run_id, emotion="joy", text="a!", text_norm="a", **kw)  # a duplicate slipped through
+        store.add_text(run_id, emotion="fear", text="B", text_norm="b", **kw)
+        with pytest.raises(StoreError, match="1 deferred accepted text"):
+            store.flush()
+    assert store.accepted_counts(run_id) == {"joy": 1, "fear": 1}
+    assert store.totals(run_id)["calls"] == 1
+
+
+_RUN_TABLES = ("texts", "calls", "personas", "verdicts", "rejections", "events")
+
+
+def test_run_queries_use_indexes_not_full_scans(tmp_path: Path) -> None:
+    """Every query that ``runs list/show``, export and resume send is planned with an index on the run: no
+    full scan of a run table (a 100k-text store would read every row of every run)."""
+    from typer.testing import CliRunner
+
+    from personagen_core.cli import app
+    from personagen_core.export import export_run
+
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    store.add_personas(run_id, 0, [(0, {"age": "6-12"}, "a child", "")])
+    store.add_verdicts(run_id, [(0, 1, "m", "natural", "", False)])
+    store.add_text(run_id, emotion="joy", text="Yay", text_norm="yay", persona_id=0, model="m", quota=2)
+    store.add_calls(run_id, [CallRow(1, "validator", "m", 10, 1)])
+    store.add_rejection(run_id, stage=4, reason="refusal")
+    store.add_event(run_id, "running", {"n": 1})
+    store.close()
+
+    statements: list[str] = []
+    original = RunStore._conn
+
+    def traced(self: RunStore) -> sqlite3.Connection:
+        conn = original(self)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunStore, "_conn", traced)
+        for args in (["runs", "list"], ["runs", "show", run_id]):
+            res = CliRunner().invoke(app, [*args, "--db", str(path)])
+            assert res.exit_code == 0, res.output
+        reader = RunStore(path)
+        for fmt in ("csv", "jsonl", "parquet"):
+            export_run(reader, run_id, fmt, tmp_path / f"out.{fmt}")
+        # what a resumed session reads before it starts
+        reader.accepted_counts(run_id), reader.rejection_counts(run_id), reader.totals(run_id)
+        reader.accepted_texts(run_id), reader.next_persona_id(run_id)
+        reader.close()
+    selects = {s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))}
+    assert any("FROM texts" in s for s in selects) and any("FROM calls" in s for s in selects)
+    conn = sqlite3.connect(path)
+    scans = []
+    for sql in selects:
+        for row in conn.execute("EXPLAIN QUERY PLAN " + sql):
+            detail = row[-1]
+            words = detail.split()
+            if words[:1] == ["SCAN"] and words[1] in _RUN_TABLES and "INDEX" not in detail:
+                scans.append((detail, sql))
+    assert scans == []

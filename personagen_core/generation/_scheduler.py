@@ -586,15 +586,23 @@ class RunSession:
                 text=res.text,
             )
             return False
-        outcome = self.store.add_text(
-            self.run_id,
-            emotion=emotion,
-            text=res.text,
-            text_norm=normalise(res.text),
-            persona_id=cand.persona_id,
-            model=comp.model,
-            quota=self.target[emotion],
-        )
+        # This session holds the run's lease (its only writer), so the duplicate and quota checks are made
+        # here and the text is written with the next flush (ticker, progress event), not one commit each.
+        if self.index.contains(res.text):
+            outcome = "duplicate"
+        elif self.accepted[emotion] >= self.target[emotion]:
+            outcome = "quota_full"
+        else:
+            outcome = self.store.add_text(
+                self.run_id,
+                emotion=emotion,
+                text=res.text,
+                text_norm=normalise(res.text),
+                persona_id=cand.persona_id,
+                model=comp.model,
+                quota=self.target[emotion],
+                defer=True,
+            )
         if outcome != "accepted":
             self._reject(
                 4,
@@ -640,6 +648,9 @@ class RunSession:
         if not force and now - self._last_event < 0.2:
             return
         self._last_event = now
+        # Commit the deferred texts first: what a progress event reports accepted is on disk (kill -9 after
+        # it loses nothing it reported).
+        self._flush()
         ev = self.event(state, message)
         if force or now - self._last_stored_event >= 1.0:
             self._last_stored_event = now
@@ -649,6 +660,14 @@ class RunSession:
                 self.on_event(ev)
             except Exception:  # a broken progress display must not stop a paid-for run
                 _log.exception("on_event callback failed")
+
+    def _flush(self) -> None:
+        """Commit the deferred writes; a refused text (another writer) stops the run as a store error."""
+        try:
+            self.store.flush()
+        except StoreError as exc:
+            self.fatal = self.fatal or exc
+            self._wake()
 
     async def ticker(self, workers: list[asyncio.Task[None]]) -> None:
         """Poll the cancel flag and emit periodic events while the workers run."""
@@ -664,7 +683,7 @@ class RunSession:
             if self._check_stop():
                 self._wake()
             self._emit()
-            self.store.flush()
+            self._flush()
             now = time.monotonic()
             if now - self._last_heartbeat >= HEARTBEAT_S:
                 self._last_heartbeat = now
@@ -681,8 +700,8 @@ class RunSession:
         self._emit(force=True)
         message: str | None = None
         try:
-            # Bookkeeping rows are committed in groups (with each accepted text and by the ticker) rather
-            # than one transaction each; accepted texts are still committed the moment they arrive.
+            # Rows are committed in groups (by the ticker and before each progress event) rather than one
+            # transaction each: accepted texts too (see _generate and _flush).
             async with (
                 open_client(
                     self.config.llm,

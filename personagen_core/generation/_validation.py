@@ -41,6 +41,8 @@ __all__ = [
     "verdict_max_tokens",
 ]
 
+_MEMORY_MAX = 20_000  # verdicts a Validator keeps in memory (the store's cache keeps every one)
+
 #: The pipeline stage an LLM call belongs to, read by the usage recorder (calls happen inside a task whose
 #: context carries it; contextvars keep concurrent tasks apart).
 CURRENT_STAGE: contextvars.ContextVar[int | None] = contextvars.ContextVar("personagen_stage", default=None)
@@ -87,9 +89,16 @@ class Validator:
         self.batch_size = max(1, int(batch_size))
         self.model: str = client.settings.model_for("validator")
         self.reasons: VerdictReasons = client.settings.verdict_reasons
+        # Recent verdicts, oldest dropped past _MEMORY_MAX: the store's cross-run cache holds them all, so a
+        # 100k-text run does not keep every attribute tuple it ever validated in memory.
         self._memory: dict[tuple[int, str], Verdict] = {}
         self._inflight: dict[tuple[int, str], asyncio.Future[Verdict]] = {}
         self.llm_verdicts = 0  # verdicts that needed the LLM (not cached, not deduplicated)
+
+    def _remember(self, key: tuple[int, str], verdict: Verdict) -> None:
+        self._memory[key] = verdict
+        if len(self._memory) > _MEMORY_MAX:
+            del self._memory[next(iter(self._memory))]  # dicts keep insertion order: the oldest
 
     async def verdicts(self, stage: int, attrs: Sequence[Mapping[str, Any]]) -> list[Verdict]:
         """Verdicts for ``attrs`` (one per row, same order) at ``stage``."""
@@ -107,7 +116,8 @@ class Validator:
                 unknown.append(k)
         if unknown and self.store is not None:
             for k, (v, r) in self.store.cached_verdicts(stage, self.model, unknown).items():
-                self._memory[(stage, k)] = out[k] = Verdict(v, r or "", cached=True)
+                out[k] = Verdict(v, r or "", cached=True)
+                self._remember((stage, k), out[k])
         ask = [k for k in unknown if k not in out]
         if ask:
             loop = asyncio.get_running_loop()
@@ -128,7 +138,7 @@ class Validator:
                 self.store.cache_verdicts(stage, self.model, good)
             for k, v in fresh.items():
                 if v.verdict != "error":
-                    self._memory[(stage, k)] = v
+                    self._remember((stage, k), v)
                 self._inflight.pop((stage, k), None)
                 mine[k].set_result(v)
                 out[k] = v

@@ -9,6 +9,7 @@ machine-readable reason (the ``REASON_*`` constants) and a human-readable detail
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -242,10 +243,56 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-@dataclass
-class _Entry:
-    text: str
-    shingles: frozenset[str]
+def _room(buf: np.ndarray, size: int) -> np.ndarray:
+    """``buf`` itself, or a copy doubled in length when it holds fewer than ``size`` items (amortised growth)."""
+    if size <= len(buf):
+        return buf
+    grown = np.zeros(max(size, 2 * len(buf)), dtype=buf.dtype)
+    grown[: len(buf)] = buf
+    return grown
+
+
+class _BandTable:
+    """LSH band keys -> entry numbers, compact: a sorted numpy run plus a small dict of recent keys.
+
+    A dict entry per band key costs ~100 bytes of Python objects; 16 bands x 100k texts made that most of
+    a large run's memory. Recent keys go to a dict; when it grows past an eighth of the sorted part it is
+    merged in (amortised O(log n) per key), so memory stays ~12 bytes per key.
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._tail: dict[int, list[int]] = {}
+        self._tail_len = 0
+
+    def add(self, keys: np.ndarray, idx: int) -> None:
+        for k in keys.tolist():
+            self._tail.setdefault(k, []).append(idx)
+        self._tail_len += len(keys)
+        if self._tail_len > max(4096, len(self._keys) // 8):
+            self._merge()
+
+    def _merge(self) -> None:
+        ks = [k for k, ids in self._tail.items() for _ in ids]
+        new_ids = [i for ids in self._tail.values() for i in ids]
+        keys = np.concatenate([self._keys, np.asarray(ks, dtype=np.uint64)])
+        ids = np.concatenate([self._ids, np.asarray(new_ids, dtype=np.int64)])
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._ids = keys[order], ids[order]
+        self._tail, self._tail_len = {}, 0
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """Entry numbers filed under any of ``keys`` (sorted, unique)."""
+        parts = []
+        if len(self._keys):
+            lo = np.searchsorted(self._keys, keys, side="left")
+            hi = np.searchsorted(self._keys, keys, side="right")
+            parts = [self._ids[a:b] for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+        tail = [i for k in keys.tolist() for i in self._tail.get(k, ())]
+        if tail:
+            parts.append(np.asarray(tail, dtype=np.int64))
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
 
 
 class NearDuplicateIndex:
@@ -254,6 +301,11 @@ class NearDuplicateIndex:
     Candidates are found with MinHash LSH (``bands`` x ``rows`` hash functions, fixed seeds so the index is
     deterministic) and then verified with the exact Jaccard similarity, so the cost per lookup stays flat as
     the run grows. With the defaults a pair at Jaccard 0.8 is a candidate with probability above 0.99.
+
+    Memory is kept small for runs of 100k+ texts: each text's shingles are kept as a sorted array of their
+    32-bit hashes in one shared buffer (a candidate is screened on those, then verified on the real
+    shingles), the exact-duplicate map is keyed by a 64-bit hash of the normalised text, and the LSH
+    buckets live in a :class:`_BandTable` (about 0.8 kB per text in all, plus the text itself).
     """
 
     def __init__(self, threshold: float = 0.8, *, ngram: int = 5, bands: int = 16, rows: int = 4) -> None:
@@ -266,55 +318,91 @@ class NearDuplicateIndex:
         k = bands * rows
         self._a = gen.integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
         self._b = gen.integers(0, 2**63, size=k, dtype=np.uint64)
-        self._exact: dict[str, int] = {}
-        self._entries: list[_Entry] = []
-        self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
+        # band number mixed into each band's key, so one table serves every band
+        self._band_salt = gen.integers(0, 2**63, size=bands, dtype=np.uint64)
+        self._row_mul = gen.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+        self._exact: dict[int, int] = {}
+        self._texts: list[str] = []
+        self._hashes = np.empty(1024, dtype=np.uint32)  # every text's sorted shingle hashes, back to back
+        self._offsets = np.zeros(1024, dtype=np.int64)  # text i's hashes: _hashes[_offsets[i]:_offsets[i + 1]]
+        self._table = _BandTable()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._texts)
 
-    def _signature(self, sh: frozenset[str]) -> np.ndarray:
-        h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in sh), dtype=np.uint64, count=len(sh))
-        # multiply-add hashing modulo 2**64 (numpy wraps); keep the high bits, the well-mixed ones
-        return ((h[None, :] * self._a[:, None] + self._b[:, None]) >> np.uint64(32)).min(axis=1)
+    @staticmethod
+    def _norm_key(norm: str) -> int:
+        return int.from_bytes(hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest(), "little")
 
-    def _band_keys(self, sig: np.ndarray) -> list[bytes]:
-        return [sig[i * self._rows : (i + 1) * self._rows].tobytes() for i in range(self._bands)]
+    @staticmethod
+    def _shingle_hashes(sh: frozenset[str]) -> np.ndarray:
+        h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in sh), dtype=np.uint32, count=len(sh))
+        return np.unique(h)
+
+    def _band_keys(self, h: np.ndarray) -> np.ndarray:
+        # MinHash: multiply-add hashing modulo 2**64 (numpy wraps); keep the high bits, the well-mixed ones
+        sig = ((h.astype(np.uint64)[None, :] * self._a[:, None] + self._b[:, None]) >> np.uint64(32)).min(axis=1)
+        bands = sig.reshape(self._bands, self._rows)
+        return (bands * self._row_mul[None, :]).sum(axis=1) ^ self._band_salt
+
+    def _exact_match(self, norm: str) -> int | None:
+        idx = self._exact.get(self._norm_key(norm))
+        return idx if idx is not None and normalise(self._texts[idx]) == norm else None
+
+    def contains(self, text: str) -> bool:
+        """Whether a text equal to ``text`` after normalisation is indexed (the store's uniqueness rule)."""
+        return self._exact_match(normalise(text)) is not None
 
     def find(self, text: str) -> tuple[str, str, float] | None:
         """``(reason, matched_text, similarity)`` if ``text`` duplicates an indexed text, else None."""
         norm = normalise(text)
-        if norm in self._exact:
-            return REASON_DUPLICATE, self._entries[self._exact[norm]].text, 1.0
+        idx = self._exact_match(norm)
+        if idx is not None:
+            return REASON_DUPLICATE, self._texts[idx], 1.0
         sh = shingles(text, self.ngram)
-        if not sh or not self._entries:
+        if not sh or not self._texts:
             return None
-        seen: set[int] = set()
+        h = self._shingle_hashes(sh)
+        cands = self._table.get(self._band_keys(h))
+        if not len(cands):
+            return None
+        # Screen every candidate at once on the stored hashes (a vectorised intersection count), then
+        # verify the few that pass on their real shingles.
+        starts, ends = self._offsets[cands], self._offsets[cands + 1]
+        lens = ends - starts
+        firsts = np.cumsum(lens) - lens
+        gather = np.repeat(starts - firsts, lens) + np.arange(int(lens.sum()))
+        inter = np.add.reduceat(np.isin(self._hashes[gather], h, assume_unique=False), firsts)
+        approx = inter / (len(h) + lens - inter)
         best: tuple[float, int] | None = None
-        for band, key in zip(self._buckets, self._band_keys(self._signature(sh))):
-            for idx in band.get(key, ()):
-                if idx in seen:
-                    continue
-                seen.add(idx)
-                sim = jaccard(sh, self._entries[idx].shingles)
-                if sim >= self.threshold and (best is None or sim > best[0]):
-                    best = (sim, idx)
+        # a hash collision cannot move the screened similarity by 0.05
+        for idx in cands[approx >= self.threshold - 0.05].tolist():
+            sim = jaccard(sh, shingles(self._texts[idx], self.ngram))
+            if sim >= self.threshold and (best is None or sim > best[0]):
+                best = (sim, idx)
         if best is None:
             return None
-        return REASON_NEAR_DUPLICATE, self._entries[best[1]].text, best[0]
+        return REASON_NEAR_DUPLICATE, self._texts[best[1]], best[0]
 
     def add(self, text: str) -> None:
         """Index an accepted text."""
         norm = normalise(text)
-        if norm in self._exact:
+        key = self._norm_key(norm)
+        if key in self._exact:
             return
         sh = shingles(text, self.ngram)
-        idx = len(self._entries)
-        self._entries.append(_Entry(text, sh))
-        self._exact[norm] = idx
-        if sh:
-            for band, key in zip(self._buckets, self._band_keys(self._signature(sh))):
-                band.setdefault(key, []).append(idx)
+        idx = len(self._texts)
+        self._texts.append(text)
+        self._exact[key] = idx
+        h = self._shingle_hashes(sh) if sh else np.empty(0, dtype=np.uint32)
+        begin = int(self._offsets[idx])
+        end = begin + len(h)
+        self._hashes = _room(self._hashes, end)
+        self._offsets = _room(self._offsets, idx + 2)
+        self._hashes[begin:end] = h
+        self._offsets[idx + 1] = end
+        if len(h):
+            self._table.add(self._band_keys(h), idx)
 
     def extend(self, texts: Iterable[str]) -> None:
         """Index several accepted texts (e.g. when resuming a run)."""
