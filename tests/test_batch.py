@@ -196,10 +196,12 @@ def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> 
     db = tmp_path / "runs.sqlite"
     store = RunStore(db)
     srv = FakeOpenAIServer(_mixed())  # not started: only its answer logic simulates the GPU job
-    cfg = GenerationConfig(per_emotion=6, emotions=["joy", "sadness"], validate=True,
-                           llm=LLMSettings(backend="openai", base_url="http://gpu-box.invalid/v1", model="fake-model"))
-    run_id = run_batch_generation(load_pack("japan"), cfg, store, offline=True).run_id
     runner = CliRunner()
+    out = runner.invoke(app, ["batch", "new", "--pack", "japan", "--emotions", "joy,sadness", "--per-emotion", "6",
+                              "--model", "fake-model", "--db", str(db)])
+    assert out.exit_code == 0, out.output
+    run_id = out.output.split()[1].rstrip(":")
+    assert store.run(run_id)["status"] == "stopped" and store.batch_run(run_id) is not None
     steps = []
     for round_ in range(40):
         req, res = tmp_path / f"req{round_}.jsonl", tmp_path / f"res{round_}.jsonl"

@@ -65,6 +65,38 @@ def batch_table(store: RunStore, run_id: str, console: Any) -> None:
     )
 
 
+@batch_app.command("new")
+def batch_new(
+    model: Annotated[str, typer.Option("--model", help="Model name written into every request (the offline "
+                                       "job's model).")],
+    per_emotion: Annotated[int, typer.Option("--per-emotion", min=1, help="Texts per emotion (exact).")],
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Spec YAML file or saved spec name.")] = None,
+    pack: Annotated[str | None, typer.Option("--pack", help="Shipped pack (default: japan).")] = None,
+    emotions: Annotated[str | None, typer.Option("--emotions", help="Comma-separated subset.")] = None,
+    method: Annotated[str, typer.Option("--method", help="personagen, attrprompt or priorwork.")] = "personagen",
+    llm_validation: Annotated[bool, typer.Option("--llm-validation/--no-llm-validation",
+                                                 help="Stage 1-3 LLM verdicts (default on).")] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
+    db: _DbOpt = None,
+) -> None:
+    """Create a Batch API run to be carried out offline (``batch export`` / ``batch import``): nothing is sent."""
+    from personagen_core.cli.generate_cmds import _load_spec
+    from personagen_core.generation.batch import run_batch_generation
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig
+    from personagen_core.store import RunStore
+
+    spec = _load_spec(spec_file, pack)
+    config = GenerationConfig(
+        method=method, per_emotion=per_emotion, seed=seed, validate=llm_validation,
+        emotions=[e.strip() for e in emotions.split(",") if e.strip()] if emotions else None,
+        llm=LLMSettings(backend="openai", model=model),
+    )
+    summary = run_batch_generation(spec, config, RunStore(db), offline=True)
+    typer.echo(f"run {summary.run_id}: created for an offline batch job; next: personagen batch export "
+               f"{summary.run_id} --out requests.jsonl")
+
+
 @batch_app.command("export")
 def batch_export(
     run_id: Annotated[str, typer.Argument(help="Run id of a Batch API run.")],

@@ -21,15 +21,18 @@ of an offline ``run_batch`` job and continues the run (one step per round trip).
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 import math
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,7 +147,7 @@ class OpenAIBatches:
             detail = scrub(str(exc.message), self._secrets)
             raise LLMResponseError(f"{what}: HTTP {exc.status_code}: {detail}") from None
 
-    def upload(self, name: str, data: bytes) -> str:
+    def upload(self, name: str, data: bytes | IO[bytes]) -> str:
         """Upload a JSONL request file (``purpose=batch``): its file id."""
         return str(self._call("uploading the batch file", lambda: self._client.files.create(
             file=(name, data), purpose="batch")).id)
@@ -451,17 +454,24 @@ class BatchRun:
         return out
 
     # -- request bodies ------------------------------------------------------------------------------------
-    def request_lines(self, job: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The JSONL lines of a batch job (``custom_id, method, url, body``), rebuilt from the store."""
+    def request_lines(self, job: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """The JSONL lines of a batch job (``custom_id, method, url, body``), rebuilt from the store one at a
+        time (a 50,000-request batch is never held as objects)."""
         step = str(job["step"])
-        lines = []
         for req in self.store.batch_requests(int(job["job_id"])):
             if step == GENERATE:
                 body = self._gen_body(self.cands[req["persona_id"]], str(req["emotion"]))
             else:
                 body = self._validation_body(int(step.removeprefix("stage")), req["groups"])
-            lines.append({"custom_id": req["custom_id"], "method": "POST", "url": _ENDPOINT, "body": body})
-        return lines
+            yield {"custom_id": req["custom_id"], "method": "POST", "url": _ENDPOINT, "body": body}
+
+    def write_requests(self, job: Mapping[str, Any], out: IO[bytes]) -> int:
+        """Write the job's request lines to ``out`` (JSONL); the number of lines."""
+        n = 0
+        for line in self.request_lines(job):
+            out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+            n += 1
+        return n
 
     def _validation_body(self, stage: int, groups: list[list[int]]) -> dict[str, Any]:
         rows = [self.cands[g[0]].attrs for g in groups]
@@ -684,8 +694,10 @@ class BatchRun:
         """Send (if not sent yet), poll to the end and ingest one batch; False when cancelled meanwhile."""
         jid = int(job["job_id"])
         if not job["input_file_id"]:
-            data = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in self.request_lines(job)).encode()
-            job["input_file_id"] = remote.upload(f"personagen-{self.run_id}-{jid}.jsonl", data)
+            with tempfile.TemporaryFile() as tmp:  # streamed to disk, uploaded from there
+                self.write_requests(job, tmp)
+                tmp.seek(0)
+                job["input_file_id"] = remote.upload(f"personagen-{self.run_id}-{jid}.jsonl", tmp)
             self.store.update_batch_job(jid, input_file_id=job["input_file_id"], status="uploaded")
         if not job["batch_id"]:
             # A create whose answer a crash lost carries our metadata: find it rather than send it twice.
@@ -712,10 +724,10 @@ class BatchRun:
                 return False
             if self.cancel is None:
                 time.sleep(self.options.poll_interval)
-        lines: list[dict[str, Any]] = []
-        for key in ("output_file_id", "error_file_id"):
-            if b.get(key):
-                lines.extend(_jsonl(remote.content(str(b[key])), f"{key} {b[key]}"))
+        lines = itertools.chain.from_iterable(
+            _iter_jsonl(remote.content(str(b[key])), f"{key} {b[key]}")
+            for key in ("output_file_id", "error_file_id") if b.get(key)
+        )
         errors = ((b.get("errors") or {}).get("data") or []) if isinstance(b.get("errors"), Mapping) else []
         message = "; ".join(str(e.get("message")) for e in errors if isinstance(e, Mapping)) or None
         if b["status"] in _BAD_END and message is None:
@@ -791,10 +803,9 @@ _STOP_MESSAGES = {
 }
 
 
-def _jsonl(data: bytes | str, where: str) -> list[dict[str, Any]]:
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
+def _iter_jsonl(data: bytes, where: str) -> Iterator[dict[str, Any]]:
+    """Result lines one at a time (a DataError names ``where`` and the line for a line that is not one)."""
+    for n, line in enumerate(io.BytesIO(data), 1):
         if not line.strip():
             continue
         try:
@@ -803,8 +814,7 @@ def _jsonl(data: bytes | str, where: str) -> list[dict[str, Any]]:
             raise DataError(f"{where}: line {n} is not JSON ({exc})") from None
         if not isinstance(item, dict) or "custom_id" not in item:
             raise DataError(f"{where}: line {n} has no custom_id (expected a Batch API / run_batch output line)")
-        out.append(item)
-    return out
+        yield item
 
 
 # -- public entry points -----------------------------------------------------------------------------------
@@ -902,14 +912,14 @@ def export_requests(store: RunStore, run_id: str, path: str | Path) -> dict[str,
         if job is None:
             summary = session.finish()
             return {"done": summary.state == "done", "state": summary.state, "message": summary.message}
-        lines = session.request_lines(job)
-        Path(path).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+        with open(path, "wb") as out:
+            n = session.write_requests(job, out)
         store.update_batch_job(int(job["job_id"]), status="exported")
         session.finish(state="stopped", reason="awaiting_import",
-                       message=f"wave {job['wave']} {job['step']}: {len(lines)} requests exported to {path}; "
+                       message=f"wave {job['wave']} {job['step']}: {n} requests exported to {path}; "
                        f"import the results with `personagen batch import {run_id} FILE`")
         return {"job_id": int(job["job_id"]), "wave": int(job["wave"]), "step": str(job["step"]),
-                "requests": len(lines), "path": str(path)}
+                "requests": n, "path": str(path)}
     except BaseException:
         session.close()
         raise
@@ -925,7 +935,7 @@ def import_results(store: RunStore, run_id: str, path: str | Path) -> RunSummary
         if job is None or job["status"] != "exported":
             raise StoreError(f"run {run_id} has no exported batch waiting for results "
                              f"(export one with `personagen batch export {run_id} --out FILE`)")
-        lines = _jsonl(Path(path).read_bytes(), str(path))
+        lines = list(_iter_jsonl(Path(path).read_bytes(), str(path)))
         known = {r["custom_id"] for r in store.batch_requests(int(job["job_id"]))}
         strange = [x["custom_id"] for x in lines if str(x["custom_id"]) not in known]
         if strange:
