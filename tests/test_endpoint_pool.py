@@ -347,3 +347,25 @@ def test_pool_settings_never_reach_a_single_client_and_time_estimates_key_on_the
         LLMClient(llm)  # would otherwise send everything to base_url / api.openai.com
     key = profile_key(GenerationConfig(llm=llm, validate=False))
     assert key.startswith("pool:http://gpu1:8000/v1,http://gpu2:8000/v1|") and "concurrency=12" in key
+
+
+def test_each_endpoint_keeps_its_own_server_kind_and_structured_form() -> None:
+    schema = {"type": "object", "properties": {"verdict": {"enum": ["natural", "implausible"]}},
+              "required": ["verdict"], "additionalProperties": False}
+
+    async def main(urls: list[str]) -> list[dict[str, Any]]:
+        async with EndpointPool(_pool_settings({"url": urls[0]}, {"url": urls[1]})) as pool:
+            for _ in range(6):
+                done = await pool.complete(GEN, role="validator", schema=schema)
+                assert done.data["verdict"] == "natural"
+            return pool.status()
+
+    with FakeOpenAIServer() as plain, FakeOpenAIServer(kind="llama-cpp-python", seed=1) as llama:
+        status = asyncio.run(main([plain.base_url, llama.base_url]))
+        plain_formats = {r.body["response_format"]["type"] for r in plain.chat_requests}
+        llama_formats = {r.body["response_format"]["type"] for r in llama.chat_requests}
+        llama_schema = all("schema" in r.body["response_format"] for r in llama.chat_requests)
+    assert [s["server_kind"] for s in status] == ["openai", "llama-cpp-python"]
+    assert [s["picks"] for s in status] == [3, 3]
+    assert plain_formats == {"json_schema"}  # the OpenAI form here ...
+    assert llama_formats == {"json_object"} and llama_schema  # ... llama-cpp-python's grammar form there
