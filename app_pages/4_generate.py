@@ -6,6 +6,7 @@ import streamlit as st
 
 import ui
 from personagen_core.generation import pipeline, throughput, validation_policy
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY
 
 ui.page_title("Generate")
 
@@ -38,8 +39,11 @@ with left:
     temperature = c1.slider(
         "Temperature", 0.0, 2.0, step=0.05, **ui.keep("temperature", float(spec.generation.temperature))
     )
-    c2.number_input("Concurrency", 1, 256, **ui.keep("concurrency", 8))
+    c2.number_input("Concurrency", 1, 256, **ui.keep("concurrency", DEFAULT_CONCURRENCY))
     max_cost = c1.number_input("Max cost (USD, 0 = none)", 0.0, 10_000.0, step=1.0, **ui.keep("max_cost", 0.0))
+    token_budget = c2.number_input("Token budget (0 = none)", 0, 10**12, step=10_000,
+                                   help="Stop (resumable) once the run has used this many tokens in all.",
+                                   **ui.keep("token_budget", 0))
     # Emotions no longer in the spec's label set are dropped from the kept choice.
     emotions = c2.multiselect(
         "Emotions", spec.emotion_names, **ui.keep("emotions", spec.emotion_names, options=spec.emotion_names)
@@ -65,14 +69,15 @@ with left:
             decision = validation_policy.decide(llm, validate)
             if decision.message:
                 (st.warning if decision.validate else st.caption)(decision.message)
-        run_spec = spec.model_copy(deep=True)
-        run_spec.generation.temperature = float(temperature)
         config = pipeline.GenerationConfig(
             method=method,
             per_emotion=int(per_emotion),
             seed=int(seed),
             emotions=[e for e in spec.emotion_names if e in emotions] or None,
             max_cost=float(max_cost) or None,
+            token_budget=int(token_budget) or None,
+            temperature=float(temperature),
+            verdict_reasons=ui.kept("verdict_reasons", "all"),
             validate=validate,
             llm=llm,
         )
@@ -84,11 +89,11 @@ with left:
             st.caption("Time: these settings were never timed on this machine.")
             if st.button(f"Time {throughput.CALIBRATION_TEXTS} texts on this machine", icon=":material/timer:"):
                 with st.spinner("Timing a short run (the model loads first) ..."):
-                    throughput.calibrate(run_spec, config, http_client=ui.http_client_for(config.llm))
+                    throughput.calibrate(spec, config, http_client=ui.http_client_for(config.llm))
                 st.rerun()
         else:
             st.caption("Time: not measured on this machine yet; each finished run is timed for the next estimate.")
-        estimate = pipeline.estimate_cost(run_spec, config)
+        estimate = pipeline.estimate_cost(spec, config)
         tokens = estimate.prompt_tokens + estimate.completion_tokens
         if estimate.total_usd is not None:
             st.info(f"Estimated cost: **${estimate.total_usd:.4f}** (~{tokens:,.0f} tokens).")
@@ -108,7 +113,7 @@ with left:
             st.caption("Costs use batch prices (half the list price); the run view shows each batch.")
     if st.button("Launch", type="primary", icon=":material/rocket_launch:", disabled=not ready):
         with ui.error_boundary("launching"):
-            run_id = ui.start_generation(run_spec, config, batch_poll_s=batch_poll)  # also selects the run
+            run_id = ui.start_generation(spec, config, batch_poll_s=batch_poll)  # also selects the run
             st.toast(f"Run {run_id} started.")
 
 with right:

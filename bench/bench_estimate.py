@@ -41,10 +41,9 @@ def main() -> None:
     for method, validate, reasons in CASES:
         with tempfile.TemporaryDirectory() as tmp, FakeOpenAIServer() as srv:
             store = RunStore(Path(tmp) / "runs.sqlite")
-            llm = LLMSettings(base_url=srv.base_url, api_key="sk-bench", model="gpt-4.1-mini", concurrency=16,
-                              verdict_reasons=reasons)
+            llm = LLMSettings(base_url=srv.base_url, api_key="sk-bench", model="gpt-4.1-mini", concurrency=16)
             config = GenerationConfig(method=method, validate=validate, per_emotion=args.per_emotion, llm=llm,
-                                      seed=args.seed)
+                                      seed=args.seed, verdict_reasons=reasons)
             est = estimate_cost(spec, config)
             summary = run_generation(spec, config, store)
             usage = store.usage(summary.run_id)

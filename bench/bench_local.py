@@ -54,9 +54,9 @@ def bench_model(key: str, *, per_emotion: int, emotions: list[str] | None, seed:
     pool = local_llm.LocalModelPool()
     model = pool.model(key)
     model.load()
-    settings = LLMSettings(backend="local", local_model=key, verdict_reasons=verdict_reasons)
+    settings = LLMSettings(backend="local", local_model=key)
     config = GenerationConfig(emotions=emotions, per_emotion=per_emotion, seed=seed, llm=settings,
-                              validate=validate)
+                              validate=validate, verdict_reasons=verdict_reasons)
     store = RunStore(workdir / f"{key}-{validate}.sqlite")
     load_before = os.getloadavg()
     first: list[float] = []
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
-                        help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
+                        help="which verdicts carry a reason (GenerationConfig.verdict_reasons)")
     parser.add_argument("--validation", choices=["rules", "llm", "both"], default="both",
                         help="rules: rules and tables only; llm: stage 1-3 LLM verdicts; both (default)")
     parser.add_argument("--write", action="store_true", help=f"store the rates in {SPEED_FILE.name}")

@@ -67,12 +67,12 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
     from personagen_core.generation.llm import LLMClient, LLMSettings
     from personagen_core.store import RunStore
 
-    settings = LLMSettings(backend="local", local_model=key, verdict_reasons=reasons)
+    settings = LLMSettings(backend="local", local_model=key)
     with tempfile.TemporaryDirectory() as tmp:  # a fresh store: no verdict comes from an earlier run's cache
         store = RunStore(Path(tmp) / "runs.sqlite")
         async with httpx.AsyncClient(transport=pool.transport(key)) as http:
             async with LLMClient(settings, http_client=http) as client:
-                validator = Validator(spec, store, client, batch_size=batch)
+                validator = Validator(spec, store, client, batch_size=batch, reasons=reasons)
                 attrs = [{**p["stage1"], **p["stage2"]} for p in fixture]
                 v1 = await validator.verdicts(1, attrs)
                 v2 = await validator.verdicts(2, attrs)
@@ -93,7 +93,7 @@ async def _validate(key: str, pool: Any, spec: Any, fixture: list[dict[str, Any]
         "verdicts_stage1": dict(Counter(v.verdict for v in v1)),
         "verdicts_stage2": dict(Counter(v.verdict for v in v2)),
         "batch_size": batch,
-        "verdict_reasons": settings.verdict_reasons,
+        "verdict_reasons": reasons,
     }
 
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-validator", action="store_true",
                         help="keep the stored fixture figures of each model instead of re-measuring them")
     parser.add_argument("--verdict-reasons", choices=["all", "rejected"], default="all",
-                        help="which verdicts carry a reason (LLMSettings.verdict_reasons)")
+                        help="which verdicts carry a reason (GenerationConfig.verdict_reasons)")
     args = parser.parse_args(argv)
 
     keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]

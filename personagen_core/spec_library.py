@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS drafts (
 #: A saved spec's name: letters, digits, space, ``_ . -``; it must not look like a file path.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,79}$")
 #: Form fields that could hold a secret are refused, so a key typed in a page never reaches the disk.
-_SECRET_FIELD = re.compile(r"(api_?key|secret|token|password)", re.IGNORECASE)
+# "token" names a secret (auth_token, hf_token), except the run's token budget (a number of tokens).
+_SECRET_FIELD = re.compile(r"(api_?key|secret|token(?!_budget)|password)", re.IGNORECASE)
 
 
 def default_library_path() -> Path:

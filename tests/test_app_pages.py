@@ -247,6 +247,8 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
         at.number_input(key="keep_per_emotion").set_value(5)
         at.multiselect(key="keep_emotions").set_value(["joy", "anger"])
         at.selectbox(key="keep_verdict_reasons").set_value("rejected")
+        at.slider(key="keep_temperature").set_value(0.4)
+        at.number_input(key="keep_token_budget").set_value(10_000_000)
         at.run()
         assert any("Estimated" in i.value for i in at.info)
         _button(at, "Launch").click().run()
@@ -257,7 +259,10 @@ def test_generation_completes_and_texts_appear_in_explore_and_evaluate(home: Pat
         assert len(texts) == 10 and set(texts["emotion"]) == {"joy", "anger"}
         assert srv.chat_requests  # the texts came from the test server
         # The page's verdict-reasons setting reached the run: validation asked for rejections' reasons only.
-        assert run["config"]["llm"]["verdict_reasons"] == "rejected"
+        assert run["config"]["verdict_reasons"] == "rejected"
+        assert run["config"]["temperature"] == pytest.approx(0.4) and run["config"]["token_budget"] == 10_000_000
+        gen = [r.body for r in srv.chat_requests if r.body and "response_format" not in r.body]
+        assert gen and all(b["temperature"] == pytest.approx(0.4) for b in gen)  # the page's; spec untouched
         systems = [r.body["messages"][0]["content"] for r in srv.chat_requests
                    if r.body and "response_format" in r.body]
         assert systems and all('for an "implausible" verdict only' in m for m in systems)
@@ -482,7 +487,8 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
     """Widget values live outside Streamlit's widget state and in the server-side draft (no API key)."""
     at = _open(_app().run(), "app_pages/4_generate.py")
     at.radio(key="keep_backend").set_value("compatible").run()
-    values = {"keep_per_emotion": 3, "keep_gen_seed": 7, "keep_concurrency": 5, "keep_max_cost": 2.0}
+    values = {"keep_per_emotion": 3, "keep_gen_seed": 7, "keep_concurrency": 5, "keep_max_cost": 2.0,
+              "keep_token_budget": 50_000}
     for key, value in values.items():
         at.number_input(key=key).set_value(value)
     at.slider(key="keep_temperature").set_value(0.7)

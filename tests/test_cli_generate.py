@@ -65,7 +65,7 @@ def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "joy 3/3 sadness 3/3 | total 6/6 | rejected" in res.output and "━" not in res.output
     assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"  # generate may run llama.cpp: threads sleep
     run_id = RunStore(db).list_runs()["run_id"].iloc[0]
-    assert RunStore(db).run(run_id)["config"]["llm"]["verdict_reasons"] == "rejected"
+    assert RunStore(db).run(run_id)["config"]["verdict_reasons"] == "rejected"
 
     res = runner.invoke(app, ["runs", "list", "--db", str(db)])
     assert res.exit_code == 0 and run_id in res.output and "6/6" in res.output
@@ -153,16 +153,23 @@ def test_generate_errors_and_done_resume(tmp_path: Path, capsys: pytest.CaptureF
                 "fear",
                 "--per-emotion",
                 "2",
-                "--max-tokens",
+                "--token-budget",
                 "500",
+                "--temperature",
+                "0.35",
                 *args,
             ],
         )
         assert res.exit_code == 3, res.output  # stopped by the budget: resumable
         run_id = RunStore(db).list_runs()["run_id"].iloc[0]
-        assert "--resume " + run_id in res.output
+        assert "--resume " + run_id in res.output and "--token-budget N" in res.output  # the CLI's own hint
+        assert RunStore(db).run(run_id)["config"]["temperature"] == 0.35
+        # --max-tokens: the deprecated name of --token-budget, still accepted with a warning
         res = runner.invoke(app, ["generate", "--resume", run_id, "--max-tokens", "1000000", *args])
         assert res.exit_code == 0, res.output
+        assert "--max-tokens is deprecated" in res.output
+        texts = [r.body for r in srv.chat_requests if r.body and "response_format" not in r.body]
+        assert texts and {b["temperature"] for b in texts} == {0.35}  # the run's temperature, not the spec's
         res = runner.invoke(app, ["generate", "--resume", run_id, *args])
         assert res.exit_code == 0 and "already complete" in res.output
     assert RunStore(db).accepted_counts(run_id) == {"fear": 2}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from personagen_core.errors import SpecError
+from personagen_core.errors import LLMError, SpecError
 from personagen_core.generation._validation import Validator
 from personagen_core.generation.llm import LLMClient, LLMSettings
 from personagen_core.generation.pipeline import (
@@ -257,17 +257,48 @@ def test_methods_and_ablations(tmp_path: Path, spec: Spec, method: str, stages: 
 def test_token_budget_stops_cleanly_and_resume_finishes(tmp_path: Path, spec: Spec) -> None:
     store = RunStore(tmp_path / "runs.sqlite")
     with FakeOpenAIServer(latency=0.002) as srv:
-        cfg = _config(srv, max_tokens=4000, per_emotion=4)
+        cfg = _config(srv, token_budget=4000, per_emotion=4)
         first = run_generation(spec, cfg, store)
-        assert first.state == "stopped" and first.stop_reason == "max_tokens"
+        assert first.state == "stopped" and first.stop_reason == "token_budget"
         assert not first.complete and "resume" in (first.message or "")
+        assert "--" not in (first.message or "")  # the core names the setting; the shells add flag or field
         assert store.run(first.run_id)["status"] == "stopped"
         done_before = store.accepted_counts(first.run_id)
-        second = resume_generation(store, first.run_id, llm=_settings(srv), max_tokens=10**7)
+        second = resume_generation(store, first.run_id, llm=_settings(srv), token_budget=10**7)
     assert second.state == "done" and second.run_id == first.run_id
     _assert_exact(store, first.run_id, 4)
     assert all(second.accepted[e] >= n for e, n in done_before.items())
     assert store.run(first.run_id)["sessions"] == 2
+
+
+def test_run_stored_by_an_older_version_resumes(tmp_path: Path, spec: Spec) -> None:
+    """A config stored before the renames (run budget ``max_tokens``, ``llm.verdict_reasons``) still loads
+    and resumes, and ``max_tokens=`` is still accepted as the resume override of the token budget."""
+    import json
+    import sqlite3
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(latency=0.002) as srv:
+        first = run_generation(spec, _config(srv, token_budget=4000, per_emotion=4, verdict_reasons="rejected"),
+                               store)
+        assert first.state == "stopped"
+        old = store.run(first.run_id)["config"]
+        old["max_tokens"] = old.pop("token_budget")
+        old["llm"]["verdict_reasons"] = old.pop("verdict_reasons")
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE runs SET config_json = ?, stop_reason = 'max_tokens' WHERE run_id = ?",
+                       (json.dumps(old), first.run_id))
+        assert GenerationConfig.model_validate(old).token_budget == 4000
+        assert GenerationConfig.model_validate(old).verdict_reasons == "rejected"
+        # max_tokens: the token budget's former name as a resume override
+        second = resume_generation(store, first.run_id, llm=_settings(srv), max_tokens=10**7)
+        systems = [r.body["messages"][0]["content"] for r in srv.chat_requests
+                   if r.body and "response_format" in r.body]
+    assert second.state == "done"
+    _assert_exact(store, first.run_id, 4)
+    assert systems and all('for an "implausible" verdict only' in m for m in systems)
+    with pytest.raises(Exception, match="token_budget only"):
+        GenerationConfig.model_validate({**old, "token_budget": 5})
 
 
 def test_cancel_from_another_thread_then_resume(tmp_path: Path, spec: Spec) -> None:
@@ -399,7 +430,9 @@ def test_unusable_batch_answers_fall_back_to_one_call_per_candidate(tmp_path: Pa
 
 def test_reasons_for_rejected_verdicts_only(tmp_path: Path, spec: Spec) -> None:
     """verdict_reasons="rejected": verdict first, a reason for "implausible" only, one candidate too."""
-    assert LLMSettings(backend="local").verdict_reasons == "all"  # the paper's order unless asked
+    assert GenerationConfig().verdict_reasons == "all"  # the paper's order unless asked
+    with pytest.raises(LLMError, match="setting of the run"):  # no longer an LLM setting: said plainly
+        LLMSettings.from_env({}, verdict_reasons="rejected")
 
     def answer(body: dict[str, Any]) -> Any:
         n = body["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]["maxItems"]
@@ -409,8 +442,8 @@ def test_reasons_for_rejected_verdicts_only(tmp_path: Path, spec: Spec) -> None:
     rows = [{c: f"v{i}" for c in spec.stage_columns(1)} for i in range(4)]
 
     async def go(srv: FakeOpenAIServer) -> tuple[list[Any], list[Any]]:
-        async with LLMClient(_settings(srv, verdict_reasons="rejected")) as client:
-            v = Validator(spec, RunStore(tmp_path / "s.sqlite"), client, batch_size=8)
+        async with LLMClient(_settings(srv)) as client:
+            v = Validator(spec, RunStore(tmp_path / "s.sqlite"), client, batch_size=8, reasons="rejected")
             return await v.verdicts(1, rows[:3]), await v.verdicts(1, rows[3:])
 
     with FakeOpenAIServer(answer) as srv:
@@ -589,7 +622,7 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path: Path, sp
 
     store = RunStore(tmp_path / "runs.sqlite")
     with FakeOpenAIServer(latency=0.05) as srv:
-        first = run_generation(spec, _config(srv, max_tokens=800, per_emotion=6), store)
+        first = run_generation(spec, _config(srv, token_budget=800, per_emotion=6), store)
         assert first.state == "stopped"
         barrier = threading.Barrier(2)
         results: list[Any] = []
@@ -598,7 +631,7 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path: Path, sp
             barrier.wait()
             try:
                 results.append(
-                    resume_generation(store, first.run_id, llm=_settings(srv), max_tokens=10_000_000)
+                    resume_generation(store, first.run_id, llm=_settings(srv), token_budget=10_000_000)
                 )
             except RunBusyError as exc:
                 results.append(exc)
@@ -718,7 +751,7 @@ def test_token_budget_at_concurrency_32_overshoots_by_at_most_one_call(tmp_path:
     store = RunStore(tmp_path / "runs.sqlite")
     limit = 20_000
     with FakeOpenAIServer(latency=0.05) as srv:
-        config = _config(srv, llm=_settings(srv, concurrency=32), max_tokens=limit, per_emotion=300,
+        config = _config(srv, llm=_settings(srv, concurrency=32), token_budget=limit, per_emotion=300,
                          emotions=["joy", "fear"])
         summary = run_generation(spec, config, store)
         worst_one = max(
@@ -727,7 +760,7 @@ def test_token_budget_at_concurrency_32_overshoots_by_at_most_one_call(tmp_path:
             for r in srv.chat_requests
             if r.body
         )
-    assert summary.state == "stopped" and summary.stop_reason == "max_tokens"
+    assert summary.state == "stopped" and summary.stop_reason == "token_budget"
     # it stops once no admitted call fits (past the limit by at most one call) or once a new batch of
     # candidates could not be carried to texts (below the limit by less than that batch's worst case)
     assert limit / 2 < summary.tokens <= limit + worst_one and sum(summary.accepted.values()) > 0

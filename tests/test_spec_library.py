@@ -68,6 +68,11 @@ def test_draft_round_trip_keeps_spec_and_form_and_refuses_secrets(tmp_path: Path
         lib.save_draft(form={"per_emotion": 9})  # form only: the spec is kept
         with pytest.raises(PersonaGenError, match="api_key"):
             lib.save_draft(form={"api_key": "sk-secret", "per_emotion": 1})
+        with pytest.raises(PersonaGenError, match="secret"):
+            lib.save_draft(form={"hf_token": "hf_x"})
+        lib.save_draft(form={"per_emotion": 9, "token_budget": 5000})  # a number of tokens, not a secret
+        assert lib.load_draft().form["token_budget"] == 5000
+        lib.save_draft(form={"per_emotion": 9})
     # A new process (a restarted server) reads the same draft back.
     with SpecLibrary(path) as again:
         draft = again.load_draft()

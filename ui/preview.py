@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from ui.runs import http_client_for
-from ui.state import get_store
+from ui.state import get_store, kept
 
 __all__ = [
     "funnel_figure",
@@ -27,7 +27,8 @@ def validate_preview(spec: Any, df: Any, settings: Any) -> Any:
 
     try:
         return validate_personas(
-            spec, df, settings, store=get_store(), on_event=progress, http_client=http_client_for(settings)
+            spec, df, settings, store=get_store(), on_event=progress, http_client=http_client_for(settings),
+            verdict_reasons=kept("verdict_reasons", "all"),  # the Generate page's setting
         )
     finally:
         bar.empty()

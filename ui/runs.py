@@ -14,6 +14,8 @@ from typing import Any
 
 import streamlit as st
 
+from personagen_core.generation import vocabulary
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, DEFAULT_MODEL, ROLES
 from ui.probabilities import redact
 from ui.state import _store_for, error_boundary, get_store, home_dir, keep, kept, set_kept, store_path
 
@@ -219,9 +221,10 @@ def attribute_filters(df: Any) -> tuple[dict[str, list[str]], dict[str, tuple[fl
 BACKENDS = {"local": "Embedded local model", "openai": "OpenAI", "compatible": "OpenAI-compatible server"}
 
 
-ROLES = ("validator", "generator", "judge")
+#: Labels of the core's verdict-reason modes (``vocabulary.VERDICT_REASONS``).
 VERDICT_REASONS = {"all": "every verdict (reason first, as in the paper)",
                    "rejected": "rejections only (verdict first)"}
+assert set(VERDICT_REASONS) == set(vocabulary.VERDICT_REASONS)
 
 
 def _default_backend() -> str:
@@ -242,8 +245,7 @@ def llm_settings() -> Any:
     from personagen_core.local import DEFAULT_MODEL as DEFAULT_LOCAL
 
     backend = kept("backend", _default_backend())
-    common: dict[str, Any] = {"concurrency": int(kept("concurrency", 8)),
-                              "verdict_reasons": kept("verdict_reasons", "all"),
+    common: dict[str, Any] = {"concurrency": int(kept("concurrency", DEFAULT_CONCURRENCY)),
                               "timeout": float(kept("timeout", 0.0) or 0) or None}  # 0: fits the backend
     models = {r: str(kept(f"model_{r}")).strip() for r in ROLES if str(kept(f"model_{r}") or "").strip()}
     if backend == "local":
@@ -314,7 +316,7 @@ def llm_settings_form() -> Any:
         elif backend == "compatible":
             st.text_input("Base URL", placeholder="http://localhost:8000/v1",
                           **keep("base_url", os.environ.get("OPENAI_BASE_URL", "")))
-        st.text_input("Model", **keep("model", "gpt-4.1-mini"))
+        st.text_input("Model", **keep("model", DEFAULT_MODEL))
         env_key = (
             " (leave empty to use OPENAI_API_KEY from the environment)"
             if os.environ.get("OPENAI_API_KEY")

@@ -31,7 +31,9 @@ def start_batch(spec: Spec, config: GenerationConfig, store: RunStore, run_id: s
     from personagen_core.generation.batch import BatchOptions, run_batch_generation
 
     options = BatchOptions.model_validate({"poll_interval": poll_interval} if poll_interval else {})
-    target = {e: config.per_emotion for e in (config.emotions or spec.emotion_names)}
+    from personagen_core.generation.run_config import targets_of
+
+    target = targets_of(spec, config)  # the quota the run records (emotions checked against the spec)
     typer.echo(f"batch mode: one batch per step, polled every {options.poll_interval:g} s (costs at batch prices)")
     return run(lambda on_event, cancel: run_batch_generation(
         spec, config, store, options=options, on_event=on_event, cancel=cancel, run_id=run_id), target)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 import typer
 
 from personagen_core.errors import PersonaGenError
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY as _DEFAULT_CONCURRENCY
+from personagen_core.generation.vocabulary import METHODS, STAGE_CHOICES, VERDICT_REASONS
 
 if TYPE_CHECKING:
     from personagen_core.generation.pipeline import ProgressEvent, RunSummary
@@ -27,26 +29,16 @@ _DbOpt = Annotated[
 ]
 
 
-class _Method(StrEnum):
-    personagen = "personagen"
-    attrprompt = "attrprompt"
-    priorwork = "priorwork"
-
-
-class _Stages(StrEnum):
-    s1 = "1"
-    s12 = "12"
-    s123 = "123"
+# Choices come from the core's vocabulary (a light module: the CLI starts without loading the LLM client).
+_Method = StrEnum("_Method", {m: m for m in METHODS})
+_Stages = StrEnum("_Stages", {f"s{c}": c for c in STAGE_CHOICES})
+_Reasons = StrEnum("_Reasons", {r: r for r in VERDICT_REASONS})
+_DEFAULT_METHOD, _DEFAULT_STAGES = _Method("personagen"), _Stages("123")
 
 
 class _Backend(StrEnum):
     openai = "openai"
     local = "local"
-
-
-class _Reasons(StrEnum):
-    all = "all"
-    rejected = "rejected"
 
 
 class _Format(StrEnum):
@@ -103,7 +95,6 @@ def _llm_overrides(
     validator_model: str | None,
     generator_model: str | None,
     concurrency: int | None,
-    verdict_reasons: _Reasons | None = None,
 ) -> dict[str, Any]:
     models = {k: v for k, v in (("validator", validator_model), ("generator", generator_model)) if v}
     out: dict[str, Any] = {
@@ -112,7 +103,6 @@ def _llm_overrides(
         "model": model,
         "local_model": local_model,
         "concurrency": concurrency,
-        "verdict_reasons": verdict_reasons.value if verdict_reasons else None,
     }
     if models:
         out["models"] = models
@@ -300,8 +290,10 @@ def _finish(summary: RunSummary) -> None:
         raise typer.Exit(3)
 
 
-#: The flag that raises the limit a run stopped at (``--resume`` takes each of them anew).
-_LIMIT_FLAGS = {"max_cost": "--max-cost", "max_tokens": "--max-tokens", "max_attempts": "--max-attempts"}
+#: The flag that raises the limit a run stopped at (``--resume`` takes each of them anew); ``max_tokens`` is
+#: the token budget's stop reason in runs stored by older versions.
+_LIMIT_FLAGS = {"max_cost": "--max-cost", "token_budget": "--token-budget", "max_tokens": "--token-budget",
+                "max_attempts": "--max-attempts"}
 
 
 def generate(
@@ -313,10 +305,10 @@ def generate(
     per_emotion: Annotated[
         int | None, typer.Option("--per-emotion", min=1, help="Texts per emotion (exact).")
     ] = None,
-    method: Annotated[_Method, typer.Option("--method", help="Generation method.")] = _Method.personagen,
+    method: Annotated[_Method, typer.Option("--method", help="Generation method.")] = _DEFAULT_METHOD,
     stages: Annotated[
         _Stages, typer.Option("--stages", help="Ablation: condition on stage 1, 1+2 or 1+2+3.")
-    ] = _Stages.s123,
+    ] = _DEFAULT_STAGES,
     llm_validation: Annotated[
         bool | None,
         typer.Option("--llm-validation/--no-llm-validation",
@@ -357,7 +349,9 @@ def generate(
         str | None, typer.Option("--generator-model", help="Model for stage 4.")
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", min=1, help="Parallel LLM calls (default 16).")
+        int | None,
+        typer.Option("--concurrency", min=1, help="Most parallel LLM calls; the client adapts below it "
+                     f"(default {_DEFAULT_CONCURRENCY})."),
     ] = None,
     timeout: Annotated[
         float | None,
@@ -374,6 +368,11 @@ def generate(
         typer.Option("--verdict-reasons", help="Which stage 1-3 verdicts carry a reason: all (default, "
                      "reason first) or rejected (verdict first, a reason for implausible ones only)."),
     ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option("--temperature", min=0.0, max=2.0,
+                     help="Sampling temperature of the texts (default: the spec's generation.temperature)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
     db: _DbOpt = None,
     resume: Annotated[
@@ -382,8 +381,12 @@ def generate(
     max_cost: Annotated[
         float | None, typer.Option("--max-cost", help="Stop (resumable) at this cost in USD.")
     ] = None,
+    token_budget: Annotated[
+        int | None, typer.Option("--token-budget", min=1, help="Stop (resumable) at this many tokens in all.")
+    ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Stop (resumable) at this many tokens.")
+        int | None, typer.Option("--max-tokens", min=1, hidden=True,
+                                 help="Deprecated name of --token-budget.")
     ] = None,
     max_attempts: Annotated[
         int | None,
@@ -411,24 +414,31 @@ def generate(
     from personagen_core.generation.endpoints import describe_endpoints
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import (
-        METHODS,
         GenerationConfig,
         estimate_cost,
         resolve_validation,
         resume_generation,
         run_generation,
         stored_llm_settings,
+        targets_of,
     )
     from personagen_core.local import LocalModelPool, prefer_passive_openmp
     from personagen_core.store import new_run_id
 
     prefer_passive_openmp()
 
+    if max_tokens is not None:
+        if token_budget is not None and token_budget != max_tokens:
+            raise typer.BadParameter("give --token-budget only (--max-tokens is its deprecated name)",
+                                     param_hint="--max-tokens")
+        typer.echo("warning: --max-tokens is deprecated (it read like the per-call limit); use --token-budget",
+                   err=True)
+        token_budget = max_tokens
     store = _store(db)
     urls = list(base_url or [])
     llm_over = _llm_overrides(
         backend, urls[0] if len(urls) == 1 else None, model, local_model, validator_model, generator_model,
-        concurrency, verdict_reasons,
+        concurrency,
     )
     llm_over.update(_endpoint_overrides(urls, endpoints_file))
     llm_over.update({k: v for k, v in (("timeout", timeout), ("structured", structured)) if v is not None})
@@ -452,7 +462,7 @@ def generate(
                 on_event=on_event,
                 cancel=cancel,
                 max_cost=max_cost,
-                max_tokens=max_tokens,
+                token_budget=token_budget,
                 max_attempts=max_attempts,
             ),
             info["target"],
@@ -470,8 +480,10 @@ def generate(
         validate=False if no_validate else llm_validation,
         emotions=[e.strip() for e in emotions.split(",") if e.strip()] if emotions else None,
         max_cost=max_cost,
-        max_tokens=max_tokens,
+        token_budget=token_budget,
         max_attempts=max_attempts,
+        temperature=temperature,
+        verdict_reasons=verdict_reasons.value if verdict_reasons else "all",
         llm=LLMSettings.from_env(**llm_over),
     )
     est = estimate_cost(spec, config)
@@ -485,7 +497,7 @@ def generate(
         f"estimate: ~{int(est.prompt_tokens + est.completion_tokens):,} tokens, cost {price} "
         f"({config.method}, {where}, model {config.llm.model_for('generator')})"
     )
-    names = config.emotions or spec.emotion_names
+    target = targets_of(spec, config)  # the quota the run will record (emotions checked against the spec)
     config = resolve_validation(config)
     if config.validation_policy and config.validation_policy.get("message") and METHODS[config.method].validate:
         typer.echo(config.validation_policy["message"])
@@ -504,12 +516,12 @@ def generate(
 
     try:
         book = throughput.ThroughputBook()
-        timing = throughput.estimate_run_time(config, per_emotion * len(names), book)
+        timing = throughput.estimate_run_time(config, sum(target.values()), book)
         if timing is None and (calibrate or (calibrate is None and pool is not None)):
             typer.echo(f"time: these settings were never timed on this machine; timing "
                        f"{throughput.CALIBRATION_TEXTS} texts first ...", err=True)
             throughput.calibrate(spec, config, book=book, http_client=http())
-            timing = throughput.estimate_run_time(config, per_emotion * len(names), book)
+            timing = throughput.estimate_run_time(config, sum(target.values()), book)
         typer.echo(f"time: {timing.message}" if timing else
                    "time: not measured on this machine yet (--calibrate times a 3-text run first)")
         run_id = new_run_id()
@@ -524,7 +536,7 @@ def generate(
             return run_generation(spec, config, store, on_event=both, cancel=cancel, run_id=run_id,
                                   http_client=http())
 
-        summary = _run_with_progress(start, {e: per_emotion for e in names})
+        summary = _run_with_progress(start, target)
         book.record(throughput.profile_key(config), timer.measurement("run"))  # the next estimate learns
     finally:
         if pool is not None:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from personagen_core.errors import DataError, LLMResponseError
 from personagen_core.generation.prompts import JUDGE_CRITERIA, JUDGE_SCHEMA, PROMPT_VERSION, judge_messages
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY
 
 __all__ = [
     "JUDGE_CRITERIA",
@@ -93,7 +94,7 @@ async def ajudge_texts(
         if key not in known:
             first_index.setdefault(key, i)
     results: dict[str, dict[str, Any]] = {}
-    limit = asyncio.Semaphore(max(1, int(getattr(client.settings, "concurrency", 8))))
+    limit = asyncio.Semaphore(max(1, int(getattr(client.settings, "concurrency", DEFAULT_CONCURRENCY))))
     total = len(first_index)
     done = 0
 

@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,7 +30,6 @@ from personagen_core.errors import (
     LLMEndpointError,
     LLMError,
     PersonaGenError,
-    SpecError,
     StoreError,
 )
 from personagen_core.generation import pricing
@@ -56,34 +55,18 @@ from personagen_core.generation.endpoints import (
 )
 from personagen_core.generation.llm import CallRecord, LLMClient, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, sentence_grammar, validation_messages
+from personagen_core.generation.run_config import METHODS, GenerationConfig, stages_of
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec
 from personagen_core.redaction import scrub, url_secrets
 from personagen_core.store import HEARTBEAT_S, CallRow, RunStore
 
-if TYPE_CHECKING:
-    from personagen_core.generation.pipeline import GenerationConfig
-
-__all__ = ["METHODS", "MethodInfo", "ProgressEvent", "RunSession", "RunSummary", "emotions_of", "stages_of"]
+__all__ = ["ProgressEvent", "RunSession", "RunSummary"]
 
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """How a method samples (``spec`` tables or ``uniform``), whether it validates, which checks it uses."""
-
-    mode: Literal["spec", "uniform"]
-    validate: bool
-    checks: CheckLevel
-
-
-METHODS: dict[str, MethodInfo] = {
-    "personagen": MethodInfo("spec", True, "full"),
-    "attrprompt": MethodInfo("uniform", False, "minimal"),
-    "priorwork": MethodInfo("spec", False, "basic"),
-}
 _SAMPLE_CHUNK = 256  # candidates drawn per sampler call
 # Prompt tokens are estimated from characters (about four per token); the margin covers tokenizers that
 # split finer, so a reservation stays a worst case. A call without max_tokens reserves _DEFAULT_COMPLETION.
@@ -145,25 +128,6 @@ class RunSummary:
         return all(self.accepted.get(e, 0) >= n for e, n in self.target.items())
 
 
-def emotions_of(spec: Spec, config: GenerationConfig) -> list[str]:
-    """The run's emotions: ``config.emotions`` (checked against the spec) or all of the spec's."""
-    names = spec.emotion_names
-    if not config.emotions:
-        return names
-    unknown = [e for e in config.emotions if e not in names]
-    if unknown:
-        raise SpecError(
-            f"unknown emotion(s) {', '.join(map(repr, unknown))}; the spec defines {', '.join(names)}",
-            path="emotions",
-        )
-    return list(dict.fromkeys(config.emotions))
-
-
-def stages_of(spec: Spec, config: GenerationConfig) -> list[int]:
-    """Stages whose attributes condition the text (those with columns in the spec)."""
-    return [s for s in (1, 2, 3) if str(s) in config.stages and spec.stage_columns(s)]
-
-
 class RunSession:
     """One session of a run (a start or a resume): state, workers, recording. Lives in one event loop.
 
@@ -197,8 +161,9 @@ class RunSession:
         self.columns = [c for s in self.stages for c in spec.stage_columns(s)]
         self.persona_stages = tuple(s for s in self.stages if s in (1, 2)) or (1,)
         self.emotion_objs = {e.name: e for e in spec.emotions}
-        names = emotions_of(spec, config)
-        self.target = {e: config.per_emotion for e in names}
+        # The quota recorded when the run was created (run_config.targets_of) is the one worked to.
+        self.target = {e: int(n) for e, n in store.run(run_id)["target"].items()}
+        names = list(self.target)
         counts = store.accepted_counts(run_id)
         self.accepted = {e: counts.get(e, 0) for e in names}
         self.claimed = dict.fromkeys(names, 0)
@@ -254,13 +219,13 @@ class RunSession:
         if need is None:
             if c.max_cost is not None and cost >= c.max_cost:
                 return "max_cost"
-            if c.max_tokens is not None and tokens >= c.max_tokens:
-                return "max_tokens"
+            if c.token_budget is not None and tokens >= c.token_budget:
+                return "token_budget"
             return None
         if c.max_cost is not None and cost + need[0] > c.max_cost:
             return "max_cost"
-        if c.max_tokens is not None and tokens + need[1] > c.max_tokens:
-            return "max_tokens"
+        if c.token_budget is not None and tokens + need[1] > c.token_budget:
+            return "token_budget"
         return None
 
     def _carry_worst(self, completion: int) -> tuple[float, int]:
@@ -271,7 +236,7 @@ class RunSession:
             batch = self.config.validation_batch
             df = self.sampler.sample(batch, random_state=np.random.default_rng([self.config.seed, 99]))
             rows = [{k: str(v) for k, v in r.items()} for r in df.to_dict("records")]
-            reasons = self.config.llm.verdict_reasons
+            reasons = self.config.verdict_reasons
             later = [
                 math.ceil(estimate_tokens(" ".join(m["content"] for m in validation_messages(
                     s, rows, self.spec, reasons=reasons))) * _PROMPT_MARGIN)
@@ -316,7 +281,7 @@ class RunSession:
         cost = pricing.cost(str(body.get("model")), prompt, completion) or 0.0
         tokens = prompt + completion
         need: tuple[float, int] | None = None
-        budgeted = self.config.max_cost is not None or self.config.max_tokens is not None
+        budgeted = self.config.max_cost is not None or self.config.token_budget is not None
         if budgeted and self.validate and role == "validator" and CURRENT_STAGE.get() == self.stages[0]:
             carry = self._carry_worst(completion)
             need = (cost + carry[0], tokens + carry[1])
@@ -477,8 +442,8 @@ class RunSession:
                 self.stop_reason = "cancelled"
             elif self.config.max_cost is not None and self.cost >= self.config.max_cost:
                 self.stop_reason = "max_cost"
-            elif self.config.max_tokens is not None and self.tokens >= self.config.max_tokens:
-                self.stop_reason = "max_tokens"
+            elif self.config.token_budget is not None and self.tokens >= self.config.token_budget:
+                self.stop_reason = "token_budget"
             elif sum(self.accepted.values()) + self._rejected() >= self.max_attempts:
                 # Validation rejections count too, so no new batch starts once the limit is used up.
                 self.stop_reason = "max_attempts"
@@ -553,7 +518,7 @@ class RunSession:
             comp = await self.client.complete(
                 messages,
                 role="generator",
-                temperature=gen.temperature,
+                temperature=self.config.temperature_for(self.spec),
                 max_tokens=gen.max_tokens,
                 grammar=sentence_grammar(gen.max_sentences),
             )
@@ -722,7 +687,8 @@ class RunSession:
                 local = self.config.llm.backend == "local" or await client.serves_one_at_a_time()
                 parallel = 1 if local else total_concurrency(self.config.llm)
                 validator = (
-                    Validator(self.spec, self.store, client, batch_size=self.config.validation_batch)
+                    Validator(self.spec, self.store, client, batch_size=self.config.validation_batch,
+                              reasons=self.config.verdict_reasons)
                     if self.validate
                     else None
                 )
@@ -806,7 +772,7 @@ class RunSession:
 
     def _budget_report(self, reason: str | None) -> dict[str, Any] | None:
         """What a budget stop spent against its limit, and the bound on the overshoot (calls in flight)."""
-        if reason not in ("max_cost", "max_tokens"):
+        if reason not in ("max_cost", "token_budget"):
             return None
         hit = self.budget_hit or {"in_flight": 0, "in_flight_worst_usd": 0.0, "in_flight_worst_tokens": 0}
         if reason == "max_cost":
@@ -822,7 +788,7 @@ class RunSession:
                     f"${hit['new_batch'][0]:.4f} to become texts"
                 )
         else:
-            limit, spent = float(self.config.max_tokens or 0), float(self.tokens)
+            limit, spent = float(self.config.token_budget or 0), float(self.tokens)
             worst = float(hit["in_flight_worst_tokens"])
             text = (
                 f"used {int(spent):,} of {int(limit):,} tokens, over by {int(max(0.0, spent - limit)):,}; "
@@ -844,11 +810,11 @@ class RunSession:
         }
 
 
+# Core messages name settings, not flags or fields: each shell adds its own hint (the CLI names the flag).
 _STOP_MESSAGES = {
-    "max_cost": "the cost budget (--max-cost) was reached; resume with a larger --max-cost to continue",
-    "max_tokens": "the token budget (--max-tokens) was reached; resume with a larger --max-tokens to continue",
-    "max_attempts": "the attempt limit (--max-attempts) was reached: too many rejected candidates or "
-    "outputs; "
+    "max_cost": "the cost limit was reached; resume with a larger cost limit to continue",
+    "token_budget": "the token budget was reached; resume with a larger token budget to continue",
+    "max_attempts": "the attempt limit was reached: too many rejected candidates or outputs; "
     "see the rejections, then resume with a larger limit",
     "exhausted": "no more candidates could be produced",
 }

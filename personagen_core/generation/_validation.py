@@ -78,17 +78,18 @@ class Validator:
 
     ``client`` is an open :class:`~personagen_core.generation.llm.LLMClient` (role ``validator``); ``batch_size`` is
     how many candidates may share one call (1 disables batching). ``store`` holds the cross-run cache;
-    with ``None`` verdicts are only remembered by this validator. Which verdicts carry a reason follows
-    the client's ``LLMSettings.verdict_reasons``.
+    with ``None`` verdicts are only remembered by this validator. ``reasons`` says which verdicts carry a
+    reason (the run config's ``verdict_reasons``).
     """
 
-    def __init__(self, spec: Spec, store: RunStore | None, client: Any, *, batch_size: int = 8) -> None:
+    def __init__(self, spec: Spec, store: RunStore | None, client: Any, *, batch_size: int = 8,
+                 reasons: VerdictReasons = "all") -> None:
         self.spec = spec
         self.store = store
         self.client = client
         self.batch_size = max(1, int(batch_size))
         self.model: str = client.settings.model_for("validator")
-        self.reasons: VerdictReasons = client.settings.verdict_reasons
+        self.reasons: VerdictReasons = reasons
         # Recent verdicts, oldest dropped past _MEMORY_MAX: the store's cross-run cache holds them all, so a
         # 100k-text run does not keep every attribute tuple it ever validated in memory.
         self._memory: dict[tuple[int, str], Verdict] = {}

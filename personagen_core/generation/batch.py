@@ -46,13 +46,7 @@ from personagen_core.errors import (
     StoreError,
 )
 from personagen_core.generation import pricing
-from personagen_core.generation._scheduler import (
-    METHODS,
-    ProgressEvent,
-    RunSummary,
-    emotions_of,
-    stages_of,
-)
+from personagen_core.generation._scheduler import ProgressEvent, RunSummary
 from personagen_core.generation._validation import Verdict, parse_batch_verdicts, verdict_max_tokens
 from personagen_core.generation.checks import LanguageIdentifier, NearDuplicateIndex, check_output, normalise
 from personagen_core.generation.llm import LLMSettings, parse_json_text
@@ -63,6 +57,7 @@ from personagen_core.generation.prompts import (
     validation_columns,
     validation_messages,
 )
+from personagen_core.generation.run_config import METHODS, stages_of, targets_of
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
@@ -240,8 +235,9 @@ class BatchRun:
         self.steps = [f"stage{s}" for s in self.stages if validation_columns(spec, s)] + [GENERATE]
         self.per = config.texts_per_persona or spec.generation.texts_per_persona
         self.emotion_objs = {e.name: e for e in spec.emotions}
-        names = emotions_of(spec, config)
-        self.target = {e: config.per_emotion for e in names}
+        # The quota recorded when the run was created (run_config.targets_of) is the one worked to.
+        self.target = {e: int(n) for e, n in store.run(run_id)["target"].items()}
+        names = list(self.target)
         counts = store.accepted_counts(run_id)
         self.accepted = {e: counts.get(e, 0) for e in names}
         self.rejections: dict[str, int] = dict(store.rejection_counts(run_id))
@@ -261,7 +257,7 @@ class BatchRun:
         self.secrets = [s for s in (key, *url_secrets(config.llm.base_url)) if s]
         self.validator_model = config.llm.model_for("validator")
         self.generator_model = config.llm.model_for("generator")
-        self.reasons = config.llm.verdict_reasons
+        self.reasons = config.verdict_reasons
         self.cands: dict[int, _Cand] = {}
         self._setup_candidates()
         self.surplus = sum(store.surplus_counts(run_id).values())
@@ -291,13 +287,13 @@ class BatchRun:
     def _check_stop(self) -> str | None:
         if self.stop_reason is None:
             c = self.config
-            token_budget = getattr(c, "token_budget", None) or getattr(c, "max_tokens", None)
+            token_budget = c.token_budget
             if self.cancel is not None and self.cancel.is_set():
                 self.stop_reason = "cancelled"
             elif c.max_cost is not None and self.cost >= c.max_cost:
                 self.stop_reason = "max_cost"
             elif token_budget is not None and self.tokens >= token_budget:
-                self.stop_reason = "max_tokens"
+                self.stop_reason = "token_budget"
             elif self._attempts() >= self.max_attempts:
                 self.stop_reason = "max_attempts"
         return self.stop_reason
@@ -491,7 +487,7 @@ class BatchRun:
             "model": self.generator_model,
             "messages": generation_messages(self.emotion_objs[emotion], cand.persona_text, cand.scenario_text,
                                             spec=self.spec),
-            "temperature": gen.temperature,
+            "temperature": self.config.temperature_for(self.spec),
             "max_tokens": gen.max_tokens,
         }
 
@@ -794,9 +790,9 @@ class BatchRun:
 
 
 _STOP_MESSAGES = {
-    "max_cost": "the cost budget (--max-cost) was reached; resume with a larger --max-cost to continue",
-    "max_tokens": "the token budget was reached; resume with a larger budget to continue",
-    "max_attempts": "the attempt limit (--max-attempts) was reached: too many rejected candidates or outputs",
+    "max_cost": "the cost limit was reached; resume with a larger cost limit to continue",
+    "token_budget": "the token budget was reached; resume with a larger token budget to continue",
+    "max_attempts": "the attempt limit was reached: too many rejected candidates or outputs",
     "max_waves": "the wave limit was reached without meeting every quota; see the rejections",
     "exhausted": "no more candidates could be produced",
     "awaiting_import": "a batch was exported for an offline run; import its results to continue",
@@ -858,7 +854,7 @@ def run_batch_generation(
     from personagen_core.generation.pipeline import estimate_cost, resolve_validation
 
     options = options or BatchOptions()
-    names = emotions_of(spec, config)
+    target = targets_of(spec, config)
     if config.llm.backend == "local" and not offline:
         raise LLMError("batch mode needs an endpoint with the Batch API (--base-url); the embedded model has none "
                        "(use `personagen batch export` for an offline batch job instead)")
@@ -866,7 +862,7 @@ def run_batch_generation(
         raise LLMError("batch mode sends its batches to one endpoint: give one --base-url, not an endpoint pool")
     config = resolve_validation(config)
     run_id = store.create_run(
-        method=config.method, config=config.stored(), target={e: config.per_emotion for e in names},
+        method=config.method, config=config.stored(), target=target,
         spec_yaml=dump_spec(spec), spec_hash=spec_hash(spec), spec_name=spec.name, run_id=run_id,
     )
     store.set_batch_run(run_id, options.model_dump())
@@ -874,7 +870,7 @@ def run_batch_generation(
     if offline:
         store.set_status(run_id, "stopped", stop_reason="awaiting_import",
                          message="an offline batch run: export its requests with `personagen batch export`")
-        return RunSummary(run_id, "stopped", "awaiting_import", None, {}, {e: config.per_emotion for e in names},
+        return RunSummary(run_id, "stopped", "awaiting_import", None, {}, dict(target),
                           {}, 0, 0.0, 0, 0.0)
     session = BatchRun(spec, config, store, run_id, options, on_event=on_event, cancel=cancel)
     return session.execute(remote or OpenAIBatches(config.llm, http_client=http_client))

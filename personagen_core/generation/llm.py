@@ -50,10 +50,14 @@ from personagen_core.errors import (
     LLMError,
     LLMResponseError,
 )
-from personagen_core.generation.prompts import VerdictReasons
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, DEFAULT_MODEL, ROLES, Role
+from personagen_core.local.models import DEFAULT_MODEL as DEFAULT_LOCAL_MODEL
+from personagen_core.local.transport import LOCAL_BASE_URL
 from personagen_core.redaction import redact_text, redact_url
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LOCAL_MODEL",
     "DEFAULT_MODEL",
     "LOCAL_BASE_URL",
     "ROLES",
@@ -72,13 +76,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gpt-4.1-mini"
-DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"
-LOCAL_BASE_URL = "http://local.invalid/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-ROLES = ("validator", "generator", "judge")
-
-Role = Literal["validator", "generator", "judge"]
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
 _MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
 ServerKind = Literal["auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama"]
@@ -166,10 +164,8 @@ class LLMSettings(BaseModel):
     holding 10 seconds' worth (a call reserves ~chars/4 prompt tokens + ``max_tokens``, corrected to the
     reported usage when it returns). ``backoff_base`` is the first retry delay
     in seconds (doubling each retry, capped at ``backoff_max``, with jitter); ``retry_after_max`` caps a
-    server's ``Retry-After``. ``verdict_reasons`` says which validation verdicts carry a one-sentence
-    reason: ``all`` (written before the verdict, as in the paper) or ``rejected`` (verdict first, a reason
-    for "implausible" only: fewer generated tokens, but the verdict is given without a reason first; on the
-    embedded 1.5B model it rejected a third of the candidates at random, docs/LOCAL_LLM.md).
+    server's ``Retry-After``. (Which verdicts carry a reason is a setting of the run,
+    ``GenerationConfig.verdict_reasons``.)
 
     ``timeout`` is the per-call timeout in seconds; ``None`` picks one that fits the backend
     (:attr:`effective_timeout`: 60 s for remote APIs, 300 s for a server on this machine or the local network,
@@ -190,7 +186,7 @@ class LLMSettings(BaseModel):
     model: str = DEFAULT_MODEL
     models: dict[Role, str] = Field(default_factory=dict)
     local_model: str = DEFAULT_LOCAL_MODEL
-    concurrency: int = Field(default=16, ge=1, le=1024)
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=1024)
     max_retries: int = Field(default=6, ge=0, le=100)
     timeout: float | None = Field(default=None, gt=0)
     rpm: float | None = Field(default=None, gt=0)
@@ -198,7 +194,6 @@ class LLMSettings(BaseModel):
     backoff_base: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
     retry_after_max: float = Field(default=60.0, ge=0)
-    verdict_reasons: VerdictReasons = "all"
     server: ServerKind = "auto"
     structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
     give_up_after: int = Field(default=12, ge=1, le=10_000)
@@ -209,6 +204,9 @@ class LLMSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_backend(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "verdict_reasons" in data:
+            raise ValueError("verdict_reasons is a setting of the run (GenerationConfig.verdict_reasons), "
+                             "not of the LLM")
         if isinstance(data, Mapping) and data.get("backend") is None:
             data = dict(data)
             data["backend"] = (

@@ -27,99 +27,61 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from personagen_core.errors import BudgetExceeded, DataError, StoreError
 from personagen_core.generation import pricing
-from personagen_core.generation._scheduler import (
-    METHODS,
-    ProgressEvent,
-    RunSession,
-    RunSummary,
-    emotions_of,
-    stages_of,
-)
+from personagen_core.generation._scheduler import ProgressEvent, RunSession, RunSummary
 from personagen_core.generation._validation import Validator, Verdict
 from personagen_core.generation.endpoints import open_client
 from personagen_core.generation.llm import LLMSettings, estimate_tokens
-from personagen_core.generation.prompts import generation_messages, validation_columns, validation_messages
+from personagen_core.generation.prompts import (
+    VerdictReasons,
+    generation_messages,
+    validation_columns,
+    validation_messages,
+)
+from personagen_core.generation.run_config import (
+    METHODS,
+    RESUME_OVERRIDES,
+    GenerationConfig,
+    emotions_of,
+    stages_of,
+    targets_of,
+    upgrade_stored_config,
+)
 from personagen_core.generation.validation_policy import decide
+from personagen_core.generation.vocabulary import FUNNEL_VERDICTS, KEPT_VERDICTS
 from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
-from personagen_core.redaction import is_redacted_url, redact_url
+from personagen_core.redaction import is_redacted_url
 from personagen_core.store import RunStore
 
 __all__ = [
-    "GenerationConfig",
     "METHODS",
-    "ProgressEvent",
     "RESUME_OVERRIDES",
-    "RunSummary",
     "VERDICTS",
-    "arun_generation",
+    "GenerationConfig",
+    "ProgressEvent",
+    "RunSummary",
     "aresume_generation",
+    "arun_generation",
     "avalidate_personas",
+    "emotions_of",
     "estimate_cost",
     "funnel",
     "resolve_validation",
     "resume_generation",
     "run_generation",
+    "stages_of",
     "stored_llm_settings",
+    "targets_of",
     "validate_personas",
 ]
-
-Method = Literal["personagen", "attrprompt", "priorwork"]
-#: Settings a resumed run may change (budgets and limits; never what or how much to generate).
-RESUME_OVERRIDES = ("max_attempts", "max_cost", "max_tokens")
-
-
-class GenerationConfig(BaseModel):
-    """What to generate and the limits of a run. ``validate`` (attribute ``validate_``) turns the stage 1-3
-    LLM validation on or off; None (default) leaves it to :func:`validation_policy.decide` (off for a validator
-    measured at chance, such as the embedded models; on otherwise). A started run records the resolved value
-    and the decision (``validation_policy``) in its stored config. ``stages`` is the ablation switch (``"1"``,
-    ``"12"`` or ``"123"``).
-
-    ``max_attempts`` bounds accepted + rejected outputs + rejected candidates over the whole run (default:
-    ten per wanted text plus 50); ``max_cost`` (USD) and ``max_tokens`` bound the run's usage: once reached no
-    new call starts, calls in flight finish, and the run stops resumable. ``texts_per_persona`` overrides the
-    spec's value; ``validation_batch`` is how many candidates share one validation call.
-    """
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    method: Method = "personagen"
-    emotions: list[str] | None = None
-    per_emotion: int = Field(default=10, ge=1, le=10_000_000)
-    seed: int = 0
-    stages: Literal["1", "12", "123"] = "123"
-    validate_: bool | None = Field(default=None, alias="validate")
-    validation_policy: dict[str, Any] | None = None
-    validation_batch: int = Field(default=8, ge=1, le=64)
-    texts_per_persona: int | None = Field(default=None, ge=1, le=100)
-    max_attempts: int | None = Field(default=None, ge=1)
-    max_cost: float | None = Field(default=None, gt=0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    near_duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
-    workers: int | None = Field(default=None, ge=1, le=4096)
-    llm: LLMSettings = Field(default_factory=LLMSettings)
-
-    def stored(self) -> dict[str, Any]:
-        """JSON-safe dict for the run store; the API key is excluded by :class:`LLMSettings`, credentials
-        in the base URL (user-info, ``api_key=``-style parameters) are replaced by ``***``."""
-        out = self.model_dump(mode="json", by_alias=True)
-        llm = out.get("llm") or {}
-        if llm.get("base_url"):
-            llm["base_url"] = redact_url(llm["base_url"])
-        for endpoint in llm.get("endpoints") or []:  # an endpoint pool: key variable names only, never keys
-            endpoint["url"] = redact_url(endpoint["url"])
-        return out
-
 
 def resolve_validation(config: GenerationConfig) -> GenerationConfig:
     """``config`` with ``validate`` decided (the user's choice, else the measured-quality policy) and the
@@ -137,8 +99,8 @@ def _check_budget_prices(config: GenerationConfig) -> None:
         model = config.llm.model_for(role)
         if pricing.cost(model, 0, 0) is None:
             raise BudgetExceeded(
-                f"--max-cost needs a price for model {model!r} ({role}); add it to the price "
-                "table or use --max-tokens instead"
+                f"the cost limit needs a price for model {model!r} ({role}); add it to the price "
+                "table or set a token budget instead"
             )
 
 
@@ -153,13 +115,13 @@ async def arun_generation(
     http_client: Any = None,
 ) -> RunSummary:
     """Start a new run (id ``run_id`` or a fresh one) and generate to its quotas (:func:`run_generation`)."""
-    names = emotions_of(spec, config)
+    target = targets_of(spec, config)
     _check_budget_prices(config)
     config = resolve_validation(config)
     run_id = store.create_run(
         method=config.method,
         config=config.stored(),
-        target={e: config.per_emotion for e in names},
+        target=target,
         spec_yaml=dump_spec(spec),
         spec_hash=spec_hash(spec),
         spec_name=spec.name,
@@ -203,6 +165,7 @@ def stored_llm_settings(
     override or ``OPENAI_BASE_URL``), else :class:`StoreError` says so.
     """
     stored = dict(info["config"].get("llm") or {})
+    stored.pop("verdict_reasons", None)  # stored by older versions; now a setting of the run config
     if is_redacted_url(stored.get("base_url")):
         redacted = stored.pop("base_url")
         source = env if env is not None else os.environ
@@ -235,10 +198,12 @@ async def aresume_generation(
     spec = parse_spec(info["spec_yaml"] or "", source=f"run {run_id} spec snapshot")
     if info.get("spec_hash") and spec_hash(spec) != info["spec_hash"]:
         raise StoreError(f"run {run_id}: the stored spec snapshot does not match its hash")
+    if "max_tokens" in overrides:  # the token budget's former name
+        overrides["token_budget"] = overrides.pop("max_tokens")
     bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if bad:
         raise StoreError(f"a resumed run can only change {', '.join(RESUME_OVERRIDES)}, not {', '.join(bad)}")
-    data = dict(info["config"])
+    data = upgrade_stored_config(info["config"])  # configs stored by older versions use former names
     data.update({k: v for k, v in overrides.items() if v is not None})
     data.pop("llm", None)
     data["llm"] = llm if llm is not None else stored_llm_settings(info)
@@ -261,7 +226,7 @@ def resume_generation(
 
     The spec snapshot and config come from the store; the API key is not stored, so it is read again from
     ``OPENAI_API_KEY`` unless ``llm`` (complete settings) is given. ``overrides`` may raise the limits
-    (``max_attempts``, ``max_cost``, ``max_tokens``). Accepted texts are never lost or duplicated: counts come
+    (``max_attempts``, ``max_cost``, ``token_budget``). Accepted texts are never lost or duplicated: counts come
     from the store and the store refuses duplicates and texts beyond the quota.
     """
     return asyncio.run(
@@ -317,7 +282,7 @@ def estimate_cost(
         ),
     }
     if validate:
-        reasons = config.llm.verdict_reasons
+        reasons = config.verdict_reasons
         candidates = gen_calls / per / (stage_survival ** len(stages))
         for stage in stages:
             msgs = validation_messages(stage, rows, spec, reasons=reasons)
@@ -331,8 +296,9 @@ def estimate_cost(
     return pricing.estimate_run_cost(est, table=table)
 
 
-#: Verdict values of stages 1-3 (``"error"``: the endpoint gave no usable answer; the persona is dropped).
-VERDICTS = ("natural", "rare but plausible", "implausible", "error")
+#: Verdict values of stages 1-3 and ``"error"`` (the endpoint gave no usable answer; the persona is
+#: dropped): what :func:`funnel` counts. Owned by :mod:`vocabulary` (``FUNNEL_VERDICTS``).
+VERDICTS = FUNNEL_VERDICTS
 
 
 def _wanted_stages(spec: Spec, stages: Any, personas: pd.DataFrame) -> list[int]:
@@ -361,6 +327,7 @@ async def avalidate_personas(
     cancel: threading.Event | None = None,
     http_client: Any = None,
     batch_size: int = 8,
+    verdict_reasons: VerdictReasons = "all",
 ) -> pd.DataFrame:
     """Stage 1-3 verdicts for ``personas``; see :func:`validate_personas`."""
     wanted = _wanted_stages(spec, stages, personas)
@@ -371,7 +338,7 @@ async def avalidate_personas(
     cancelled = False
     batch = max(1, int(batch_size))
     async with open_client(llm_settings, http_client=http_client) as client:
-        validator = Validator(spec, store, client, batch_size=batch)
+        validator = Validator(spec, store, client, batch_size=batch, reasons=verdict_reasons)
         # Chunks run concurrently (the client bounds the HTTP concurrency); the semaphore only keeps
         # chunks not started yet cancellable.
         gate = asyncio.Semaphore(max(1, llm_settings.concurrency))
@@ -446,6 +413,7 @@ def validate_personas(
     cancel: threading.Event | None = None,
     http_client: Any = None,
     batch_size: int = 8,
+    verdict_reasons: VerdictReasons = "all",
 ) -> pd.DataFrame:
     """Validate ``personas`` (one row per persona, the spec's attribute columns) at ``stages``.
 
@@ -460,6 +428,7 @@ def validate_personas(
     follows the progress; setting ``cancel`` stops before the next chunk (unfinished rows get
     ``kept`` <NA>). Synchronous, with its own event loop: call it from a thread without a running loop.
     Stages without columns in the spec are skipped; a missing column raises :class:`DataError`.
+    ``verdict_reasons`` is the run config's setting of the same name (which verdicts carry a reason).
     """
     return asyncio.run(
         avalidate_personas(
@@ -472,6 +441,7 @@ def validate_personas(
             cancel=cancel,
             http_client=http_client,
             batch_size=batch_size,
+            verdict_reasons=verdict_reasons,
         )
     )
 
@@ -488,7 +458,7 @@ def funnel(validated: pd.DataFrame) -> dict[str, Any]:
         out[stage] = {
             "validated": int(col.notna().sum()),
             **counts,
-            "kept": counts["natural"] + counts["rare but plausible"],
+            "kept": sum(counts[v] for v in KEPT_VERDICTS),
             "cached": int(validated[f"cached_stage{stage}"].fillna(False).sum())
             if f"cached_stage{stage}" in validated
             else 0,

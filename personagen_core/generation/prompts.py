@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
+from personagen_core.generation.vocabulary import KEPT_VERDICTS, VERDICTS, VerdictReasons
 from personagen_core.personas.spec import Emotion, Spec
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
 
 #: Bumped when a prompt changes in a way that could change verdicts.
 PROMPT_VERSION = 1
-VERDICTS: tuple[str, ...] = ("natural", "rare but plausible", "implausible")
-KEPT_VERDICTS: frozenset[str] = frozenset({"natural", "rare but plausible"})
 #: The judge criteria of the paper's Fig. 4 (``lexical_diversity`` covers "lexical diversity and
 #: appropriateness", as in the paper).
 JUDGE_CRITERIA: tuple[str, ...] = ("emotion_match", "grammaticality", "lexical_diversity", "structure_logic")
@@ -59,9 +58,6 @@ _VERDICT_RULES = (
     "Judge realism only, not desirability, and avoid stereotypes: do not call a combination implausible just "
     "because it is uncommon."
 )
-#: Which verdicts carry a one-sentence reason: ``all`` (written before the verdict, as the paper's
-#: validator does) or only ``rejected`` ones (verdict first; a reason follows an "implausible" verdict).
-VerdictReasons = Literal["all", "rejected"]
 _REASON_RULE: dict[str, str] = {
     "all": " Give a one-sentence reason.",
     "rejected": ' Give the verdict first; for an "implausible" verdict only, add a one-sentence reason.',

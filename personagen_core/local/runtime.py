@@ -18,6 +18,7 @@ chat-completions request bodies, and the per-process pool of loaded models.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -35,10 +36,13 @@ from personagen_core.local.models import MODELS, resolve_model_path, runtime_ava
 if TYPE_CHECKING:
     from personagen_core.local.transport import LocalTransport
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_LLAMA_PARAMS",
     "DEFAULT_MAX_STRING_CHARS",
     "DEFAULT_REPEAT_PENALTY",
+    "DEFAULT_TEMPERATURE",
     "LocalModel",
     "LocalModelPool",
     "LocalStats",
@@ -157,6 +161,19 @@ DEFAULT_MAX_STRING_CHARS = 80
 #: llama.cpp's penalty on tokens repeated within the last 64; OpenAI's API has no such knob, and without it
 #: the small models loop ("1.1.1.1...") at temperature 0. See docs/LOCAL_LLM.md.
 DEFAULT_REPEAT_PENALTY = 1.1
+#: Temperature of a request that sends none: the OpenAI API's documented default, so the embedded model
+#: answers such a request as a hosted one would. PersonaGen's own calls always send theirs (validation 0, the
+#: judge 0, generation the run's ``GenerationConfig.temperature`` or the spec's); a request without one is
+#: logged, so that a caller forgetting it does not go unnoticed.
+DEFAULT_TEMPERATURE = 1.0
+
+
+def _temperature(req: _ChatRequest) -> float:
+    if req.temperature is None:
+        _log.info("request without a temperature: the embedded model samples at the API default %s",
+                  DEFAULT_TEMPERATURE)
+        return DEFAULT_TEMPERATURE
+    return req.temperature
 
 
 def _grammar_schema(schema: Any, max_string_chars: int | None) -> Any:
@@ -320,7 +337,7 @@ class LocalModel:
         try:
             result = llama.create_chat_completion(
                 messages=messages,
-                temperature=1.0 if req.temperature is None else req.temperature,
+                temperature=_temperature(req),
                 top_p=1.0 if req.top_p is None else req.top_p,
                 max_tokens=req.max_completion_tokens or req.max_tokens,
                 seed=seed,

@@ -1,0 +1,81 @@
+"""The words of generation, each defined once: methods, verdicts, verdict-reason modes, default model and
+concurrency. Standard library only, so the CLI builds its option choices from here without loading the LLM
+client (the CLI starts fast); the modules that use these words re-export them (:mod:`prompts`,
+:mod:`run_config`, :mod:`llm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from personagen_core.generation.checks import CheckLevel
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MODEL",
+    "ERROR_VERDICT",
+    "FUNNEL_VERDICTS",
+    "KEPT_VERDICTS",
+    "METHODS",
+    "ROLES",
+    "STAGE_CHOICES",
+    "VERDICTS",
+    "VERDICT_REASONS",
+    "Method",
+    "MethodInfo",
+    "Role",
+    "StageChoice",
+    "VerdictReasons",
+]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """How a method samples (``spec`` tables or ``uniform``), whether it validates, which checks it uses."""
+
+    mode: Literal["spec", "uniform"]
+    validate: bool
+    checks: CheckLevel
+
+
+Method = Literal["personagen", "attrprompt", "priorwork"]
+#: The generation methods (:mod:`pipeline` says what each one is); CLI and dashboard choices come from here.
+METHODS: dict[str, MethodInfo] = {
+    "personagen": MethodInfo("spec", True, "full"),
+    "attrprompt": MethodInfo("uniform", False, "minimal"),
+    "priorwork": MethodInfo("spec", False, "basic"),
+}
+assert set(get_args(Method)) == set(METHODS)
+
+StageChoice = Literal["1", "12", "123"]
+#: The conditioning ablations: stage 1, stages 1+2, or all three.
+STAGE_CHOICES: tuple[str, ...] = get_args(StageChoice)
+
+#: The verdicts a validator may give a stage 1-3 candidate.
+VERDICTS: tuple[str, ...] = ("natural", "rare but plausible", "implausible")
+#: The verdicts that keep a candidate.
+KEPT_VERDICTS: frozenset[str] = frozenset({"natural", "rare but plausible"})
+#: The pseudo-verdict recorded when the endpoint gave no usable answer (the candidate is dropped).
+ERROR_VERDICT = "error"
+#: What a validation funnel counts per stage: the verdicts and the errors.
+FUNNEL_VERDICTS: tuple[str, ...] = (*VERDICTS, ERROR_VERDICT)
+
+#: Which verdicts carry a one-sentence reason: ``all`` (written before the verdict, as the paper's
+#: validator does) or only ``rejected`` ones (verdict first; a reason follows an "implausible" verdict).
+VerdictReasons = Literal["all", "rejected"]
+VERDICT_REASONS: tuple[str, ...] = get_args(VerdictReasons)
+
+Role = Literal["validator", "generator", "judge"]
+#: What the LLM is asked to be; each role may have its own model (``LLMSettings.models``).
+ROLES: tuple[str, ...] = get_args(Role)
+
+#: The model of every role unless one is chosen (the embedded backend's default is
+#: ``personagen_core.local.DEFAULT_MODEL``).
+DEFAULT_MODEL = "gpt-4.1-mini"
+#: Most LLM calls in flight, the same in the core, the CLI and the dashboard. It is a ceiling: the client
+#: starts lower (4 remote, 1 embedded) and adapts to what the endpoint sustains (429s and latency back it
+#: off), so a higher ceiling only matters where the endpoint keeps up; 16 lets a hosted API reach useful
+#: throughput without bursting a new account's rate limit (the dashboard's former 8 halved it for no gain).
+DEFAULT_CONCURRENCY = 16
