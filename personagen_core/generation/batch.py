@@ -613,9 +613,15 @@ class BatchRun:
         if not res.ok:
             self._reject(4, res.reason or "rejected", res.detail, emotion=emotion, persona_id=pid, text=res.text)
             return True
-        outcome = self.store.add_text(self.run_id, emotion=emotion, text=res.text, text_norm=normalise(res.text),
-                                      persona_id=pid, model=str(body.get("model") or model),
-                                      quota=self.target[emotion])
+        if self.accepted[emotion] >= self.target[emotion]:
+            outcome = "quota_full"  # this session is the run's one writer: its counts are the store's
+        else:
+            # Written with the ingest's next commit, together with the request's status (the store's guards
+            # still apply then); the index above has already refused duplicates of accepted texts.
+            outcome = self.store.add_text(self.run_id, emotion=emotion, text=res.text,
+                                          text_norm=normalise(res.text), persona_id=pid,
+                                          model=str(body.get("model") or model), quota=self.target[emotion],
+                                          defer=True)
         if outcome == "accepted":
             self.accepted[emotion] += 1
             self.index.add(res.text)
