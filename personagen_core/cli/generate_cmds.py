@@ -139,6 +139,7 @@ def _info_line(ev: ProgressEvent) -> str:
     return (
         f"rejected {rej} | {ev.tokens:,} tok | ${ev.cost:.4f} | "
         f"{_fmt_s(ev.elapsed_s)} elapsed, ETA {_fmt_s(ev.eta_s)}"
+        + (f" | {ev.message}" if ev.message and ev.state == "running" else "")  # e.g. a batch's status
     )
 
 

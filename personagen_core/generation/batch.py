@@ -556,6 +556,10 @@ class BatchRun:
                 self.store.set_batch_request_status(self.run_id, [(cid, "ok" if good else "failed")])
                 ok += good
                 failed += not good
+                if (ok + failed) % 500 == 0:  # a long ingest keeps its lease and shows progress
+                    self.heartbeat()
+                    self.note = f"wave {job['wave']}, {step}: recording results ({ok + failed:,} read)"
+                    self.emit()
             missing = [cid for cid, r in requests.items() if r["status"] == "pending" and cid not in done]
             self.store.set_batch_request_status(self.run_id, [(cid, "failed") for cid in missing])
             for cid in missing:
