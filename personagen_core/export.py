@@ -9,6 +9,7 @@ method did not validate). Nothing secret is in a run, so nothing secret can be e
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +18,76 @@ import pandas as pd
 from personagen_core.errors import PersonaGenError
 from personagen_core.store import RunStore
 
-__all__ = ["FORMATS", "dataset_card", "export_run", "export_frame"]
+__all__ = ["FORMATS", "dataset_card", "export_frame", "export_run", "iter_export_frames"]
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet", "hf")
 
 
-def export_frame(store: RunStore, run_id: str) -> pd.DataFrame:
-    """The exported table of a run (see the module docstring for its columns)."""
-    df = store.texts(run_id)
+def _with_label(df: pd.DataFrame) -> pd.DataFrame:
     df.insert(df.columns.get_loc("emotion") + 1, "label", df["emotion"])
     return df
 
 
-def export_run(store: RunStore, run_id: str, fmt: str, path: str | Path) -> Path:
+def export_frame(store: RunStore, run_id: str) -> pd.DataFrame:
+    """The exported table of a run (see the module docstring for its columns), all rows in memory."""
+    return _with_label(store.texts(run_id))
+
+
+def iter_export_frames(store: RunStore, run_id: str, chunk_size: int = 10_000) -> Iterator[pd.DataFrame]:
+    """The exported table of a run in frames of at most ``chunk_size`` rows, read from one cursor."""
+    for df in store.iter_texts(run_id, chunk_size):
+        yield _with_label(df)
+
+
+def _parquet_schema(columns: list[str]) -> Any:
+    import pyarrow as pa
+
+    ints = {"text_id", "persona_id"}
+    return pa.schema([(c, pa.int64() if c in ints else pa.string()) for c in columns])
+
+
+def export_run(store: RunStore, run_id: str, fmt: str, path: str | Path, *, chunk_size: int = 10_000) -> Path:
     """Write run ``run_id`` to ``path`` in format ``fmt`` (``csv``, ``jsonl``, ``parquet`` or ``hf``).
 
-    ``hf`` writes a ``datasets.Dataset.save_to_disk`` folder plus a ``README.md`` dataset card. Parent
-    folders are created. Returns the path written.
+    ``csv``, ``jsonl`` and ``parquet`` stream: rows are read from the store and written ``chunk_size`` at a
+    time (a 100k-text run is never one table in memory). ``hf`` writes a ``datasets.Dataset.save_to_disk``
+    folder plus a ``README.md`` dataset card, from the whole table. Parent folders are created. Returns the
+    path written.
     """
     if fmt not in FORMATS:
         raise PersonaGenError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    df = export_frame(store, run_id)
+    store.run(run_id)  # a missing run is a StoreError before any file is created
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "csv":
-            df.to_csv(out, index=False)
-        elif fmt == "jsonl":
-            df.to_json(out, orient="records", lines=True, force_ascii=False)
-        elif fmt == "parquet":
-            df.to_parquet(out, index=False)
-        else:
+        if fmt == "hf":
             import datasets  # heavy: only for this format
 
+            df = export_frame(store, run_id)
             datasets.Dataset.from_pandas(df, preserve_index=False).save_to_disk(str(out))
             (out / "README.md").write_text(dataset_card(store, run_id), encoding="utf-8")
+        elif fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            try:
+                for df in iter_export_frames(store, run_id, chunk_size):
+                    if writer is None:
+                        schema = _parquet_schema(list(df.columns))
+                        writer = pq.ParquetWriter(out, schema)
+                    writer.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False))
+            finally:
+                if writer is not None:
+                    writer.close()
+        else:
+            with out.open("w", encoding="utf-8", newline="") as f:
+                for i, df in enumerate(iter_export_frames(store, run_id, chunk_size)):
+                    if fmt == "csv":
+                        df.to_csv(f, index=False, header=i == 0)
+                    elif len(df):
+                        chunk = df.to_json(orient="records", lines=True, force_ascii=False)
+                        f.write(chunk if chunk.endswith("\n") else chunk + "\n")
     except OSError as exc:
         raise PersonaGenError(f"cannot write the export to {out}: {exc.strerror or exc}") from None
     return out

@@ -713,6 +713,21 @@ class RunStore:
             data.append(d)
         return pd.DataFrame(data, columns=cols)
 
+    def size(self) -> dict[str, Any]:
+        """The store on disk: ``bytes`` (database plus its WAL and shared-memory files), ``runs``, ``texts``
+        (accepted texts of every run) and ``bytes_per_1000_texts`` (None without texts). The file holds every
+        run's personas, verdicts, calls and events too, so this is the whole store's cost per text."""
+        size = sum(
+            p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")) if p.is_file()
+        )
+        runs, texts = self._query("SELECT (SELECT COUNT(*) FROM runs), (SELECT COUNT(*) FROM texts)")[0]
+        return {
+            "bytes": size,
+            "runs": int(runs),
+            "texts": int(texts),
+            "bytes_per_1000_texts": size / texts * 1000 if texts else None,
+        }
+
     # -- personas and verdicts ---------------------------------------------------------------------------
     def next_persona_id(self, run_id: str) -> int:
         """The next free persona id of a run (ids are never reused, also across resumed sessions)."""
@@ -887,8 +902,34 @@ class RunStore:
         """One row per accepted text: ``text_id, run_id, method, emotion, text``, the persona and scenario
         descriptions, ``persona_id``, one column per sampled attribute, then the stage 1-3 verdicts of its
         persona/scene: ``verdict_stage1, reason_stage1, ..., reason_stage3`` (joined from the run's verdict
-        rows; None where the method or ablation did not validate that stage)."""
+        rows; None where the method or ablation did not validate that stage). For a large run, read it in
+        chunks with :meth:`iter_texts` instead."""
+        chunks = list(self.iter_texts(run_id))
+        return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+
+    def text_columns(self, run_id: str) -> list[str]:
+        """The columns of :meth:`texts` for a run (the attribute columns found by SQLite, not in Python)."""
+        base = ["text_id", "run_id", "method", "emotion", "text", "model", "persona_id", "persona", "scenario"]
+        verdict_cols = [f"{kind}_stage{s}" for s in _STAGES for kind in ("verdict", "reason")]
+        # attribute names in first-seen order: by the first text whose persona has them, then position
+        keys = self._query(
+            """SELECT j.key FROM texts t JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id,
+                      json_each(p.attrs_json) j
+               WHERE t.run_id = ? GROUP BY j.key ORDER BY MIN(t.text_id), MIN(j.id)""",
+            (run_id,),
+        )
+        reserved = set(base) | set(verdict_cols)
+        return base + [r[0] for r in keys if r[0] not in reserved] + verdict_cols
+
+    def iter_texts(self, run_id: str, chunk_size: int = 10_000) -> Iterator[pd.DataFrame]:
+        """The rows of :meth:`texts` in frames of at most ``chunk_size`` rows, read from one cursor (a large
+        run is never held in memory at once). Always yields at least one frame (empty for a run with no
+        texts), every frame with the same columns."""
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         run = self.run(run_id)
+        columns = self.text_columns(run_id)
+        verdict_cols = [c for c in columns if c.startswith(("verdict_stage", "reason_stage"))]
         # The latest verdict row per (persona, stage) (SQLite takes the bare columns from the MAX(id) row);
         # a persona is validated once per stage, MAX only guards against a repeated row.
         joins = "".join(
@@ -897,49 +938,45 @@ class RunStore:
         picks = "".join(
             f", v{s}.verdict AS verdict_stage{s}, v{s}.reason AS reason_stage{s}" for s in _STAGES
         )
-        rows = self._query(
-            f"""WITH v AS (SELECT persona_id, stage, verdict, reason, MAX(id) FROM verdicts
-                           WHERE run_id = ? GROUP BY persona_id, stage)
-               SELECT t.text_id, t.run_id, t.emotion, t.text, t.model, t.persona_id, p.attrs_json,
-                      p.persona_text, p.scenario_text{picks}
-               FROM texts t LEFT JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id{joins}
-               WHERE t.run_id = ? ORDER BY t.text_id""",
-            (run_id, run_id),
-        )
-        base = [
-            "text_id",
-            "run_id",
-            "method",
-            "emotion",
-            "text",
-            "model",
-            "persona_id",
-            "persona",
-            "scenario",
-        ]
-        verdict_cols = [f"{kind}_stage{s}" for s in _STAGES for kind in ("verdict", "reason")]
-        data: list[dict[str, Any]] = []
-        attr_cols: dict[str, None] = {}
-        for r in rows:
-            attrs = json.loads(r["attrs_json"]) if r["attrs_json"] else {}
-            attr_cols.update(dict.fromkeys(attrs))
-            data.append(
-                {
-                    "text_id": r["text_id"],
-                    "run_id": r["run_id"],
-                    "method": run["method"],
-                    "emotion": r["emotion"],
-                    "text": r["text"],
-                    "model": r["model"],
-                    "persona_id": r["persona_id"],
-                    "persona": r["persona_text"],
-                    "scenario": r["scenario_text"],
-                    **attrs,
-                    **{c: r[c] for c in verdict_cols},
-                }
+        if self._pending:
+            self.flush()  # read your own deferred writes
+        try:
+            cur = self._conn().execute(
+                f"""WITH v AS (SELECT persona_id, stage, verdict, reason, MAX(id) FROM verdicts
+                               WHERE run_id = ? GROUP BY persona_id, stage)
+                   SELECT t.text_id, t.run_id, t.emotion, t.text, t.model, t.persona_id, p.attrs_json,
+                          p.persona_text, p.scenario_text{picks}
+                   FROM texts t LEFT JOIN personas p ON p.run_id = t.run_id AND p.persona_id = t.persona_id{joins}
+                   WHERE t.run_id = ? ORDER BY t.text_id""",
+                (run_id, run_id),
             )
-        reserved = set(base) | set(verdict_cols)
-        return pd.DataFrame(data, columns=base + [c for c in attr_cols if c not in reserved] + verdict_cols)
+        except sqlite3.Error as exc:
+            raise StoreError(f"run store {self.path}: {exc}") from exc
+        yielded = False
+        try:
+            while rows := cur.fetchmany(chunk_size):
+                data = [
+                    {
+                        "text_id": r["text_id"],
+                        "run_id": r["run_id"],
+                        "method": run["method"],
+                        "emotion": r["emotion"],
+                        "text": r["text"],
+                        "model": r["model"],
+                        "persona_id": r["persona_id"],
+                        "persona": r["persona_text"],
+                        "scenario": r["scenario_text"],
+                        **(json.loads(r["attrs_json"]) if r["attrs_json"] else {}),
+                        **{c: r[c] for c in verdict_cols},
+                    }
+                    for r in rows
+                ]
+                yielded = True
+                yield pd.DataFrame(data, columns=columns)
+        finally:
+            cur.close()
+        if not yielded:
+            yield pd.DataFrame([], columns=columns)
 
     # -- usage ----------------------------------------------------------------------------------------------
     def add_calls(self, run_id: str, calls: Sequence[CallRow]) -> None:

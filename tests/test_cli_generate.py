@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -73,6 +74,13 @@ def test_generate_runs_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert res.exit_code == 0
     for word in ("funnel", "stage 1", "stage 3", "rejections", "usage", "validator", "generator", "total:"):
         assert word in res.output, word
+    # the store's size on disk and per 1,000 texts (one run of 6 texts in it)
+    m = re.search(r"store .*: ([\d.,]+) MB for 6 texts in 1 run\(s\), ([\d.,]+) MB per 1,000 texts", res.output)
+    assert m is not None, res.output
+    total, per_1000 = (float(g.replace(",", "")) for g in m.groups())
+    # the total is printed to 0.1 MB: per 1,000 texts is total / 6 * 1000 within that rounding
+    assert total > 0 and per_1000 == pytest.approx(total / 6 * 1000, abs=0.05 / 6 * 1000 + 0.01)
+    assert RunStore(db).size()["texts"] == 6
 
     frames = {}
     for fmt, name in (("csv", "t.csv"), ("jsonl", "t.jsonl"), ("parquet", "t.parquet"), ("hf", "hf")):

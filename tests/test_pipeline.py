@@ -767,3 +767,66 @@ def test_token_budget_at_concurrency_32_overshoots_by_at_most_one_call(tmp_path:
     budget = summary.budget
     assert budget is not None and budget["overshoot"] == max(0, summary.tokens - limit) <= budget["in_flight_worst"]
     assert summary.tokens == store.totals(summary.run_id)["tokens"]
+
+
+_REPORTING_RUN = """
+import json, sys
+from personagen_core.generation.llm import LLMSettings
+from personagen_core.generation.pipeline import GenerationConfig, run_generation
+from personagen_core.personas.spec import load_pack
+from personagen_core.store import RunStore
+
+url, db, log = sys.argv[1:4]
+out = open(log, "a", encoding="utf-8")
+
+def on_event(ev):
+    out.write(json.dumps(ev.accepted) + "\\n")  # what the run reported accepted, in order
+    out.flush()
+
+cfg = GenerationConfig(emotions=["joy", "fear"], per_emotion=80, seed=3, llm=LLMSettings(
+    base_url=url, api_key="sk-x", model="fake-model", concurrency=16, backoff_base=0.01, backoff_max=0.05))
+run_generation(load_pack("japan"), cfg, RunStore(db), on_event=on_event)
+"""
+
+
+def test_kill_9_with_batched_text_writes_keeps_what_was_reported_and_resume_is_exact(
+    tmp_path: Path, spec: Spec
+) -> None:
+    """Accepted texts are committed in groups, not one transaction each: a kill -9 may lose the texts of
+    the last group, never one the run had reported, and a resume still ends on the exact quotas."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db, log = tmp_path / "runs.sqlite", tmp_path / "events.jsonl"
+    with FakeOpenAIServer(latency=0.01) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _REPORTING_RUN, srv.base_url, str(db), str(log)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 120
+        reported: dict[str, int] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+            if lines and sum(json.loads(lines[-1]).values()) >= 40:
+                break
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        reported = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+        assert sum(reported.values()) >= 40
+
+        store = RunStore(db)
+        run_id = store.list_runs()["run_id"].iloc[0]
+        on_disk = store.accepted_counts(run_id)
+        assert all(on_disk.get(e, 0) >= n for e, n in reported.items()), (reported, on_disk)
+        assert sum(on_disk.values()) < 160  # killed mid-run
+        resumed = resume_generation(store, run_id, llm=_settings(srv, concurrency=16))
+    assert resumed.state == "done"
+    _assert_exact(store, run_id, 80, emotions=["joy", "fear"])

@@ -672,6 +672,14 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
         f"${tot['cost']:.4f}"
     )
     console.print(_estimate_line(store.estimate(run_id), tot, done=info["status"] == "done"))
+    size = store.size()
+    if size["bytes_per_1000_texts"] is not None:
+        console.print(
+            f"store {store.path}: {size['bytes'] / 1e6:,.1f} MB for {size['texts']:,} texts in {size['runs']} "
+            f"run(s), {size['bytes_per_1000_texts'] / 1e6:,.2f} MB per 1,000 texts (every run's personas, "
+            "verdicts, calls and events included)",
+            markup=False,
+        )
     from personagen_core.cli.batch_cmds import batch_table
 
     batch_table(store, run_id, console)
