@@ -84,12 +84,15 @@ def test_run_fails_resumable_only_when_every_endpoint_is_out(tmp_path: Path, spe
     store = RunStore(tmp_path / "runs.sqlite")
     with (FakeOpenAIServer(always="model_404") as a,
           FakeOpenAIServer(always="html") as b):
-        llm = _pool_settings({"url": a.base_url, "name": "A"}, {"url": b.base_url, "name": "B"})
+        b_url = b.base_url.replace("http://", "http://user:sk-b-url-secret-77@")
+        llm = _pool_settings({"url": a.base_url, "name": "A"}, {"url": b_url})
         summary = run_generation(spec, GenerationConfig(emotions=EMOTIONS, per_emotion=2, llm=llm), store)
     assert summary.state == "failed" and summary.stop_reason == "error"
     message = summary.message or ""
     assert "every endpoint is out of rotation" in message
-    assert "A: model 'fake-model' not found" in message and "B: the endpoint" in message and "HTML" in message
+    b_label = b.base_url.replace("http://", "http://***@")
+    assert "A: model 'fake-model' not found" in message and f"{b_label}: the endpoint" in message
+    assert "HTML" in message and "sk-b-url-secret-77" not in message  # each named, URLs redacted
     assert store.run(summary.run_id)["status"] == "failed"  # resumable with --resume
     assert store.accepted_counts(summary.run_id) == {}
 
