@@ -69,6 +69,11 @@ def test_exact_quotas_surplus_and_batch_prices(tmp_path: Path) -> None:
         full = pricing.cost("gpt-4.1-mini", int(row["prompt_tokens"]), int(row["completion_tokens"]))
         assert row["cost"] == pytest.approx(full * pricing.BATCH_DISCOUNT, rel=1e-6)
     assert summary.cost > 0 and events[-1].state == "done"
+    # the estimate recorded for `runs show` is at batch prices: half the async estimate of the same run
+    from personagen_core.generation.pipeline import estimate_cost
+
+    full = estimate_cost(load_pack("japan"), _config(srv, 12)).total_usd
+    assert store.estimate(summary.run_id)["total_usd"] == pytest.approx(full * pricing.BATCH_DISCOUNT)
     assert any("batch" in (e.message or "") for e in events)
 
 

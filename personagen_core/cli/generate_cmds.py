@@ -487,7 +487,12 @@ def generate(
         verdict_reasons=verdict_reasons.value if verdict_reasons else "all",
         llm=LLMSettings.from_env(**llm_over),
     )
-    est = estimate_cost(spec, config)
+    if batch:  # the Batch API's prices
+        from personagen_core.generation.pricing import batch_price_table
+
+        est = estimate_cost(spec, config, table=batch_price_table())
+    else:
+        est = estimate_cost(spec, config)
     where = describe_endpoints(config.llm)
     price = (
         f"${est.total_usd:.4f}"

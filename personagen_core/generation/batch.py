@@ -190,14 +190,6 @@ def _rate(kept: int, seen: int) -> float:
     return max(0.05, (kept + PRIOR_RATE * PRIOR_WEIGHT) / (seen + PRIOR_WEIGHT))
 
 
-def _batch_prices() -> pricing.PriceTable:
-    base = pricing.PriceTable()
-    return pricing.PriceTable({
-        m: pricing.Price(p.input_per_million * pricing.BATCH_DISCOUNT, p.output_per_million * pricing.BATCH_DISCOUNT)
-        for m, p in base.prices.items()
-    })
-
-
 class BatchRun:
     """One session of a Batch API run (a start, a resume, an export or an import). Create it after the run
     exists in ``store``; it holds the run's lease until :meth:`close`."""
@@ -876,7 +868,7 @@ def run_batch_generation(
         spec_yaml=dump_spec(spec), spec_hash=spec_hash(spec), spec_name=spec.name, run_id=run_id,
     )
     store.set_batch_run(run_id, options.model_dump())
-    store.set_estimate(run_id, estimate_cost(spec, config, table=_batch_prices()).to_dict())
+    store.set_estimate(run_id, estimate_cost(spec, config, table=pricing.batch_price_table()).to_dict())
     if offline:
         store.set_status(run_id, "stopped", stop_reason="awaiting_import",
                          message="an offline batch run: export its requests with `personagen batch export`")

@@ -35,6 +35,7 @@ __all__ = [
     "Price",
     "PriceTable",
     "batch_cost",
+    "batch_price_table",
     "cost",
     "estimate_run_cost",
     "load_price_table",
@@ -166,6 +167,15 @@ def batch_cost(
     """USD for a request sent through the Batch API: :func:`cost` times :data:`BATCH_DISCOUNT`."""
     full = cost(model, prompt_tokens, completion_tokens, table=table)
     return None if full is None else full * BATCH_DISCOUNT
+
+
+def batch_price_table(table: PriceTable | None = None) -> PriceTable:
+    """``table`` (default: the default prices) at Batch API prices, for estimates of batch runs."""
+    base = table or PriceTable()
+    return PriceTable({
+        m: Price(p.input_per_million * BATCH_DISCOUNT, p.output_per_million * BATCH_DISCOUNT)
+        for m, p in base.prices.items()
+    })
 
 
 @dataclass(frozen=True)
