@@ -237,3 +237,30 @@ def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> 
     # an answer line for a request this export did not make is refused, naming the file
     runner.invoke(app, ["generate", "--resume", run_id, "--db", str(db)])  # done: nothing happens
     assert store.run(run_id)["status"] == "done"
+
+
+def test_cancel_leaves_the_batch_running_and_resume_collects_it(tmp_path: Path) -> None:
+    import threading
+
+    from personagen_core.generation.batch import resume_batch_generation
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    cancel = threading.Event()
+    with FakeOpenAIServer(batch_in_progress_s=1.0) as srv:
+        cfg = _config(srv, 3)
+        result: dict[str, object] = {}
+        worker = threading.Thread(target=lambda: result.update(s=run_batch_generation(
+            load_pack("japan"), cfg, store, options=BatchOptions(poll_interval=0.05), cancel=cancel)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not srv.batches.creates:
+            time.sleep(0.02)
+        cancel.set()
+        worker.join(timeout=30)
+        summary = result["s"]
+        assert summary.state == "cancelled" and "resume" in summary.message  # type: ignore[attr-defined]
+        in_flight = srv.batches.creates[-1]
+        again = resume_batch_generation(store, summary.run_id, llm=cfg.llm, poll_interval=0.05)  # type: ignore[attr-defined]
+        assert again.state == "done"
+        assert srv.batches.creates.count(in_flight) == 1
+        assert store.batch_jobs(again.run_id)["batch_id"].iloc[0] == in_flight
