@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personagen_core.cli import app
+from personagen_core.cli.generate_cmds import _pool_part
 from personagen_core.errors import LLMError, StoreError
 from personagen_core.generation.endpoints import (
     EndpointPool,
@@ -55,9 +56,10 @@ def test_run_finishes_on_the_other_endpoint_when_one_fails_mid_run(tmp_path: Pat
         llm = _pool_settings({"url": a.base_url, "name": "A"},
                              {"url": b.base_url, "name": "B", "key_env": "REPLICA_B_KEY"})
         config = GenerationConfig(emotions=EMOTIONS, per_emotion=12, llm=llm)
+        events: list[Any] = []
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("REPLICA_B_KEY", env["REPLICA_B_KEY"])
-            summary = run_generation(spec, config, store)
+            summary = run_generation(spec, config, store, on_event=events.append)
         b_failed = sum(1 for r in b.chat_requests if r.fault == "500")
         a_calls, b_calls = len(a.chat_requests), len(b.chat_requests)
     assert summary.state == "done"
@@ -70,6 +72,12 @@ def test_run_finishes_on_the_other_endpoint_when_one_fails_mid_run(tmp_path: Pat
     assert int(usage.loc["A", "calls"]) == a_calls and int(usage.loc["B", "calls"]) == b_calls
     assert int(usage.loc["A", "failed"]) == 0 and int(usage.loc["B", "failed"]) == b_failed
     assert "HTTP 500" in usage.loc["B", "last_error"]
+    # Progress events say where calls go: B out of rotation (probe due later), A in it.
+    final = store.latest_event(summary.run_id)["endpoints"]
+    assert [(e["label"], e["state"]) for e in final] == [("A", "healthy"), ("B", "out")]
+    assert final[1]["times_out"] == 1 and final[1]["probe_in_s"] > 0 and "HTTP 500" in final[1]["last_error"]
+    assert events[-1].endpoints == final
+    assert _pool_part(events[-1]) == " | endpoints 1/2 in rotation"
     totals = store.totals(summary.run_id)
     assert int(usage["calls"].sum()) == totals["calls"]
     assert int(usage["prompt_tokens"].sum() + usage["completion_tokens"].sum()) == totals["tokens"]

@@ -606,6 +606,14 @@ def show_run_progress(run_id: str) -> None:
         right.dataframe(pd.Series(rejections, name="count"), key=f"rejections_{run_id}")
     else:
         right.write("none")
+    live = (event or {}).get("endpoints") if alive or status == "running" else None
+    if live:  # where the calls go now: each endpoint's state and adapted limit
+        st.caption("Endpoints now")
+        st.dataframe(
+            pd.DataFrame(live)[["label", "state", "in_flight", "concurrency_limit", "picks", "times_out",
+                                "probe_in_s", "server_kind", "last_error"]],
+            hide_index=True, width="stretch", key=f"endpoints_now_{run_id}",
+        )
     per_endpoint = store.endpoint_usage(run_id)
     if not per_endpoint.empty:  # a run over several endpoints: calls, tokens, cost and failures of each
         st.caption("Usage per endpoint")

@@ -140,7 +140,16 @@ def _info_line(ev: ProgressEvent) -> str:
         f"rejected {rej} | {ev.tokens:,} tok | ${ev.cost:.4f} | "
         f"{_fmt_s(ev.elapsed_s)} elapsed, ETA {_fmt_s(ev.eta_s)}"
         + (f" | {ev.message}" if ev.message and ev.state == "running" else "")  # e.g. a batch's status
+        + _pool_part(ev)
     )
+
+
+def _pool_part(ev: ProgressEvent) -> str:
+    """`` | endpoints 1/2 in rotation`` for a run over an endpoint pool, else nothing."""
+    if not ev.endpoints:
+        return ""
+    live = sum(e["state"] != "out" for e in ev.endpoints)
+    return f" | endpoints {live}/{len(ev.endpoints)} in rotation"
 
 
 class _ProgressView:

@@ -95,6 +95,9 @@ class ProgressEvent:
     eta_s: float | None
     message: str | None = None
     stop_reason: str | None = None
+    #: A run over an endpoint pool: each endpoint's state (label, state, in_flight, picks, times_out,
+    #: last_error, concurrency_limit, server_kind, ...; :meth:`EndpointPool.status`), else None.
+    endpoints: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
@@ -606,7 +609,17 @@ class RunSession:
             eta_s=eta,
             message=message,
             stop_reason=self.stop_reason,
+            endpoints=self._endpoint_status(),
         )
+
+    def _endpoint_status(self) -> list[dict[str, Any]] | None:
+        """The pool's endpoints for progress displays (key-free: labels are redacted URLs, errors scrubbed)."""
+        if not isinstance(self.client, EndpointPool):
+            return None
+        rows = self.client.status()
+        for row in rows:
+            row["last_error"] = self._scrub(row["last_error"])
+        return rows
 
     def _emit(self, *, force: bool = False, state: str = "running", message: str | None = None) -> None:
         now = time.monotonic()

@@ -381,12 +381,16 @@ class EndpointPool:
         return len(self.clients) == 1 and await self.clients[0].serves_one_at_a_time()
 
     def status(self) -> list[dict[str, Any]]:
-        """Per endpoint: label, state, calls in flight, picks, times taken out, last error, adapted limit and
-        server kind. Safe to call from another thread."""
+        """Per endpoint: label, weight, state, calls in flight, picks, times taken out, failed probes, seconds
+        until its next probe (``probe_in_s``, when out), last error, adapted limit and server kind. Safe to call
+        from another thread."""
         out = []
+        now = self.router.clock()
         for client, s in zip(self.clients, self.router.snapshot(), strict=True):
             row = asdict(s)
             row.pop("current")
+            retry = row.pop("retry_at")
+            row["probe_in_s"] = max(0.0, retry - now) if s.state == "out" and retry is not None else None
             row.update(concurrency_limit=client.concurrency_limit, server_kind=client.server_kind)
             out.append(row)
         return out
