@@ -217,6 +217,11 @@ def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> 
         first = json.loads(req.read_text().splitlines()[0])
         assert set(first) == {"custom_id", "method", "url", "body"} and first["body"]["messages"]
         steps.append(first["custom_id"])
+        if "response_format" not in first["body"]:  # a generation step exported again gives the same lines
+            again = tmp_path / f"again{round_}.jsonl"
+            out = runner.invoke(app, ["batch", "export", run_id, "--out", str(again), "--db", str(db)])
+            assert out.exit_code == 0, out.output
+            assert again.read_text() == req.read_text()
         run_batch_simulation(req, res, srv, fail_every=7)
         if round_ == 0:  # a results file of some other job is refused, naming the file and the custom id
             stray = tmp_path / "stray.jsonl"

@@ -678,11 +678,16 @@ class BatchRun:
         """Load the candidates still on their way (not rejected, texts left) from the store."""
         live = ["sampled", "validated", *(f"passed_stage{s}" for s in self.stages)]
         uses = self.store.generation_uses(self.run_id)
+        # Candidates of a generation batch still out are needed for its results (and a re-export) too.
+        jobs = self.store.batch_jobs(self.run_id)
+        waiting = set()
+        for jid in jobs.loc[jobs["ingested"] == 0, "job_id"] if not jobs.empty else []:
+            waiting |= {r["persona_id"] for r in self.store.batch_requests(int(jid)) if r["persona_id"] is not None}
         self.cands = {}
         for c in self.store.candidates_with_status(self.run_id, live):
             cand = _Cand(c["persona_id"], c["attrs"], c["persona_text"], c["scenario_text"], c["status"],
                          uses.get(c["persona_id"], 0))
-            if cand.uses < self.per:
+            if cand.uses < self.per or cand.persona_id in waiting:
                 self.cands[cand.persona_id] = cand
 
     def _meta(self, job: Mapping[str, Any]) -> dict[str, str]:
