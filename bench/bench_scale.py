@@ -34,21 +34,37 @@ from typing import Any
 
 
 def _serve(latency: float, conn: Any) -> None:
-    """Serve the fake endpoint in this (child) process until "quit" arrives on ``conn``."""
+    """Serve the fake endpoint in this (child) process. Between "start" and "stop" on ``conn`` it samples
+    the requests it holds every 10 ms and answers "stop" with their mean and its own CPU seconds; "quit"
+    ends it."""
     from personagen_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer(latency=latency) as srv:
         conn.send(srv.base_url)
-        stop = threading.Event()
+        measuring = threading.Event()
+        samples = [0, 0]  # sum of in-flight counts, number of samples
 
-        def forget() -> None:
-            # The server records every request (tests read them); a bench of 100k texts must not keep them.
-            while not stop.wait(1.0):
-                srv.requests.clear()
+        def watch() -> None:
+            last_clear = time.monotonic()
+            while True:
+                time.sleep(0.01)
+                if measuring.is_set():
+                    samples[0] += srv.in_flight
+                    samples[1] += 1
+                if time.monotonic() - last_clear > 1.0:
+                    # The server records every request (tests read them); a 100k-text bench must not.
+                    srv.requests.clear()
+                    last_clear = time.monotonic()
 
-        threading.Thread(target=forget, daemon=True).start()
-        conn.recv()
-        stop.set()
+        threading.Thread(target=watch, daemon=True).start()
+        while (cmd := conn.recv()) != "quit":
+            if cmd == "start":
+                samples[:] = [0, 0]
+                cpu0 = time.process_time()
+                measuring.set()
+            elif cmd == "stop":
+                measuring.clear()
+                conn.send({"in_flight": samples[0] / max(1, samples[1]), "cpu_s": time.process_time() - cpu0})
 
 
 def _rss_mb() -> float:
@@ -57,18 +73,19 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _ceiling(base_url: str, concurrency: int, n_calls: int) -> float:
-    """Calls/s of the bare client layer (``LLMClient``): ``n_calls`` identical calls, ``concurrency`` at once."""
+def _ceiling(base_url: str, concurrency: int, n_calls: int) -> tuple[float, float]:
+    """The bare client layer (``LLMClient``, i.e. the openai SDK over httpx): ``n_calls`` identical calls,
+    ``concurrency`` at once. Returns calls/s and this process's CPU seconds per call."""
     from personagen_core.generation.llm import LLMClient, LLMSettings
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         settings = LLMSettings(base_url=base_url, api_key="bench", model="fake-model", concurrency=concurrency)
         async with LLMClient(settings) as client:
             msgs = [{"role": "user", "content": "Target emotion: joy\n\nPersona: a commuter"}]
             await client.complete(msgs, role="generator")  # connect once
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             await asyncio.gather(*(client.complete(msgs, role="generator") for _ in range(n_calls)))
-            return n_calls / (time.perf_counter() - t0)
+            return n_calls / (time.perf_counter() - t0), (time.process_time() - cpu0) / n_calls
 
     return asyncio.run(go())
 
@@ -77,7 +94,7 @@ def _store_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
 
 
-def run(args: argparse.Namespace, base_url: str, db: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace, base_url: str, db: Path, conn: Any) -> dict[str, Any]:
     """One generation run of ``args.texts`` texts; the measured figures."""
     from personagen_core.generation.llm import LLMSettings
     from personagen_core.generation.pipeline import GenerationConfig, run_generation
@@ -105,11 +122,14 @@ def run(args: argparse.Namespace, base_url: str, db: Path) -> dict[str, Any]:
             samples.append((done, _rss_mb()))
 
     rss_before = _rss_mb()
+    conn.send("start")
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     summary = run_generation(spec, cfg, store, on_event=on_event)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    conn.send("stop")
+    server = conn.recv()
     samples.append((sum(summary.accepted.values()), _rss_mb()))
     accepted = sum(summary.accepted.values())
     totals = store.totals(summary.run_id)
@@ -122,6 +142,7 @@ def run(args: argparse.Namespace, base_url: str, db: Path) -> dict[str, Any]:
         "texts": accepted,
         "elapsed_s": elapsed,
         "cpu_s": cpu,
+        "server": server,
         "calls": totals["calls"],
         "by_stage": by_stage,
         "rejections": rejections,
@@ -152,7 +173,7 @@ def main() -> None:
     base_url = parent.recv()
     profiler: Any = None
     try:
-        ceiling = _ceiling(base_url, args.concurrency, args.ceiling_calls)
+        ceiling, cpu_per_call = _ceiling(base_url, args.concurrency, args.ceiling_calls)
         with tempfile.TemporaryDirectory() as tmp:
             db = args.db or Path(tmp) / "scale.sqlite"
             if args.profile == "cprofile":
@@ -164,7 +185,7 @@ def main() -> None:
                 import tracemalloc
 
                 tracemalloc.start(8)
-            r = run(args, base_url, db)
+            r = run(args, base_url, db, parent)
             if args.profile == "cprofile":
                 profiler.disable()
             elif args.profile == "tracemalloc":
@@ -199,6 +220,15 @@ def main() -> None:
     print(f"fraction of ideal       {rate / ideal_texts:.3f}  (target >= 0.8)")
     print(f"bare-client ceiling     {ceiling:,.0f} calls/s = {ceiling_texts:.1f} texts/s measured just before; "
           f"the run reached {rate / ceiling_texts:.3f} of it")
+    print(f"CPU per text            {r['cpu_s'] / max(1, r['texts']) * 1000:.2f} ms in PersonaGen's process "
+          f"(-> at most {r['texts'] / max(r['cpu_s'], 1e-9):.0f} texts/s per core); the fake server used "
+          f"{r['server']['cpu_s']:.1f} s CPU in its own process")
+    sdk = cpu_per_call * calls_per_text * 1000
+    per_text = r["cpu_s"] / max(1, r["texts"]) * 1000
+    print(f"  of which the client   {sdk:.2f} ms = {calls_per_text:.3f} calls x {cpu_per_call * 1000:.2f} ms CPU per "
+          f"call of the bare client (openai SDK + httpx, measured with the ceiling); PersonaGen's own work "
+          f"(sampling, prompts, checks, store, scheduling) {per_text - sdk:.2f} ms")
+    print(f"requests at the server  {r['server']['in_flight']:.1f} on average (of {args.concurrency} allowed)")
     print(f"peak RSS                {r['peak_rss_mb']:.0f} MB (ru_maxrss; {r['rss_before_mb']:.0f} MB before the run)")
     print("RSS during the run      " + ", ".join(f"{n:,} texts: {mb:.0f} MB" for n, mb in r["rss_samples"]))
     size = r["store_bytes"]
