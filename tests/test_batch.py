@@ -223,6 +223,9 @@ def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> 
             assert out.exit_code == 0, out.output
             assert again.read_text() == req.read_text()
         run_batch_simulation(req, res, srv, fail_every=7)
+        if round_ == 1:  # resuming an offline run waiting for its import says so and changes nothing
+            waiting = runner.invoke(app, ["generate", "--resume", run_id, "--db", str(db)])
+            assert waiting.exit_code == 3 and "batch import" in waiting.output, waiting.output
         if round_ == 0:  # a results file of some other job is refused, naming the file and the custom id
             stray = tmp_path / "stray.jsonl"
             stray.write_text(json.dumps({"id": "x", "custom_id": "999-0", "response": None, "error": None}) + "\n")

@@ -749,9 +749,8 @@ class BatchRun:
                     job = self.plan()
                     if job is None:
                         break
-                if job["status"] == "exported":
-                    self.fatal = (f"batch job {job['job_id']} was exported for an offline batch run; import its "
-                                  f"results with `personagen batch import {self.run_id} FILE`")
+                if job["status"] == "exported":  # an offline run: its results come by import, not from here
+                    self.stop_reason = "awaiting_import"
                     break
                 if remote is None:
                     raise PersonaGenError("no Batch API endpoint given")
@@ -802,7 +801,8 @@ _STOP_MESSAGES = {
     "max_attempts": "the attempt limit was reached: too many rejected candidates or outputs",
     "max_waves": "the wave limit was reached without meeting every quota; see the rejections",
     "exhausted": "no more candidates could be produced",
-    "awaiting_import": "a batch was exported for an offline run; import its results to continue",
+    "awaiting_import": "a step of this run was exported for an offline batch job; import its results with "
+    "`personagen batch import RUN_ID FILE` to continue",
 }
 
 
