@@ -16,14 +16,23 @@ ui.page_title("Evaluate")
 # Without runs (e.g. only data files evaluated with `personagen evaluate`), stored evaluations still open.
 has_runs = len(ui.get_store().list_runs()) > 0
 run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True) if has_runs else []
-c_proj, c_cap, c_judge = st.columns([2, 1, 1])
+c_proj, c_cap, c_points, c_judge = st.columns([2, 1, 1, 1])
 methods = c_proj.multiselect(
     "Projections",
     list(projection.METHODS),
-    format_func={"tsne": "t-SNE", "umap": "UMAP"}.get,
+    format_func=projection.METHOD_NAMES.get,
     **ui.keep("eval_methods", ["tsne"], options=projection.METHODS),
 )
-cap = c_cap.number_input("Max texts per run (0 = all)", 0, 100_000, step=100, **ui.keep("eval_cap", 0))
+cap = c_cap.number_input("Max texts per run (0 = all)", 0, 1_000_000, step=100, **ui.keep("eval_cap", 0))
+points = c_points.number_input(
+    "Max points per projection (0 = all)",
+    0,
+    1_000_000,
+    step=1000,
+    help="Larger runs are projected from a seeded sample stratified by emotion (the figure says so); "
+    "t-SNE and UMAP of 100,000 points take long and draw slowly.",
+    **ui.keep("eval_points", 10_000),
+)
 judge = c_judge.toggle(
     "LLM judge", help="Scores every text with the LLM set on the Generate page.", **ui.keep("eval_judge", False)
 )
@@ -35,7 +44,12 @@ if not run_ids:
     )
 else:
     with ui.error_boundary("evaluation"):
-        settings = evaluation.EvaluationSettings(projections=tuple(methods), max_texts=int(cap) or None, judge=judge)
+        settings = evaluation.EvaluationSettings(
+            projections=tuple(methods),
+            max_texts=int(cap) or None,
+            max_projection_points=int(points) or None,
+            judge=judge,
+        )
         ui.embedding_estimate(run_ids, settings, hint="Set **Max texts per run** to evaluate a seeded sample.")
         if st.button("Evaluate", type="primary", icon=":material/insights:"):
             report = ui.evaluate_runs(run_ids, settings, llm=ui.llm_settings() if judge else None)

@@ -22,7 +22,7 @@ run_labels = ui.run_labels(run_ids)
 gold_labels = sorted(set((test if test is not None else train)["label"].astype(str)))
 label_map = ui.label_map_editor(run_labels, gold_labels, gold.DEFAULT_LABEL_MAP)
 
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
 max_gold = c1.number_input("Max gold test texts (0 = all)", 0, 1_000_000, 2000, step=500)
 per_class = c2.number_input(
     "Gold training texts per class",
@@ -33,13 +33,25 @@ per_class = c2.number_input(
     help="The paper's gold row trains on 500 texts per class.",
 )
 boot = c3.number_input("Bootstrap resamples", 0, 200, 20)
+max_train = c4.number_input(
+    "Max training texts per run (0 = all)",
+    0,
+    1_000_000,
+    20_000,
+    step=5000,
+    help="Table VII trains on a seeded sample of a larger run, stratified by emotion (stated in the table).",
+)
 if not run_ids:
     st.info("Pick at least one run.")
     st.stop()
 settings = None
 with ui.error_boundary("settings"):
     settings = evaluation.EvaluationSettings(
-        projections=(), max_gold=int(max_gold) or None, bootstrap=int(boot), gold_per_class=int(per_class)
+        projections=(),
+        max_gold=int(max_gold) or None,
+        bootstrap=int(boot),
+        gold_per_class=int(per_class),
+        max_train_texts=int(max_train) or None,
     )
     ui.embedding_estimate(run_ids, settings, gold=(train, test), hint="Lower the gold sizes above or pick fewer runs.")
 if settings is None:

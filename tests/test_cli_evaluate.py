@@ -132,7 +132,7 @@ def test_nothing_to_evaluate_and_bad_projection(tmp_path: Path, capsys: pytest.C
     csv = tmp_path / "d.csv"
     make_texts(4).to_csv(csv, index=False)
     code, _, stderr = _run(
-        ["evaluate", "--data", str(csv), "--projection", "pca", "-o", str(tmp_path)], capsys
+        ["evaluate", "--data", str(csv), "--projection", "pca,xyz", "-o", str(tmp_path)], capsys
     )
     assert code == 2 and "--projection" in stderr
 
@@ -202,8 +202,8 @@ def test_run_from_store_with_judge_over_http(
         code, _, stderr = _run(argv, capsys)
         assert code == 0, stderr
         assert len(srv.chat_requests) == 24
-        # second evaluation: judge scores come from the store's cache
-        code, _, stderr = _run(argv, capsys)
+        # second evaluation (--no-cache: not the stored evaluation): judge scores come from the store's cache
+        code, _, stderr = _run([*argv, "--no-cache"], capsys)
         assert code == 0, stderr
         assert len(srv.chat_requests) == 24
     report = json.loads((tmp_path / "out" / "report.json").read_text())

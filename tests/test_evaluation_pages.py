@@ -97,11 +97,14 @@ def test_evaluate_settings_are_kept_across_pages(home: dict[str, Any]) -> None:
     at = _open("app_pages/6_evaluate.py")
     at.multiselect(key="keep_eval_methods").set_value(["tsne", "umap"]).run()
     at.number_input(key="keep_eval_cap").set_value(20).run()
+    assert at.number_input(key="keep_eval_points").value == 10_000  # the default sample size
+    at.number_input(key="keep_eval_points").set_value(5000).run()
     at.toggle(key="keep_eval_judge").set_value(True).run()
     _open("app_pages/5_explore.py", at)
     _open("app_pages/6_evaluate.py", at)
     assert at.multiselect(key="keep_eval_methods").value == ["tsne", "umap"]
     assert at.number_input(key="keep_eval_cap").value == 20
+    assert at.number_input(key="keep_eval_points").value == 5000
     assert at.toggle(key="keep_eval_judge").value is True
 
 

@@ -275,6 +275,8 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
         "Texts per dataset: "
         + "; ".join(f"{n}: {report['datasets'][n]['n']} ({_counts(report, n)})" for n in names)
     )
+    from personagen_core.evaluation.projection import METHOD_NAMES
+
     t_proj, t_sep, t_div, t_judge = st.tabs(["Projection", "Separability", "Diversity", "Judge"])
     with t_proj:
         proj = report.get("projections") or {}
@@ -287,7 +289,7 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
             attrs = sorted({c for p in proj.values() for c in (p.get("attributes") or {})})
             c1, c2 = st.columns(2)
             method = c1.radio(
-                "Method", methods, horizontal=True, format_func={"tsne": "t-SNE", "umap": "UMAP"}.get,
+                "Method", methods, horizontal=True, format_func=METHOD_NAMES.get,
                 key="eval_proj_method",
             )
             color_by = c2.selectbox(

@@ -13,15 +13,48 @@ from personagen_core.errors import DataError
 __all__ = ["register", "run_evaluate"]
 
 
-def _progress_printer() -> Any:
-    last: dict[str, str] = {"stage": ""}
+class _ProgressBar:
+    """The evaluation's progress events as a bar on a terminal (stderr), as lines otherwise.
 
-    def on_event(stage: str, fraction: float) -> None:
-        if stage != last["stage"]:
-            last["stage"] = stage
+    ``on_event(stage, fraction)`` comes from :func:`evaluation.evaluate`; within the embedding stage it
+    moves with every chunk of texts embedded. Off a terminal (logs, CI) a line is printed per stage and
+    per 10 % of progress, so a long embedding still shows that it advances.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.stage = ""
+        self.step = -1
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.tty:
+            filled = int(fraction * 30)
+            end = "\n" if stage == "done" else ""
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {stage:<20}{end}")
+            self.stream.flush()
+            return
+        step = int(fraction * 10)
+        if stage != self.stage or step != self.step:
+            self.stage, self.step = stage, step
             typer.echo(f"[{fraction:4.0%}] {stage}", err=True)
 
-    return on_event
+
+def _parse_projection(projection: str) -> tuple[str, ...]:
+    """``both`` (t-SNE + UMAP), ``all``, ``none`` or a comma-separated list of tsne, umap, pca."""
+    from personagen_core.evaluation.projection import METHODS
+
+    named = {"both": ("tsne", "umap"), "all": METHODS, "none": ()}
+    if projection in named:
+        return tuple(named[projection])
+    methods = tuple(m.strip() for m in projection.split(",") if m.strip())
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise DataError(
+            f"--projection must be both, all, none or a comma-separated list of {', '.join(METHODS)} "
+            f"(got {projection!r})"
+        )
+    return methods
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -70,19 +103,24 @@ def run_evaluate(
     projection: str = "both",
     seed: int = 0,
     max_texts: int | None = None,
+    max_projection_points: int | None = 10_000,
     max_gold: int | None = None,
     bootstrap: int = 20,
     prd_runs: int = 10,
     use_cache: bool = True,
     store_result: bool = True,
     on_notice: Any = None,
+    on_event: Any = None,
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Load the inputs, run :func:`evaluation.evaluate`, write the report; returns (json, html, report).
 
     Data and gold files are ``FILE[:key=value,...]`` specs (:func:`gold.parse_file_spec`); ``text_col`` /
     ``label_col`` are the defaults of data files, ``gold_text_col`` / ``gold_label_col`` and
     ``gold_label_map`` those of gold files, ``multi_label`` of both. ``on_notice(line)`` receives the size
-    estimate printed before embedding.
+    estimate printed before embedding; ``on_event(stage, fraction)`` the progress (default: a bar on stderr).
+
+    With ``use_cache``, an evaluation stored earlier with the same inputs (their content), settings and
+    embedding model is reused instead of recomputed (``report["reused"]`` names it).
     """
     from personagen_core.evaluation import gold, sizing
     from personagen_core.evaluation import suite as evaluation
@@ -90,8 +128,7 @@ def run_evaluate(
 
     if not run_ids and not data_files:
         raise DataError("nothing to evaluate: give one or more RUN_IDs and/or --data FILE")
-    if projection not in ("tsne", "umap", "both", "none"):
-        raise DataError(f"--projection must be tsne, umap, both or none (got {projection!r})")
+    methods = _parse_projection(projection)
     if names and len(names) != len(run_ids) + len(data_files):
         raise DataError(
             f"--name was given {len(names)} times for {len(run_ids) + len(data_files)} datasets; "
@@ -136,9 +173,9 @@ def run_evaluate(
     test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
     mapping = gold.load_label_map(label_map) if label_map else None
 
-    methods: tuple[str, ...] = {"both": ("tsne", "umap"), "none": ()}.get(projection, (projection,))
     settings = evaluation.EvaluationSettings(
         projections=methods,
+        max_projection_points=max_projection_points,
         seed=seed,
         judge=judge,
         judge_model=judge_model,
@@ -150,10 +187,29 @@ def run_evaluate(
     )
     from personagen_core.evaluation.embeddings import Embedder
 
+    notice = on_notice or (lambda text: typer.echo(text, err=True))
     embedder = Embedder(settings.embedding_model, precision=settings.embedding_precision)
+    key = None
+    if use_cache:
+        from personagen_core.evaluation.stored import content_key
+
+        key = content_key(
+            datasets,
+            settings=settings,
+            gold=(train, test),
+            label_map=mapping,
+            extra=[
+                embedder.model_id,
+                *(content_key(rej, settings={}) for rej in rejections.values()),
+                *([backend, base_url, judge_model] if judge else []),
+            ],
+        )
+        reused = _reuse(key, out_dir, notice)
+        if reused is not None:
+            return reused
     plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id)
     for line in plan.lines():
-        (on_notice or (lambda text: typer.echo(text, err=True)))(line)
+        notice(line)
     llm_settings = None
     if judge:
         from personagen_core.generation.llm import LLMSettings
@@ -176,7 +232,7 @@ def run_evaluate(
         rejections=rejections,
         llm_settings=llm_settings,
         judge_store=store,
-        on_event=_progress_printer(),
+        on_event=on_event or _ProgressBar(),
     )
     timings = report.get("timings", {})
     sizing.record_rate(
@@ -184,16 +240,55 @@ def run_evaluate(
         embedder.stats.misses,
         timings.get("embeddings", 0.0) + timings.get("gold embeddings", 0.0),
     )
-    json_path, html_path = write_report(report, out_dir)
-    if store_result:
-        from personagen_core.evaluation.stored import EvaluationStore
+    if not store_result:
+        json_path, html_path = write_report(report, out_dir)
+        return json_path, html_path, report
+    from personagen_core.evaluation.report import render_html, renderer_id, to_jsonable
+    from personagen_core.evaluation.stored import EvaluationStore
 
-        evaluations = EvaluationStore()
-        try:
-            eval_id = evaluations.save(report, runs=run_ids, source="cli")
-        finally:
-            evaluations.close()
-        report["stored"] = {"eval_id": eval_id, "path": str(evaluations.path)}
+    evaluations = EvaluationStore()
+    try:
+        eval_id = evaluations.save(report, runs=run_ids, source="cli", key=key)
+        report["stored"] = {
+            "eval_id": eval_id,
+            "source": "cli",
+            "runs": list(run_ids),
+            "path": str(evaluations.path),
+        }
+        page = render_html(to_jsonable(report))
+        # Kept with the evaluation: a rerun with the same inputs writes this page instead of drawing it.
+        evaluations.save_html(eval_id, page, renderer=renderer_id())
+    finally:
+        evaluations.close()
+    json_path, html_path = write_report(report, out_dir, html_page=page)
+    return json_path, html_path, report
+
+
+def _reuse(key: str, out_dir: Path, notice: Any) -> tuple[Path, Path, dict[str, Any]] | None:
+    """The stored evaluation with inputs ``key``, written to ``out_dir``, or None when there is none."""
+    from personagen_core.evaluation.report import render_html, renderer_id, to_jsonable, write_report
+    from personagen_core.evaluation.stored import EvaluationStore
+
+    evaluations = EvaluationStore()
+    try:
+        found = evaluations.find(key)
+        if found is None:
+            return None
+        report = evaluations.get(found)
+        path = evaluations.path
+        page = evaluations.get_html(found, renderer=renderer_id())
+        if page is None:
+            page = render_html(to_jsonable(report))
+            evaluations.save_html(found, page, renderer=renderer_id())
+    finally:
+        evaluations.close()
+    notice(
+        f"same inputs, settings and embedding model as stored evaluation {found}: reusing it "
+        "(--no-cache recomputes)"
+    )
+    report["stored"] = {**report.get("stored", {}), "path": str(path)}
+    json_path, html_path = write_report(report, out_dir, html_page=page)
+    report["reused"] = found
     return json_path, html_path, report
 
 
@@ -284,7 +379,16 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = typer.Option(
             None, "--timeout", min=0.1, help="Seconds per judge call (default: fits the backend)."
         ),
-        projection: str = typer.Option("both", "--projection", help="tsne, umap, both or none."),
+        projection: str = typer.Option(
+            "both", "--projection", help="both (t-SNE + UMAP), all, none, or a list such as tsne,pca."
+        ),
+        max_projection_points: int = typer.Option(
+            10_000,
+            "--max-projection-points",
+            min=0,
+            help="Project a seeded sample of at most this many texts per dataset, stratified by label "
+            "(stated in the report); 0 = every text.",
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed of every random step."),
         max_texts: int | None = typer.Option(
             None, "--max-texts", help="Cap per dataset (seeded stratified sample, stated in the report)."
@@ -327,6 +431,7 @@ def register(app: typer.Typer) -> None:
             projection=projection,
             seed=seed,
             max_texts=max_texts,
+            max_projection_points=max_projection_points or None,
             max_gold=max_gold,
             bootstrap=bootstrap,
             prd_runs=prd_runs,
@@ -340,7 +445,9 @@ def register(app: typer.Typer) -> None:
         for w in report.get("warnings", []):
             where = f"{w['section']}, {w['dataset']}" if w.get("dataset") else w["section"]
             typer.echo(f"  warning ({where}): {w['message']}", err=True)
-        if report.get("stored"):
+        if report.get("reused"):
+            typer.echo(f"reused stored evaluation {report['reused']} (same inputs; --no-cache recomputes)")
+        elif report.get("stored"):
             typer.echo(f"stored as evaluation {report['stored']['eval_id']} (personagen evaluations list)")
         typer.echo(f"wrote {json_path}")
         typer.echo(f"wrote {html_path}")

@@ -23,6 +23,7 @@ from personagen_core.errors import DataError, LocalModelError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ENCODE_CHUNK",
     "PRECISIONS",
     "EmbedStats",
     "Embedder",
@@ -35,6 +36,9 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: float32 on CARER; docs/METRICS.md), float32 elsewhere.
 PRECISIONS = ("auto", "float32", "bfloat16")
 _SQL_CHUNK = 900  # stays under SQLite's default limit of host parameters per statement
+#: Distinct uncached texts embedded (and written to the cache) per step of :meth:`Embedder.encode`: 32
+#: model batches, a progress event every few seconds, and at most one chunk lost to an interruption.
+ENCODE_CHUNK = 2048
 
 
 @dataclass
@@ -257,8 +261,16 @@ class Embedder:
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return vecs / np.where(norms == 0, 1, norms)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Return an ``(n, d)`` float32 array of L2-normalised embeddings, in input order."""
+    def encode(
+        self, texts: Sequence[str], *, on_progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """Return an ``(n, d)`` float32 array of L2-normalised embeddings, in input order.
+
+        Cached vectors are read in batched queries; the texts not in the cache are embedded in chunks of
+        :data:`ENCODE_CHUNK` distinct texts, each chunk written to the cache as soon as it is embedded (an
+        interrupted 100k-text evaluation keeps what it has embedded). ``on_progress(done, total)`` is called
+        with the distinct texts ready so far (cached ones first) after the lookup and after every chunk.
+        """
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -271,12 +283,16 @@ class Embedder:
         if self.use_cache:
             found = self._get_store().get(self.model_id, list(unique))
         missing = [k for k in unique if k not in found]
-        if missing:
-            new = self._embed([unique[k] for k in missing])
-            new_bytes = [v.tobytes() for v in new]
-            found.update(zip(missing, new_bytes, strict=True))
+        if on_progress is not None:
+            on_progress(len(unique) - len(missing), len(unique))
+        for start in range(0, len(missing), ENCODE_CHUNK):
+            chunk = missing[start : start + ENCODE_CHUNK]
+            new_bytes = [v.tobytes() for v in self._embed([unique[k] for k in chunk])]
+            found.update(zip(chunk, new_bytes, strict=True))
             if self.use_cache:
-                self._get_store().put(self.model_id, list(zip(missing, new_bytes, strict=True)))
+                self._get_store().put(self.model_id, list(zip(chunk, new_bytes, strict=True)))
+            if on_progress is not None:
+                on_progress(len(unique) - len(missing) + start + len(chunk), len(unique))
         missing_set = set(missing)
         n_miss = sum(k in missing_set for k in keys)
         with self._state_lock:

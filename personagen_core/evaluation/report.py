@@ -22,7 +22,13 @@ from plotly.offline import get_plotlyjs
 from personagen_core.errors import PersonaGenError
 from personagen_core.evaluation import figures
 
-__all__ = ["render_html", "to_jsonable", "write_report"]
+__all__ = ["REPORT_SIZE_CAP", "render_html", "renderer_id", "to_jsonable", "write_report"]
+
+#: The HTML report stays under this many bytes (15 MB): plotly.js (~4.7 MB) once, the tables, and the
+#: projections of at most ``max_projection_points`` texts per dataset. When a report would be larger (many
+#: datasets, long texts), the projections' hover texts are shortened, the attribute-coloured example view is
+#: left out and then fewer points are drawn, step by step, until the page fits; the page says what was cut.
+REPORT_SIZE_CAP = 15_000_000
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1f2933;
@@ -68,10 +74,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+def renderer_id() -> str:
+    """Identifies the code that draws the HTML page (this module and :mod:`figures`, plotly's version):
+    a page kept with another id is drawn again."""
+    import hashlib
+
+    import plotly
+
+    digest = hashlib.sha256(plotly.__version__.encode())
+    for module in (__file__, figures.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_report(
+    report: Mapping[str, Any], out_dir: str | Path, *, html_page: str | None = None
+) -> tuple[Path, Path]:
     """Write ``out_dir/report.json`` and ``out_dir/report.html``; returns both paths.
 
-    Raises :class:`PersonaGenError` when the directory cannot be created or written.
+    ``html_page`` is a page already drawn for this report (e.g. kept with a stored evaluation); without it
+    the page is drawn with :func:`render_html`. Raises :class:`PersonaGenError` when the directory cannot be
+    created or written.
     """
     out = Path(out_dir)
     try:
@@ -80,14 +103,101 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, 
         html_path = out / "report.html"
         data = to_jsonable(report)
         json_path.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
-        html_path.write_text(render_html(data), encoding="utf-8")
+        html_path.write_text(html_page if html_page is not None else render_html(data), encoding="utf-8")
     except OSError as exc:
         raise PersonaGenError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     return json_path, html_path
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The whole report as one self-contained HTML page (plotly.js inlined once in ``<head>``)."""
+def render_html(report: Mapping[str, Any], *, max_bytes: int | None = REPORT_SIZE_CAP) -> str:
+    """The whole report as one self-contained HTML page (plotly.js inlined once in ``<head>``), under
+    ``max_bytes`` (UTF-8; default :data:`REPORT_SIZE_CAP`, None = no cap): when the full page is larger, the
+    projection figures are slimmed step by step (:data:`_SLIMMING`) and the page states how."""
+    marker = "\x00projections\x00"
+    skeleton = _render_page(report, projections_html=marker)
+    page = skeleton.replace(marker, _projections_html(report), 1)
+    if max_bytes is None or len(page.encode("utf-8")) <= max_bytes or not report.get("projections"):
+        return page
+    # Only the projections are drawn again at each step; the rest of the page stays as drawn.
+    most = max(len(p.get("label") or []) for p in report["projections"].values())
+    for step, (hover_chars, persona, example, points) in enumerate(_SLIMMING):
+        if points is not None and points >= most and step < len(_SLIMMING) - 1:
+            continue  # no dataset has that many points: the step would change nothing
+        slim = dict(report)
+        slim["projections"] = _slim_projections(report["projections"], hover_chars, persona, points)
+        cut = [f"hover texts shortened to {hover_chars} characters"]
+        if not persona:
+            cut.append("persona summaries left out of the hover")
+        if not example:
+            cut.append("the attribute-coloured example view left out (the dashboard has every attribute)")
+        if points is not None:
+            cut.append(f"at most {points:,} points drawn per dataset (seeded stratified sample)")
+        slim["_html_slimmed"] = (
+            f"To keep this page under {max_bytes / 1e6:.0f} MB: " + "; ".join(cut) + ". report.json has "
+            "the full projection data."
+        )
+        slim["_html_example_view"] = example
+        page = skeleton.replace(marker, _projections_html(slim), 1)
+        if len(page.encode("utf-8")) <= max_bytes or step == len(_SLIMMING) - 1:
+            return page
+    return page
+
+
+#: (hover characters, persona in hover, attribute-coloured example view, max points per dataset) per step.
+_SLIMMING: list[tuple[int, bool, bool, int | None]] = [
+    (200, True, True, None),
+    (200, True, False, None),
+    (80, False, False, None),
+    (80, False, False, 5000),
+    (80, False, False, 2000),
+    (40, False, False, 1000),
+]
+
+
+def _slim_projections(
+    projections: Mapping[str, Any], hover_chars: int, persona: bool, points: int | None
+) -> dict[str, Any]:
+    """A copy of ``report["projections"]`` with shortened hover texts and at most ``points`` points."""
+    from personagen_core.evaluation.subsample import stratified_indices
+
+    def cut(values: list[Any]) -> list[str]:
+        return [s if len(s) <= hover_chars else s[: hover_chars - 1] + "…" for s in map(str, values)]
+
+    out: dict[str, Any] = {}
+    for name, p in projections.items():
+        q = dict(p)
+        n = len(p.get("label") or [])
+        keep = list(range(n))
+        if points is not None and n > points:
+            keep = stratified_indices([p["label"]], points, random_state=0).tolist()
+            q["sample"] = {
+                **(p.get("sample") or {"of": n, "stratified_by": ["label"], "seed": 0}),
+                "n": len(keep),
+            }
+
+        def pick(values: list[Any], keep: list[int] = keep) -> list[Any]:
+            return [values[i] for i in keep]
+
+        q["coords"] = {m: {"x": pick(c["x"]), "y": pick(c["y"])} for m, c in p.get("coords", {}).items()}
+        q["label"] = pick(p["label"])
+        q["text"] = cut(pick(p.get("text") or [""] * n))
+        q["persona"] = cut(pick(p["persona"])) if persona and p.get("persona") else [""] * len(keep)
+        q["attributes"] = {c: pick(v) for c, v in (p.get("attributes") or {}).items()}
+        out[name] = q
+    return out
+
+
+def _projections_html(report: Mapping[str, Any]) -> str:
+    """The projections section's content (its warnings, then the figures or why there are none)."""
+    flags = _flags(report, "projections")
+    if report.get("projections"):
+        return flags + _projections_section(report)
+    reason = (report.get("skipped") or {}).get("projections", "not computed")
+    return flags + f'<p class="note">Not computed: {html.escape(str(reason))}.</p>'
+
+
+def _render_page(report: Mapping[str, Any], *, projections_html: str | None = None) -> str:
+    """The page; ``projections_html`` replaces the projections section's content (default: drawn here)."""
     names = list(report.get("datasets", {}))
     sections: list[tuple[str, str, str]] = []  # (anchor, title, html)
     sections.append(("datasets", "Datasets", _datasets_section(report)))
@@ -101,6 +211,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         ("slices", "Slices: which personas make good data", _slices_section),
     ]
     for key, title, build in builders:
+        if key == "projections" and projections_html is not None:
+            sections.append((key, title, projections_html))
+            continue
         flags = _flags(report, key)
         if report.get(key):
             sections.append((key, title, flags + build(report)))
@@ -242,10 +355,19 @@ def _projections_section(report: Mapping[str, Any]) -> str:
         for name, d in (report.get("datasets") or {}).items()
     )
     parts = [f'<p class="note">Texts per label: {html.escape(counts)}.</p>']
+    for name in proj:
+        note = figures.projection_sample_note(report, name)
+        if note:
+            parts.append(
+                f'<p class="note"><b>{html.escape(name)}</b>: the projections show a {html.escape(note)} '
+                "(every other figure on this page uses all texts unless its section says otherwise).</p>"
+            )
+    if report.get("_html_slimmed"):
+        parts.append(f'<div class="warn">{html.escape(str(report["_html_slimmed"]))}</div>')
     for method in methods:
         parts.append(_safe_figure(lambda m=method: figures.projection_figure_from_report(report, method=m)))
     attrs = sorted({c for p in proj.values() for c in (p.get("attributes") or {})})
-    if attrs and methods:
+    if attrs and methods and report.get("_html_example_view", True):
         # One attribute-coloured view as an example; the dashboard offers every attribute.
         parts.append(
             _safe_figure(
@@ -320,6 +442,7 @@ def _separability_section(report: Mapping[str, Any]) -> str:
     out = [
         _table(frame, "Table V. Per-class separability (LightGBM on embeddings)", settings),
         _table(acc, "Accuracy"),
+        _notes(_sample_notes({name: d.get("sample") for name, d in sep.items()}, "split and scored")),
     ]
     matrices = {name: d["confusion"] for name, d in sep.items()}
     out.append(
@@ -391,6 +514,7 @@ def _downstream_section(report: Mapping[str, Any]) -> str:
         for name, covered in (down.get("coverage") or {}).items()
     }
     lacks = {name: labs for name, labs in lacks.items() if labs}
+    notes.update(_sample_notes({name: r.get("train_sample") for name, r in rows.items()}, "trained on"))
     if lacks:
         notes["Why"] = "training sets without some gold labels: " + "; ".join(
             f"{name} has no {', '.join(map(str, labs))}" for name, labs in lacks.items()
@@ -531,6 +655,15 @@ def _flags(report: Mapping[str, Any], section: str) -> str:
     if not items:
         return ""
     return '<div class="warn"><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>\n"
+
+
+def _sample_notes(samples: Mapping[str, Any], verb: str) -> dict[str, str]:
+    """``{name: "... a seeded stratified sample of n of N texts"}`` for the datasets computed on a sample."""
+    return {
+        str(name): f"{verb} a seeded stratified sample (by label) of {s['n']:,} of {s['of']:,} texts"
+        for name, s in samples.items()
+        if s
+    }
 
 
 def _notes(notes: Mapping[str, Any]) -> str:

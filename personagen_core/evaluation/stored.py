@@ -13,6 +13,7 @@ busy timeout let another process (the CLI) write the same file meanwhile.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import sqlite3
@@ -23,12 +24,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from personagen_core import paths
 from personagen_core.errors import StoreError
 
-__all__ = ["LIST_COLUMNS", "EvaluationStore", "default_path", "describe_settings"]
+__all__ = ["LIST_COLUMNS", "EvaluationStore", "content_key", "default_path", "describe_settings"]
 
 #: Columns of :meth:`EvaluationStore.list`.
 LIST_COLUMNS = [
@@ -59,6 +61,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
     report      BLOB NOT NULL    -- zlib-compressed JSON of the whole report
 );
 CREATE INDEX IF NOT EXISTS evaluations_key ON evaluations (input_key, created_at);
+CREATE TABLE IF NOT EXISTS evaluation_html (
+    eval_id     TEXT PRIMARY KEY,
+    renderer    TEXT NOT NULL,   -- report.renderer_id() when rendered: another renderer re-renders
+    html        BLOB NOT NULL    -- zlib-compressed report.html
+);
 CREATE TABLE IF NOT EXISTS recent_gold (
     path     TEXT PRIMARY KEY,
     split    TEXT,
@@ -76,11 +83,53 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def _frame_digest(frame: pd.DataFrame | None) -> str:
+    """sha256 of a table's content (every column, in order, as text), independent of its index."""
+    if frame is None:
+        return "-"
+    digest = hashlib.sha256(json.dumps([str(c) for c in frame.columns]).encode())
+    for col in frame.columns:
+        values = frame[col].astype(str).tolist()
+        # The lengths make the joined bytes unambiguous whatever the texts contain.
+        digest.update(np.fromiter(map(len, values), dtype=np.int64, count=len(values)).tobytes())
+        digest.update("\x00".join(values).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def content_key(
+    datasets: Mapping[str, pd.DataFrame],
+    *,
+    settings: Any,
+    gold: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
+    label_map: Mapping[str, Any] | None = None,
+    extra: Iterable[Any] = (),
+) -> str:
+    """A key for :meth:`EvaluationStore.save` / :meth:`~EvaluationStore.find` from the inputs' content:
+    every dataset (name and all its columns), the gold splits, the label map, the settings and ``extra``
+    (e.g. the embedding model's identity, rejections, the judge's endpoint), plus the package version so
+    that a new release recomputes. Hashing 100,000 texts takes a fraction of a second."""
+    from personagen_core import __version__
+
+    dump = getattr(settings, "model_dump_json", None)
+    settings_json = dump() if dump is not None else json.dumps(settings, sort_keys=True)
+    parts = [
+        __version__,
+        settings_json,
+        [[name, _frame_digest(frame)] for name, frame in datasets.items()],
+        [_frame_digest(g) for g in gold],
+        dict(label_map or {}),
+        [str(x) for x in extra],
+    ]
+    return "content:" + hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def describe_settings(settings: Mapping[str, Any]) -> str:
     """A one-line summary of an evaluation's settings for pickers and listings."""
+    from personagen_core.evaluation.projection import METHOD_NAMES
+
     proj = settings.get("projections") or []
     parts = [
-        "projections " + ("+".join({"tsne": "t-SNE", "umap": "UMAP"}.get(p, p) for p in proj) or "none"),
+        "projections " + ("+".join(METHOD_NAMES.get(p, p) for p in proj) or "none"),
         f"seed {settings.get('seed', 0)}",
     ]
     if settings.get("max_texts"):
@@ -208,9 +257,29 @@ class EvaluationStore:
                 break
         return pd.DataFrame(records, columns=LIST_COLUMNS)
 
+    def save_html(self, eval_id: str, html: str, *, renderer: str) -> None:
+        """Keep the rendered HTML page of ``eval_id`` (drawing 10,000-point projections takes seconds; a
+        rerun of the same evaluation writes the kept page). ``renderer`` identifies the code that drew it."""
+        blob = zlib.compress(html.encode("utf-8"), 6)
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO evaluation_html (eval_id, renderer, html) VALUES (?, ?, ?)",
+                (eval_id, renderer, blob),
+            )
+
+    def get_html(self, eval_id: str, *, renderer: str) -> str | None:
+        """The kept HTML page of ``eval_id`` drawn by ``renderer``, or None (never kept, or drawn by other
+        code)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT html FROM evaluation_html WHERE eval_id = ? AND renderer = ?", (eval_id, renderer)
+            ).fetchone()
+        return None if row is None else zlib.decompress(row[0]).decode("utf-8")
+
     def delete(self, eval_id: str) -> None:
         """Remove a stored evaluation (StoreError if unknown)."""
         with self._lock, self._conn:
+            self._conn.execute("DELETE FROM evaluation_html WHERE eval_id = ?", (eval_id,))
             cur = self._conn.execute("DELETE FROM evaluations WHERE eval_id = ?", (eval_id,))
         if cur.rowcount == 0:
             raise StoreError(f"no stored evaluation {eval_id!r} in {self.path}")

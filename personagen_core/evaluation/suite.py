@@ -11,7 +11,8 @@ Report layout (every section keyed by dataset name, so several runs sit side by 
     schema_version, generated_at, settings, embedding {model, dim}
     datasets[name]      {n, labels {label: count}, source}
     gold                {train {n, labels}, test {n, labels}, label_map, dropped_labels} | None
-    projections[name]   {coords {method: {x, y}}, label, text, persona, attributes {column: [...]}}
+    projections[name]   {coords {method: {x, y}}, label, text, persona, attributes {column: [...]},
+                         sample {n, of, stratified_by, seed, labels} (only when a sample was drawn)}
     diversity           {datasets[name] {per_emotion {emotion: {metric: v}}, overall {metric: v}},
                          definitions, notes}
     separability        {method, datasets[name] {accuracy, per_class, macro, weighted, confusion,
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -113,7 +115,19 @@ class EvaluationSettings(BaseModel):
     embedding_precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bfloat16 matrix products on CPUs that have them natively, else float32"
     )
-    projections: tuple[Literal["tsne", "umap"], ...] = ("tsne", "umap")
+    projections: tuple[Literal["tsne", "umap", "pca"], ...] = ("tsne", "umap")
+    max_projection_points: int | None = Field(
+        10_000,
+        ge=10,
+        description="projections of a larger dataset are computed on a seeded sample of this many texts, "
+        "stratified by label (None = every text)",
+    )
+    max_train_texts: int | None = Field(
+        20_000,
+        ge=10,
+        description="separability and Table VII train LightGBM on a seeded sample of at most this many "
+        "texts per dataset, stratified by label (None = every text)",
+    )
     seed: int = 0
     cluster_k: int = Field(5, ge=2, description="k-means clusters per emotion for Cluster Entropy")
     self_bleu_sample: int = Field(500, ge=2, description="texts sampled per emotion for Self-BLEU")
@@ -255,7 +269,8 @@ def evaluate(
     warn = _Warnings(report["warnings"])
 
     with progress.stage("embeddings", report):
-        emb = {name: _encode(embedder, f["text"]) for name, f in data.items()}
+        texts = {name: f["text"] for name, f in data.items()}
+        emb = _encode_all(embedder, texts, progress.within("embeddings"))
         report["embedding"] = {
             "model": str(getattr(embedder, "model_id", settings.embedding_model or "all-MiniLM-L6-v2")),
             "dim": int(next(iter(emb.values())).shape[1]),
@@ -330,19 +345,37 @@ def _projections(
     cache: Any,
     warn: _Warnings,
 ) -> dict[str, Any]:
+    from personagen_core.evaluation.projection import METHOD_NAMES as names
     from personagen_core.evaluation.projection import project
+    from personagen_core.evaluation.subsample import stratified_indices
 
-    names = {"tsne": "t-SNE", "umap": "UMAP"}
     out: dict[str, Any] = {}
-    for name, frame in data.items():
+    for name, full in data.items():
         coords, skipped = {}, {}
+        n_all = len(full)
+        cap = settings.max_projection_points
+        sample: dict[str, Any] | None = None
+        x = emb[name]
+        frame = full
+        if cap is not None and n_all > cap:
+            # Large datasets: one seeded sample per dataset, stratified by label, shared by every method,
+            # so the report carries at most ``cap`` points (and their hover texts) per dataset.
+            idx = stratified_indices([full["label"].to_numpy(dtype=str)], cap, random_state=settings.seed)
+            frame, x = full.iloc[idx].reset_index(drop=True), x[idx]
+            sample = {
+                "n": len(idx),
+                "of": n_all,
+                "stratified_by": ["label"],
+                "seed": settings.seed,
+                "labels": {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
+            }
         n = len(frame)
         for method in settings.projections:
             if n < _TSNE_MIN:
                 skipped[method] = f"{names[method]} needs at least {_TSNE_MIN} texts; this dataset has {n}"
                 continue
             try:
-                xy = np.asarray(cache.call(project, emb[name], method=method, random_state=settings.seed))
+                xy = np.asarray(cache.call(project, x, method=method, random_state=settings.seed))
             except (DataError, ValueError) as exc:  # degenerate input (e.g. identical texts)
                 skipped[method] = f"{names[method]} could not lay out these {n} texts: {exc}"
                 continue
@@ -373,6 +406,8 @@ def _projections(
         }
         if skipped:
             out[name]["skipped"] = skipped
+        if sample is not None:
+            out[name]["sample"] = sample
     return out
 
 
@@ -452,9 +487,12 @@ def _separability(
                 f"{_counts_text(frame)}",
             )
             continue
-        mask = np.isin(y, kept)
+        rows = np.flatnonzero(np.isin(y, kept))
+        sample = _train_sample(y[rows], settings)
+        if sample is not None:
+            rows = rows[sample]
         res = cache.call(
-            separability, emb[name][mask], y[mask], random_state=settings.seed, test_size=settings.test_size
+            separability, emb[name][rows], y[rows], random_state=settings.seed, test_size=settings.test_size
         )
         labels = [str(x) for x in res.labels]
         confusion = np.asarray(res.confusion)
@@ -473,6 +511,9 @@ def _separability(
             "predicted_labels": predicted,
             "min_reliable": reliable_n,
         }
+        if sample is not None:
+            of = int(np.isin(y, kept).sum())
+            per_ds[name]["sample"] = {"n": len(rows), "of": of, "stratified_by": ["label"]}
         if left_out:
             warn.add(
                 "separability",
@@ -504,7 +545,8 @@ def _separability(
         return None
     out: dict[str, Any] = {
         "method": f"LightGBM (defaults) on the embeddings, stratified {split} split, seed {settings.seed}; "
-        f"accuracy interval: Wilson {settings.confidence:.0%} on the held-out texts",
+        f"accuracy interval: Wilson {settings.confidence:.0%} on the held-out texts"
+        + _train_cap_note(settings),
         "datasets": per_ds,
     }
     if warn.skipped.get("separability"):
@@ -735,10 +777,15 @@ def _downstream(
     y_test = gold["test"]["label"].to_numpy(dtype=str)
     x_test = gold_emb["test"]
     test_labels = sorted(set(y_test.tolist()))
-    train_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {
-        name: (emb[name][frame["row"].to_numpy()], frame["label"].to_numpy(dtype=str))
-        for name, frame in gold["mapped"].items()
-    }
+    train_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    train_samples: dict[str, dict[str, Any]] = {}
+    for name, frame in gold["mapped"].items():
+        rows, y_ds = frame["row"].to_numpy(), frame["label"].to_numpy(dtype=str)
+        sample = _train_sample(y_ds, settings)
+        if sample is not None:
+            train_samples[name] = {"n": len(sample), "of": len(rows), "stratified_by": ["label"]}
+            rows, y_ds = rows[sample], y_ds[sample]
+        train_sets[name] = (emb[name][rows], y_ds)
     gold_name = f"gold (balanced {settings.gold_per_class}/class)"
     y_train_full = None
     if gold["train"] is not None:
@@ -778,6 +825,8 @@ def _downstream(
     for name, (x, y) in train_sets.items():
         res = cache.call(transfer, x, y, x_test, y_test, random_state=settings.seed, labels=on)
         rows[name] = row(res, scope)
+        if name in train_samples:
+            rows[name]["train_sample"] = train_samples[name]
         _warn_small_training(warn, name, rows[name], y, min_child_samples())
     if y_train_full is not None:
         # Cheap, but cached too: scoring it imports scikit-learn, 1.6 s of a warm re-evaluation otherwise.
@@ -834,7 +883,8 @@ def _downstream(
         "marked 'full test split' use every gold label their training set has. Weighted P/R/F1 as in the "
         f"paper, macro F1 beside it; {settings.confidence:.0%} percentile intervals from "
         f"{settings.bootstrap} paired bootstrap resamples of the test texts; the chance row is the "
-        f"expected score of uniform guessing (binomial interval); seed {settings.seed}",
+        f"expected score of uniform guessing (binomial interval); seed {settings.seed}"
+        + _train_cap_note(settings),
         "rows": rows,
     }
 
@@ -1084,6 +1134,26 @@ def _cap(frame: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
     return out
 
 
+def _train_sample(y: np.ndarray, settings: EvaluationSettings) -> np.ndarray | None:
+    """Positions of a seeded stratified sample of ``settings.max_train_texts`` labels ``y``, or None when
+    ``y`` is not larger (every text is used)."""
+    cap = settings.max_train_texts
+    if cap is None or len(y) <= cap:
+        return None
+    from personagen_core.evaluation.subsample import stratified_indices
+
+    return stratified_indices([y], cap, random_state=settings.seed)
+
+
+def _train_cap_note(settings: EvaluationSettings) -> str:
+    if settings.max_train_texts is None:
+        return ""
+    return (
+        f"; a dataset with more than {settings.max_train_texts:,} texts trains on a seeded stratified sample "
+        "of that many (stated per dataset)"
+    )
+
+
 def _map_labels(frame: pd.DataFrame, mapping: Mapping[str, str | None]) -> pd.DataFrame:
     """``row`` (position in the dataset) and ``label`` mapped to gold labels; rows mapped to None dropped."""
     labels = [mapping.get(lab, lab) for lab in frame["label"]]
@@ -1091,8 +1161,32 @@ def _map_labels(frame: pd.DataFrame, mapping: Mapping[str, str | None]) -> pd.Da
     return out[out["label"].notna()].reset_index(drop=True)
 
 
-def _encode(embedder: Any, texts: pd.Series) -> np.ndarray:
-    x = np.asarray(embedder.encode([str(t) for t in texts.tolist()]), dtype=np.float32)
+def _encode_all(
+    embedder: Any, texts: Mapping[str, pd.Series], on_part: Callable[[float], None]
+) -> dict[str, np.ndarray]:
+    """Embed every dataset, reporting the share of all their texts embedded so far (``on_part(0..1)``):
+    the progress bar moves during a long embedding stage, not only between stages."""
+    total = max(1, sum(len(t) for t in texts.values()))
+    out, before = {}, 0
+    for name, series in texts.items():
+        size = len(series)
+
+        def on_progress(done: int, of: int, before: int = before, size: int = size) -> None:
+            on_part((before + size * done / max(of, 1)) / total)
+
+        out[name] = _encode(embedder, series, on_progress)
+        before += size
+    return out
+
+
+def _encode(
+    embedder: Any, texts: pd.Series, on_progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
+    items = [str(t) for t in texts.tolist()]
+    # Embedders given by callers may only have encode(texts); ours also reports progress.
+    accepts = on_progress is not None and "on_progress" in inspect.signature(embedder.encode).parameters
+    raw = embedder.encode(items, on_progress=on_progress) if accepts else embedder.encode(items)
+    x = np.asarray(raw, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] != len(texts):
         raise DataError(f"the embedder returned shape {x.shape} for {len(texts)} texts")
     return x
