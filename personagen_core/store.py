@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS verdicts_run ON verdicts(run_id, stage);
+-- WITHOUT ROWID: the key (a JSON attribute tuple) is stored once, in the primary key's b-tree, not again in
+-- an automatic index (it was ~1.3 kB of the ~3.8 kB a validated run stores per text; new stores only).
 CREATE TABLE IF NOT EXISTS verdict_cache (
     stage INTEGER NOT NULL,
     model TEXT NOT NULL,
@@ -90,7 +92,7 @@ CREATE TABLE IF NOT EXISTS verdict_cache (
     reason TEXT,
     created_at REAL NOT NULL,
     PRIMARY KEY (stage, model, key)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS texts (
     text_id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,

@@ -479,3 +479,17 @@ def test_run_queries_use_indexes_not_full_scans(tmp_path: Path) -> None:
             if words[:1] == ["SCAN"] and words[1] in _RUN_TABLES and "INDEX" not in detail:
                 scans.append((detail, sql))
     assert scans == []
+
+
+def test_verdict_cache_keys_are_stored_once(tmp_path: Path) -> None:
+    """The cache key (a JSON attribute tuple) lives in the primary key's b-tree only: no automatic index
+    holding a second copy of every key (it was a third of a validated run's store)."""
+    store = RunStore(tmp_path / "r.sqlite")
+    key = verdict_key({"age": "6-12", "job": "pupil"}, ["age", "job"])
+    store.cache_verdicts(1, "m", {key: ("natural", "")})
+    assert store.cached_verdicts(1, "m", [key, "other"]) == {key: ("natural", "")}
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'verdict_cache' AND type = 'index'").fetchall() == []
+    plan = " ".join(r[-1] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT verdict FROM verdict_cache WHERE stage = 1 AND model = 'm' AND key = ?", (key,)))
+    assert "USING PRIMARY KEY" in plan
