@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from test_cli_evaluate import _run
 
 from personagen_core.errors import DataError
 from personagen_core.evaluation import embeddings, figures
@@ -321,18 +322,6 @@ class _CliEmbedder(RandomEmbedder):
         self.stats = embeddings.EmbedStats()
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from personagen_core.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,7 +331,7 @@ def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
     unbalanced(200).to_csv(data, index=False)
     argv = ["evaluate", "--data", str(data), "--projection", "pca", "--max-projection-points", "50"]
     argv += ["--bootstrap", "0", "--prd-runs", "1"]
-    code, out, err = _cli([*argv, "-o", str(tmp_path / "a")], capsys)
+    code, out, err = _run([*argv, "-o", str(tmp_path / "a")], capsys)
     assert code == 0, err
     eval_id = re.search(r"stored as evaluation (ev-\S+)", out).group(1)
     assert re.search(r"\[\s*\d+%\] embeddings", err) and "[100%] done" in err  # progress lines off a tty
@@ -354,7 +343,7 @@ def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
     }
     assert report["settings"]["max_projection_points"] == 50
 
-    code, out, err = _cli([*argv, "-o", str(tmp_path / "b")], capsys)
+    code, out, err = _run([*argv, "-o", str(tmp_path / "b")], capsys)
     assert code == 0, err
     assert f"reused stored evaluation {eval_id}" in out and "embedding up to" not in err
     page_a, page_b = ((tmp_path / d / "report.html").read_text() for d in "ab")
@@ -364,9 +353,9 @@ def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
     frame = unbalanced(200)
     frame.loc[0, "text"] = "a changed text"
     frame.to_csv(data, index=False)
-    code, out, _ = _cli([*argv, "-o", str(tmp_path / "c")], capsys)
+    code, out, _ = _run([*argv, "-o", str(tmp_path / "c")], capsys)
     assert code == 0 and "reused" not in out and "stored as evaluation" in out
-    code, out, _ = _cli([*argv, "--no-cache", "-o", str(tmp_path / "d")], capsys)
+    code, out, _ = _run([*argv, "--no-cache", "-o", str(tmp_path / "d")], capsys)
     assert code == 0 and "reused" not in out
 
 

@@ -300,6 +300,13 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
                 figures.projection_figure_from_report(report, method=method, color_by=color_by),
                 key="eval_projection",
             )
+            sampled = {n: figures.projection_sample_note(report, n) for n in proj}
+            if any(sampled.values()):
+                st.caption(
+                    "Projections of large datasets are drawn from a sample: "
+                    + "; ".join(f"{n}: {note}" for n, note in sampled.items() if note)
+                    + ". Every other figure uses all texts unless it says otherwise."
+                )
     with t_sep:
         sep = report.get("separability")
         _warnings(report, "separability")
