@@ -138,13 +138,15 @@ def test_stored_evaluations_open_without_any_run(tmp_path: Path, monkeypatch: py
     st.cache_resource.clear()
     frame = pd.DataFrame({"text": [f"joy text {i}" for i in range(6)] + [f"sad text {i}" for i in range(6)],
                           "label": ["joy"] * 6 + ["sadness"] * 6})
-    report = evaluate({"file": frame}, settings=EvaluationSettings(projections=()), embedder=_HashEmbedder(),
-                      cache_dir=tmp_path / "results")
+    # A projection of a sample (10 of the 12 texts): the page says so under the figure.
+    settings = EvaluationSettings(projections=("pca",), max_projection_points=10)
+    report = evaluate({"file": frame}, settings=settings, embedder=_HashEmbedder(), cache_dir=tmp_path / "results")
     eval_id = EvaluationStore(tmp_path / "evaluations.sqlite").save(report, source="cli")
     try:
         at = _open("app_pages/6_evaluate.py")
         assert "No runs in the run store yet" in _texts(at)
         assert at.selectbox(key="keep_eval_open").value == eval_id and not at.error
+        assert "file: seeded stratified sample (by label) of 10 of 12 texts" in _texts(at)
         report_page = _open("app_pages/8_report.py", at)
         assert "Download the HTML report" in {b.proto.label for b in report_page.get("download_button")}
     finally:
