@@ -6,7 +6,10 @@ import streamlit as st
 
 import ui
 from personagen_core.generation import pipeline, throughput, validation_policy
-from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY
+from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, STAGE_CHOICES
+
+STAGE_LABELS = {"1": "stage 1", "12": "stages 1 and 2", "123": "stages 1, 2 and 3 (the paper's)"}
+assert set(STAGE_LABELS) == set(STAGE_CHOICES)
 
 ui.page_title("Generate")
 
@@ -19,13 +22,8 @@ with left:
     with ui.error_boundary("LLM settings"):
         llm = ui.llm_settings_form()
     st.subheader("Run")
-    methods = {
-        "personagen": "PersonaGen (validated personas)",
-        "attrprompt": "AttrPrompt",
-        "priorwork": "Prior work (unvalidated personas)",
-    }
     method = st.selectbox(
-        "Method", list(pipeline.METHODS), format_func=methods.get,
+        "Method", list(pipeline.METHODS), format_func=lambda m: pipeline.METHODS[m].label,
         **ui.keep("method", "personagen", options=pipeline.METHODS),
     )
     c1, c2 = st.columns(2)
@@ -48,6 +46,27 @@ with left:
     emotions = c2.multiselect(
         "Emotions", spec.emotion_names, **ui.keep("emotions", spec.emotion_names, options=spec.emotion_names)
     )
+
+    defaults = {k: f.default for k, f in pipeline.GenerationConfig.model_fields.items()}
+    with st.expander("Run options (optional)"):
+        o1, o2 = st.columns(2)
+        stages = o1.selectbox(
+            "Conditioning stages", list(STAGE_CHOICES), format_func=STAGE_LABELS.get,
+            help="Ablation: condition the texts on stage 1 only, stages 1-2, or all three.",
+            **ui.keep("stages", defaults["stages"], options=STAGE_CHOICES),
+        )
+        validation_batch = o2.number_input("Candidates per validation call", 1, 64,
+                                           **ui.keep("validation_batch", defaults["validation_batch"]))
+        texts_per_persona = o1.number_input(
+            "Texts per persona (0 = the spec's)", 0, 100, **ui.keep("texts_per_persona", 0))
+        max_attempts = o2.number_input(
+            "Attempt limit (0 = ten per text + 50)", 0, 10**9, step=100,
+            help="Accepted + rejected candidates and outputs after which the run stops (resumable).",
+            **ui.keep("max_attempts", 0))
+        near_dup = o1.slider(
+            "Near-duplicate threshold", 0.05, 1.0, step=0.05,
+            help="Similarity to an accepted text at which an output is rejected as a near-duplicate.",
+            **ui.keep("near_duplicate_threshold", defaults["near_duplicate_threshold"]))
 
     if embedded:
         st.caption("Embedded model: a small run by default (2 per emotion). For a bigger one raise "
@@ -78,6 +97,11 @@ with left:
             token_budget=int(token_budget) or None,
             temperature=float(temperature),
             verdict_reasons=ui.kept("verdict_reasons", "all"),
+            stages=stages,
+            validation_batch=int(validation_batch),
+            texts_per_persona=int(texts_per_persona) or None,
+            max_attempts=int(max_attempts) or None,
+            near_duplicate_threshold=float(near_dup),
             validate=validate,
             llm=llm,
         )

@@ -6,6 +6,8 @@ dashboard can show a one-paragraph message instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "BudgetExceeded",
     "DataError",
@@ -23,7 +25,16 @@ __all__ = [
 
 
 class PersonaGenError(Exception):
-    """Base class of every error PersonaGen raises on purpose."""
+    """Base class of every error PersonaGen raises on purpose.
+
+    ``settings`` names the settings the message is about (field names of ``GenerationConfig`` or
+    ``LLMSettings``, e.g. ``("max_cost",)``). The message itself speaks of settings ("the cost limit"); each
+    shell adds where to change them: the CLI its flag, the dashboard its field.
+    """
+
+    def __init__(self, *args: object, settings: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.settings: tuple[str, ...] = tuple(settings)
 
 
 class SpecError(PersonaGenError):

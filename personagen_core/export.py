@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from personagen_core.errors import PersonaGenError
+from personagen_core.generation.vocabulary import FUNNEL_VERDICTS
 from personagen_core.store import RunStore
 
 __all__ = ["FORMATS", "dataset_card", "export_frame", "export_run", "iter_export_frames"]
@@ -138,17 +139,7 @@ def dataset_card(store: RunStore, run_id: str) -> str:
             "---",
         ]
     )
-    stage_rows = [
-        (
-            s,
-            v.get("natural", 0),
-            v.get("rare but plausible", 0),
-            v.get("implausible", 0),
-            v.get("error", 0),
-            v.get("cached", 0),
-        )
-        for s, v in funnel["stages"].items()
-    ]
+    stage_rows = [(s, *(v.get(k, 0) for k in (*FUNNEL_VERDICTS, "cached"))) for s, v in funnel["stages"].items()]
     rej = store.rejection_counts(run_id)
     usage_rows = [
         (
@@ -192,7 +183,7 @@ def dataset_card(store: RunStore, run_id: str) -> str:
         "## Funnel",
         f"Candidates sampled: {funnel['sampled']} (all satisfy the spec's whitelist rules). "
         f"Outputs generated: {funnel['generated']}, accepted: {funnel['accepted']}.",
-        _table(stage_rows, ("stage", "natural", "rare but plausible", "implausible", "error", "cached"))
+        _table(stage_rows, ("stage", *FUNNEL_VERDICTS, "cached"))
         if stage_rows
         else "No LLM validation in this run.",
         "## Rejections",

@@ -29,6 +29,7 @@ import pandas as pd
 
 from personagen_core import paths
 from personagen_core.errors import StoreError
+from personagen_core.generation.vocabulary import FUNNEL_VERDICTS, KEPT_VERDICTS
 
 __all__ = [
     "HEARTBEAT_S",
@@ -1100,9 +1101,7 @@ class RunStore:
             " GROUP BY stage, verdict",
             (run_id,),
         ):
-            st = stages.setdefault(
-                int(r[0]), {"natural": 0, "rare but plausible": 0, "implausible": 0, "error": 0, "cached": 0}
-            )
+            st = stages.setdefault(int(r[0]), {**dict.fromkeys(FUNNEL_VERDICTS, 0), "cached": 0})
             st[r[1]] = st.get(r[1], 0) + int(r[2])
             st["cached"] += int(r[3] or 0)
         out_rej = {
@@ -1320,10 +1319,11 @@ class RunStore:
 
     def stage_survival(self, run_id: str) -> dict[int, tuple[int, int]]:
         """Per stage, ``(kept, judged)`` verdict counts of the run (the measured acceptance rates)."""
+        kept = sorted(KEPT_VERDICTS)
         rows = self._query(
-            "SELECT stage, SUM(verdict IN ('natural', 'rare but plausible')), COUNT(*) FROM verdicts"
+            f"SELECT stage, SUM(verdict IN ({', '.join('?' * len(kept))})), COUNT(*) FROM verdicts"
             " WHERE run_id = ? GROUP BY stage",
-            (run_id,),
+            (*kept, run_id),
         )
         return {int(r[0]): (int(r[1] or 0), int(r[2])) for r in rows}
 

@@ -386,7 +386,7 @@ def test_base_url_credentials_never_printed_or_stored(
     args = ["--pack", "japan", "--emotions", "joy", "--per-emotion", "2", "--db", str(db), "--model", "fake-model"]
     with FakeOpenAIServer() as srv:  # accepts any credentials (the URL's basic auth replaces the key)
         url = srv.base_url.replace("http://", f"http://user:{secret_pw}@")
-        res = runner.invoke(app, ["generate", *args, "--base-url", url, "--max-tokens", "300"])
+        res = runner.invoke(app, ["generate", *args, "--base-url", url, "--token-budget", "300"])
         assert res.exit_code == 3, res.output  # stopped by the token budget
         assert "estimate: ~" in res.output and "http://***@127.0.0.1" in res.output
         shown = res.output
@@ -394,12 +394,13 @@ def test_base_url_credentials_never_printed_or_stored(
         assert RunStore(db).run(run_id)["config"]["llm"]["base_url"] == "http://***@" + srv.base_url[7:]
         # resuming needs the URL again (its credentials were not stored), and says so
         with pytest.raises(SystemExit) as exc:
-            main(["generate", "--resume", run_id, "--db", str(db), "--max-tokens", "100000"])
+            main(["generate", "--resume", run_id, "--db", str(db), "--token-budget", "100000"])
         err = capsys.readouterr().err
-        assert exc.value.code == 2 and "give it again with --base-url" in err, err
+        # the core names the setting, the CLI adds its flag
+        assert exc.value.code == 2 and "give the base URL again" in err and "(set with --base-url)" in err, err
         shown += err
         res = runner.invoke(
-            app, ["generate", "--resume", run_id, "--db", str(db), "--max-tokens", "100000", "--base-url", url]
+            app, ["generate", "--resume", run_id, "--db", str(db), "--token-budget", "100000", "--base-url", url]
         )
         assert res.exit_code == 0, res.output
         shown += res.output

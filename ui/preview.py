@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from personagen_core.generation.vocabulary import FUNNEL_VERDICTS
 from ui.runs import http_client_for
 from ui.state import get_store, kept
 
@@ -47,12 +48,8 @@ def funnel_figure(counts: dict[str, Any]) -> Any:
     return fig
 
 
-_VERDICT_ICON = {
-    "natural": ":green[natural]",
-    "rare but plausible": ":orange[rare but plausible]",
-    "implausible": ":red[implausible]",
-    "error": ":gray[error]",
-}
+# Colours in the vocabulary's order: natural, rare but plausible, implausible, error.
+_VERDICT_ICON = {v: f":{c}[{v}]" for v, c in zip(FUNNEL_VERDICTS, ("green", "orange", "red", "gray"), strict=True)}
 
 
 def persona_card(index: int, row: dict[str, Any], persona: str, scenario: str, validated: bool) -> None:

@@ -17,6 +17,7 @@ import streamlit as st
 from personagen_core.generation import vocabulary
 from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, DEFAULT_MODEL, ROLES
 from ui.probabilities import redact
+from ui.settings_fields import stop_hint
 from ui.state import _store_for, error_boundary, get_store, home_dir, keep, kept, set_kept, store_path
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "llm_settings_form",
     "local_pool",
     "pd_series",
+    "resume_limits",
     "resume_run",
     "run_details",
     "run_picker",
@@ -259,6 +261,15 @@ def llm_settings() -> Any:
         if kept("several_endpoints", False):
             endpoints = endpoints_from_rows(kept("endpoint_rows") or [])
     model = str(kept("model") or "").strip() or None
+    # Endpoint limits (0 / "auto": the settings' own defaults); they matter for remote endpoints only.
+    limits = {
+        "server": kept("server"),
+        "structured": kept("structured"),
+        "rpm": float(kept("rpm", 0) or 0) or None,
+        "tpm": float(kept("tpm", 0) or 0) or None,
+        "max_retries": kept("max_retries"),
+        "give_up_after": kept("give_up_after"),
+    }
     return LLMSettings.from_env(
         env,
         backend="openai",
@@ -268,6 +279,7 @@ def llm_settings() -> Any:
         model=model,
         models=models,
         **common,
+        **{k: v for k, v in limits.items() if v is not None},
     )
 
 
@@ -344,7 +356,31 @@ def llm_settings_form() -> Any:
             "the embedded model. Raise it for a slow local server.",
             **keep("timeout", 0.0),
         )
+    if backend != "local":
+        _endpoint_limits_form()
     return llm_settings()
+
+
+def _endpoint_limits_form() -> None:
+    """Rate limits, retries and the server's kind (defaults: the core's ``LLMSettings`` defaults)."""
+    from personagen_core.generation.llm import LLMSettings
+
+    defaults = {k: f.default for k, f in LLMSettings.model_fields.items()}
+    with st.expander("Endpoint limits (optional)"):
+        a, b = st.columns(2)
+        a.number_input("Requests per minute (0 = no cap)", 0.0, 1e7, step=60.0, **keep("rpm", 0.0))
+        b.number_input("Tokens per minute (0 = no cap)", 0.0, 1e10, step=10_000.0, **keep("tpm", 0.0))
+        a.number_input("Retries per call", 0, 100, **keep("max_retries", defaults["max_retries"]))
+        b.number_input("Give up after failed calls", 1, 10_000,
+                       help="Failed calls in a row, none succeeding, before the run gives up on the endpoint "
+                       "(four times as many for rate limits and timeouts).",
+                       **keep("give_up_after", defaults["give_up_after"]))
+        a.selectbox("Server kind", list(vocabulary.SERVER_KINDS),
+                    help="So that schemas and grammars are sent in the form the server understands (auto: "
+                    "detected once).", **keep("server", defaults["server"], options=vocabulary.SERVER_KINDS))
+        b.selectbox("Structured output", list(vocabulary.STRUCTURED_MODES),
+                    help="The structured-output mode to start from (auto: by server kind).",
+                    **keep("structured", defaults["structured"], options=vocabulary.STRUCTURED_MODES))
 
 
 #: Columns of the Generate page's endpoints table (an endpoint pool's settings, without keys).
@@ -489,6 +525,14 @@ def start_generation(spec: Any, config: Any, *, batch_poll_s: float | None = Non
     return _start(run_id, call, config.llm, cancel)
 
 
+def resume_limits() -> dict[str, Any]:
+    """The limits set on the Generate page (0 = not set), as resume overrides: a run stopped at its cost
+    limit resumes with the page's larger one (the CLI's ``--resume RUN --max-cost N``)."""
+    limits = {"max_cost": float(kept("max_cost", 0) or 0), "token_budget": int(kept("token_budget", 0) or 0),
+              "max_attempts": int(kept("max_attempts", 0) or 0)}
+    return {k: v for k, v in limits.items() if v}
+
+
 def resume_run(run_id: str, settings: Any) -> str:
     """Resume an interrupted run in a background thread with this session's LLM settings."""
     from personagen_core.generation.pipeline import resume_generation
@@ -502,7 +546,7 @@ def resume_run(run_id: str, settings: Any) -> str:
 
     def call() -> Any:
         return resume_generation(
-            store, run_id, llm=settings, cancel=cancel, http_client=http_client_for(settings)
+            store, run_id, llm=settings, cancel=cancel, http_client=http_client_for(settings), **resume_limits()
         )
 
     return _start(run_id, call, settings, cancel)
@@ -624,7 +668,7 @@ def show_run_progress(run_id: str) -> None:
     elif status == "failed":
         st.error(f"The run failed: {info.get('message') or info.get('stop_reason') or 'no reason recorded'}")
     elif info.get("message") and status not in ("running", "done"):
-        st.warning(f"{status}: {info['message']}")
+        st.warning(f"{status}: {info['message']}.{stop_hint(info.get('stop_reason'))}")
     if alive:
         if st.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop_circle:"):
             handle.cancel.set()

@@ -70,10 +70,11 @@ def _session_secrets() -> list[str]:
 def show_error(exc: BaseException, *, where: str | None = None) -> None:
     """Show an exception as one ``st.error`` paragraph (never a traceback, never a secret)."""
     from personagen_core.errors import PersonaGenError
+    from ui.settings_fields import setting_hint
 
     prefix = f"{where}: " if where else ""
     if isinstance(exc, PersonaGenError):
-        text = f"{prefix}{exc}"
+        text = f"{prefix}{exc}{setting_hint(exc)}"  # the core names settings; the hint names their fields
     else:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         text = f"{prefix}unexpected error ({type(exc).__name__}){': ' + first[:300] if first else ''}"

@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="personagen")
     except PersonaGenError as exc:
-        # Messages may quote a base URL: never print credentials from it.
-        typer.echo(f"error: {redact_text(str(exc))}", err=True)
+        from personagen_core.cli.generate_cmds import setting_hint
+
+        # Messages may quote a base URL: never print credentials from it. Core messages name settings; the
+        # hint names their flags.
+        typer.echo(f"error: {redact_text(str(exc))}{setting_hint(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run handles it itself and exits with 3)
         typer.echo("interrupted", err=True)

@@ -13,7 +13,14 @@ import typer
 
 from personagen_core.errors import PersonaGenError
 from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY as _DEFAULT_CONCURRENCY
-from personagen_core.generation.vocabulary import METHODS, STAGE_CHOICES, VERDICT_REASONS
+from personagen_core.generation.vocabulary import (
+    FUNNEL_VERDICTS,
+    METHODS,
+    SERVER_KINDS,
+    STAGE_CHOICES,
+    STRUCTURED_MODES,
+    VERDICT_REASONS,
+)
 
 if TYPE_CHECKING:
     from personagen_core.generation.pipeline import ProgressEvent, RunSummary
@@ -33,6 +40,8 @@ _DbOpt = Annotated[
 _Method = StrEnum("_Method", {m: m for m in METHODS})
 _Stages = StrEnum("_Stages", {f"s{c}": c for c in STAGE_CHOICES})
 _Reasons = StrEnum("_Reasons", {r: r for r in VERDICT_REASONS})
+_Server = StrEnum("_Server", {k: k for k in SERVER_KINDS})
+_Structured = StrEnum("_Structured", {k: k for k in STRUCTURED_MODES})
 _DEFAULT_METHOD, _DEFAULT_STAGES = _Method("personagen"), _Stages("123")
 
 
@@ -293,17 +302,66 @@ def _finish(summary: RunSummary) -> None:
         )
     if summary.state != "done":
         hint = f"personagen generate --resume {summary.run_id}"
-        if summary.stop_reason in _LIMIT_FLAGS:
-            flag = _LIMIT_FLAGS[summary.stop_reason]
+        if summary.stop_reason in _LIMITS:
+            flag = SETTING_FLAGS[_LIMITS[summary.stop_reason]]
             hint += f" {flag} N   (N: a larger limit; it replaces the stored one)"
         typer.echo(f"{summary.message or summary.state}. Resume with: {hint}", err=True)
         raise typer.Exit(3)
 
 
-#: The flag that raises the limit a run stopped at (``--resume`` takes each of them anew); ``max_tokens`` is
-#: the token budget's stop reason in runs stored by older versions.
-_LIMIT_FLAGS = {"max_cost": "--max-cost", "token_budget": "--token-budget", "max_tokens": "--token-budget",
-                "max_attempts": "--max-attempts"}
+#: The flag of each run setting (``GenerationConfig`` and ``LLMSettings`` field names): the CLI's hint for a
+#: core error that names settings (``PersonaGenError.settings``); tests/test_settings_reach.py checks that
+#: every field is here or in :data:`NOT_ON_CLI`, and that each flag exists.
+SETTING_FLAGS: dict[str, str] = {
+    "method": "--method",
+    "emotions": "--emotions",
+    "per_emotion": "--per-emotion",
+    "seed": "--seed",
+    "stages": "--stages",
+    "validate_": "--llm-validation",
+    "validation_batch": "--validation-batch",
+    "verdict_reasons": "--verdict-reasons",
+    "texts_per_persona": "--texts-per-persona",
+    "temperature": "--temperature",
+    "max_attempts": "--max-attempts",
+    "max_cost": "--max-cost",
+    "token_budget": "--token-budget",
+    "near_duplicate_threshold": "--near-duplicate-threshold",
+    "backend": "--backend",
+    "base_url": "--base-url",
+    "model": "--model",
+    "models": "--validator-model",  # and --generator-model; the judge's: `personagen evaluate --judge-model`
+    "local_model": "--local-model",
+    "concurrency": "--concurrency",
+    "max_retries": "--max-retries",
+    "timeout": "--timeout",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "server": "--server",
+    "structured": "--structured",
+    "give_up_after": "--give-up-after",
+    "endpoints": "--endpoints",
+}
+#: Run settings without a flag, and why.
+NOT_ON_CLI: dict[str, str] = {
+    "validation_policy": "recorded by the run (why validation is on or off), not chosen",
+    "workers": "derived from the concurrency; a knob for tests and benchmarks",
+    "llm": "its fields have their own flags",
+    "api_key": "read from $OPENAI_API_KEY only: a key on the command line lands in the shell history",
+    "backoff_base": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+    "backoff_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+    "retry_after_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+}
+#: Stop reasons that are limits, and the setting that raises each (``max_tokens``: the token budget's stop
+#: reason in runs stored by older versions).
+_LIMITS = {"max_cost": "max_cost", "token_budget": "token_budget", "max_tokens": "token_budget",
+           "max_attempts": "max_attempts"}
+
+
+def setting_hint(exc: PersonaGenError) -> str:
+    """The CLI's addition to a core error that names settings: the flags that change them ('' if none)."""
+    flags = list(dict.fromkeys(SETTING_FLAGS[s] for s in exc.settings if s in SETTING_FLAGS))
+    return f" (set with {' / '.join(flags)})" if flags else ""
 
 
 def generate(
@@ -315,7 +373,11 @@ def generate(
     per_emotion: Annotated[
         int | None, typer.Option("--per-emotion", min=1, help="Texts per emotion (exact).")
     ] = None,
-    method: Annotated[_Method, typer.Option("--method", help="Generation method.")] = _DEFAULT_METHOD,
+    method: Annotated[
+        _Method,
+        typer.Option("--method", help="Generation method: "
+                     + "; ".join(f"{m}: {info.label}" for m, info in METHODS.items()) + "."),
+    ] = _DEFAULT_METHOD,
     stages: Annotated[
         _Stages, typer.Option("--stages", help="Ablation: condition on stage 1, 1+2 or 1+2+3.")
     ] = _DEFAULT_STAGES,
@@ -369,9 +431,37 @@ def generate(
                      "remote APIs, 300 for a server on this machine or network, 600 for the embedded model)."),
     ] = None,
     structured: Annotated[
-        str | None,
-        typer.Option("--structured", help="Structured-output mode to start from: json_schema, json_object or "
-                     "prompt (default: by server kind)."),
+        _Structured | None,
+        typer.Option("--structured", help="Structured-output mode to start from (auto, the default: by server "
+                     "kind)."),
+    ] = None,
+    server: Annotated[
+        _Server | None,
+        typer.Option("--server", help="Kind of server behind the base URL, so schemas and grammars are sent in "
+                     "its form (default auto: detected once)."),
+    ] = None,
+    rpm: Annotated[float | None, typer.Option("--rpm", min=0.001, help="Requests per minute at most.")] = None,
+    tpm: Annotated[float | None, typer.Option("--tpm", min=0.001, help="Tokens per minute at most.")] = None,
+    max_retries: Annotated[
+        int | None, typer.Option("--max-retries", min=0, help="Retries of one LLM call (default 6).")
+    ] = None,
+    give_up_after: Annotated[
+        int | None,
+        typer.Option("--give-up-after", min=1, help="Failed calls in a row, none succeeding, before the run "
+                     "gives up on the endpoint (default 12; four times as many for rate limits and timeouts)."),
+    ] = None,
+    validation_batch: Annotated[
+        int | None, typer.Option("--validation-batch", min=1, max=64,
+                                 help="Candidates judged in one validation call (default 8).")
+    ] = None,
+    texts_per_persona: Annotated[
+        int | None, typer.Option("--texts-per-persona", min=1, max=100,
+                                 help="Texts written per validated persona (default: the spec's).")
+    ] = None,
+    near_duplicate_threshold: Annotated[
+        float | None,
+        typer.Option("--near-duplicate-threshold", min=0.01, max=1.0,
+                     help="Similarity at which a text counts as a near-duplicate of an accepted one (default 0.8)."),
     ] = None,
     verdict_reasons: Annotated[
         _Reasons | None,
@@ -451,7 +541,11 @@ def generate(
         concurrency,
     )
     llm_over.update(_endpoint_overrides(urls, endpoints_file))
-    llm_over.update({k: v for k, v in (("timeout", timeout), ("structured", structured)) if v is not None})
+    llm_over.update({k: v for k, v in (
+        ("timeout", timeout), ("structured", structured.value if structured else None),
+        ("server", server.value if server else None), ("rpm", rpm), ("tpm", tpm), ("max_retries", max_retries),
+        ("give_up_after", give_up_after),
+    ) if v is not None})
     if resume is not None:
         info = store.run(resume)
         if info["status"] == "done":
@@ -494,6 +588,9 @@ def generate(
         max_attempts=max_attempts,
         temperature=temperature,
         verdict_reasons=verdict_reasons.value if verdict_reasons else "all",
+        texts_per_persona=texts_per_persona,
+        **{k: v for k, v in (("validation_batch", validation_batch),
+                             ("near_duplicate_threshold", near_duplicate_threshold)) if v is not None},
         llm=LLMSettings.from_env(**llm_over),
     )
     if batch:  # the Batch API's prices
@@ -624,17 +721,16 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")], db: _DbOpt
         t.add_row(e, str(counts.get(e, 0)), str(n))
     console.print(t)
     funnel = store.funnel(run_id)
-    f = Table("step", "natural", "rare but plausible", "implausible", "error", "cached", title="funnel")
-    f.add_row("sampled (passed rules)", str(funnel["sampled"]), "", "", "", "")
+    counted = (*FUNNEL_VERDICTS, "cached")
+    blank = [""] * (len(counted) - 1)
+    f = Table("step", *counted, title="funnel")
+    f.add_row("sampled (passed rules)", str(funnel["sampled"]), *blank)
     for stage, v in funnel["stages"].items():
-        f.add_row(
-            f"stage {stage}",
-            *(str(v.get(k, 0)) for k in ("natural", "rare but plausible", "implausible", "error", "cached")),
-        )
-    f.add_row("stage 4 outputs", f"{funnel['accepted']} accepted of {funnel['generated']}", "", "", "", "")
+        f.add_row(f"stage {stage}", *(str(v.get(k, 0)) for k in counted))
+    f.add_row("stage 4 outputs", f"{funnel['accepted']} accepted of {funnel['generated']}", *blank)
     # every output check's rejections, most frequent first (truncated, too_long, off_language, ...)
     for reason, n in sorted(funnel["output_rejections"].items(), key=lambda kv: -kv[1]):
-        f.add_row(f"  rejected: {reason}", str(n), "", "", "", "")
+        f.add_row(f"  rejected: {reason}", str(n), *blank)
     console.print(f)
     rej = store.rejection_counts(run_id)
     r = Table("reason", "count", title="rejections")

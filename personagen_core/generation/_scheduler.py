@@ -55,8 +55,8 @@ from personagen_core.generation.endpoints import (
 )
 from personagen_core.generation.llm import CallRecord, LLMClient, estimate_tokens
 from personagen_core.generation.prompts import generation_messages, sentence_grammar, validation_messages
-from personagen_core.generation.run_config import METHODS, GenerationConfig, stages_of
-from personagen_core.personas.render import describe_persona, describe_scenario
+from personagen_core.generation.run_config import METHODS, GenerationConfig, render_candidate, stages_of
+from personagen_core.generation.vocabulary import ERROR_VERDICT
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec
 from personagen_core.redaction import scrub, url_secrets
@@ -162,7 +162,6 @@ class RunSession:
         self.validate = info.validate and config.validate_
         self.stages = stages_of(spec, config)
         self.columns = [c for s in self.stages for c in spec.stage_columns(s)]
-        self.persona_stages = tuple(s for s in self.stages if s in (1, 2)) or (1,)
         self.emotion_objs = {e.name: e for e in spec.emotions}
         # The quota recorded when the run was created (run_config.targets_of) is the one worked to.
         self.target = {e: int(n) for e, n in store.run(run_id)["target"].items()}
@@ -245,8 +244,7 @@ class RunSession:
                     s, rows, self.spec, reasons=reasons))) * _PROMPT_MARGIN)
                 for s in self.stages[1:]
             ]
-            persona = describe_persona(rows[0], self.spec, stages=self.persona_stages)
-            scenario = describe_scenario(rows[0], self.spec) if 3 in self.stages else None
+            persona, scenario = render_candidate(rows[0], self.spec, self.stages)
             msgs = generation_messages(self.spec.emotions[0], persona, scenario, spec=self.spec)
             per = self.config.texts_per_persona or self.spec.generation.texts_per_persona
             n_gen = batch * per
@@ -395,7 +393,7 @@ class RunSession:
             if not v.kept:
                 self._reject(
                     stage,
-                    f"stage{stage}_{'error' if v.verdict == 'error' else 'implausible'}",
+                    f"stage{stage}_{ERROR_VERDICT if v.verdict == ERROR_VERDICT else 'implausible'}",
                     v.reason,
                     persona_id=c.persona_id,
                 )
@@ -415,12 +413,10 @@ class RunSession:
             cols = list(df.columns)
             self._rows.extend(dict(zip(cols, vals)) for vals in zip(*(df[c].tolist() for c in cols)))
         cands = []
-        use_scenario = 3 in self.stages
         for _ in range(n):
             full = {k: str(v) for k, v in self._rows.popleft().items()}
             attrs = {c: full[c] for c in self.columns}
-            persona = describe_persona(full, self.spec, stages=self.persona_stages)
-            scenario = describe_scenario(full, self.spec) if use_scenario else None
+            persona, scenario = render_candidate(full, self.spec, self.stages)
             cands.append(Candidate(self.next_pid, attrs, persona, scenario))
             self.next_pid += 1
         self.store.add_personas(

@@ -21,13 +21,12 @@ from typing import Any
 
 from personagen_core.errors import LLMAuthError, LLMConnectionError, LLMEndpointError, LLMError
 from personagen_core.generation.prompts import (
-    KEPT_VERDICTS,
-    VerdictReasons,
     batch_verdict_schema,
     validation_columns,
     validation_messages,
     verdict_schema,
 )
+from personagen_core.generation.vocabulary import ERROR_VERDICT, KEPT_VERDICTS, VERDICTS, VerdictReasons
 from personagen_core.personas.spec import Spec
 from personagen_core.store import RunStore, verdict_key
 
@@ -134,11 +133,11 @@ class Validator:
                         f.set_exception(exc)
                         f.exception()  # mark retrieved: waiters re-raise it, nobody else must
                 raise
-            good = {k: (v.verdict, v.reason) for k, v in fresh.items() if v.verdict != "error"}
+            good = {k: (v.verdict, v.reason) for k, v in fresh.items() if v.verdict != ERROR_VERDICT}
             if good and self.store is not None:
                 self.store.cache_verdicts(stage, self.model, good)
             for k, v in fresh.items():
-                if v.verdict != "error":
+                if v.verdict != ERROR_VERDICT:
                     self._remember((stage, k), v)
                 self._inflight.pop((stage, k), None)
                 mine[k].set_result(v)
@@ -202,7 +201,7 @@ class Validator:
     async def _single(self, stage: int, row: Mapping[str, Any]) -> Verdict:
         if self.reasons == "rejected":  # its two-shape verdict needs an object around it: the batch form
             got = await self._batch(stage, [row])
-            return got.get(0) or Verdict("error", "no usable verdict in the answer")
+            return got.get(0) or Verdict(ERROR_VERDICT, "no usable verdict in the answer")
         try:
             comp = await self.client.complete(
                 validation_messages(stage, [row], self.spec),
@@ -215,14 +214,14 @@ class Validator:
         except (LLMAuthError, LLMConnectionError, LLMEndpointError):
             raise  # the endpoint cannot work (now): stop the run rather than record errors as verdicts
         except LLMError as exc:
-            return Verdict("error", str(exc))
+            return Verdict(ERROR_VERDICT, str(exc))
         data = comp.data if isinstance(comp.data, Mapping) else {}
         if data.get("verdict") not in _VERDICT_SET:
-            return Verdict("error", f"no verdict in the answer: {comp.text[:200]!r}")
+            return Verdict(ERROR_VERDICT, f"no verdict in the answer: {comp.text[:200]!r}")
         return Verdict(str(data["verdict"]), str(data.get("reason", "")))
 
 
-_VERDICT_SET = frozenset({"natural", "rare but plausible", "implausible"})
+_VERDICT_SET = frozenset(VERDICTS)
 
 
 def verdict_max_tokens(n: int, reasons: VerdictReasons) -> int:

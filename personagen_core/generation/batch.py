@@ -57,8 +57,8 @@ from personagen_core.generation.prompts import (
     validation_columns,
     validation_messages,
 )
-from personagen_core.generation.run_config import METHODS, stages_of, targets_of
-from personagen_core.personas.render import describe_persona, describe_scenario
+from personagen_core.generation.run_config import METHODS, render_candidate, stages_of, targets_of
+from personagen_core.generation.vocabulary import ERROR_VERDICT
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
 from personagen_core.redaction import scrub, url_secrets
@@ -222,8 +222,7 @@ class BatchRun:
         self.stages = stages_of(spec, config) if self.validate else []
         all_stages = stages_of(spec, config)
         self.columns = [c for s in all_stages for c in spec.stage_columns(s)]
-        self.persona_stages = tuple(s for s in all_stages if s in (1, 2)) or (1,)
-        self.use_scenario = 3 in all_stages
+        self.all_stages = all_stages
         self.steps = [f"stage{s}" for s in self.stages if validation_columns(spec, s)] + [GENERATE]
         self.per = config.texts_per_persona or spec.generation.texts_per_persona
         self.emotion_objs = {e.name: e for e in spec.emotions}
@@ -323,8 +322,7 @@ class BatchRun:
         for vals in zip(*(df[c].tolist() for c in cols)):
             full = {k: str(v) for k, v in zip(cols, vals)}
             attrs = {c: full[c] for c in self.columns}
-            persona = describe_persona(full, self.spec, stages=self.persona_stages)
-            scenario = describe_scenario(full, self.spec) if self.use_scenario else None
+            persona, scenario = render_candidate(full, self.spec, self.all_stages)
             cand = _Cand(self.next_pid, attrs, persona, scenario, "sampled")
             self.cands[cand.persona_id] = cand
             rows.append((cand.persona_id, attrs, persona, scenario or ""))
@@ -498,7 +496,7 @@ class BatchRun:
         else:
             status = f"rejected_stage{stage}"
             for pid in pids:
-                self._reject(stage, f"stage{stage}_{'error' if v.verdict == 'error' else 'implausible'}",
+                self._reject(stage, f"stage{stage}_{ERROR_VERDICT if v.verdict == ERROR_VERDICT else 'implausible'}",
                              v.reason, persona_id=pid)
                 del self.cands[pid]
         self.store.set_persona_status(self.run_id, pids, status)

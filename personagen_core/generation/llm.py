@@ -50,7 +50,15 @@ from personagen_core.errors import (
     LLMError,
     LLMResponseError,
 )
-from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, DEFAULT_MODEL, ROLES, Role
+from personagen_core.generation.vocabulary import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MODEL,
+    ROLES,
+    SERVER_KINDS,
+    Role,
+    ServerKind,
+    StructuredChoice,
+)
 from personagen_core.local.models import DEFAULT_MODEL as DEFAULT_LOCAL_MODEL
 from personagen_core.local.transport import LOCAL_BASE_URL
 from personagen_core.redaction import redact_text, redact_url
@@ -79,9 +87,6 @@ _log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 StructuredMode = Literal["json_schema", "json_object", "prompt"]
 _MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
-ServerKind = Literal["auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama"]
-#: Server kinds the client knows how to send schemas and grammars to ("auto": detect once per endpoint).
-SERVER_KINDS: tuple[str, ...] = ("auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama")
 # Per-call timeouts by where the endpoint is: a local server on a busy CPU may take minutes for one call.
 TIMEOUT_REMOTE = 60.0
 TIMEOUT_LOCAL_SERVER = 300.0
@@ -195,7 +200,7 @@ class LLMSettings(BaseModel):
     backoff_max: float = Field(default=30.0, ge=0)
     retry_after_max: float = Field(default=60.0, ge=0)
     server: ServerKind = "auto"
-    structured: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    structured: StructuredChoice = "auto"
     give_up_after: int = Field(default=12, ge=1, le=10_000)
     #: Several endpoints at once (an endpoint pool; ``base_url`` is then unused): see
     #: :mod:`personagen_core.generation.endpoints`.

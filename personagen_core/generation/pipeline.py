@@ -49,13 +49,13 @@ from personagen_core.generation.run_config import (
     RESUME_OVERRIDES,
     GenerationConfig,
     emotions_of,
+    render_candidate,
     stages_of,
     targets_of,
     upgrade_stored_config,
 )
 from personagen_core.generation.validation_policy import decide
 from personagen_core.generation.vocabulary import FUNNEL_VERDICTS, KEPT_VERDICTS
-from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
 from personagen_core.redaction import is_redacted_url
@@ -100,7 +100,8 @@ def _check_budget_prices(config: GenerationConfig) -> None:
         if pricing.cost(model, 0, 0) is None:
             raise BudgetExceeded(
                 f"the cost limit needs a price for model {model!r} ({role}); add it to the price "
-                "table or set a token budget instead"
+                "table or set a token budget instead",
+                settings=("max_cost", "token_budget"),
             )
 
 
@@ -172,13 +173,15 @@ def stored_llm_settings(
         if not overrides.get("base_url") and not source.get("OPENAI_BASE_URL"):
             raise StoreError(
                 f"run {info['run_id']} used the base URL {redacted}, whose credentials are never stored; "
-                "give it again with --base-url (or OPENAI_BASE_URL) to resume"
+                "give the base URL again (or set OPENAI_BASE_URL) to resume",
+                settings=("base_url",),
             )
     redacted = [e["url"] for e in stored.get("endpoints") or [] if is_redacted_url(e.get("url"))]
     if redacted and not overrides.get("endpoints"):
         raise StoreError(
             f"run {info['run_id']} used the endpoint(s) {', '.join(redacted)}, whose credentials are never "
-            "stored; give the endpoints again (--endpoints FILE or --base-url) to resume"
+            "stored; give the endpoints again to resume",
+            settings=("endpoints",),
         )
     return LLMSettings.from_env(env, **{**stored, **overrides})
 
@@ -270,8 +273,7 @@ def estimate_cost(
     sample = build_model(spec, mode=info.mode).sample(batch, random_state=np.random.default_rng(config.seed))
     rows = [{k: str(v) for k, v in r.items()} for r in sample.to_dict("records")]
     gen_calls = len(names) * config.per_emotion / output_acceptance
-    persona = describe_persona(rows[0], spec, stages=tuple(s for s in stages if s in (1, 2)) or (1,))
-    scenario = describe_scenario(rows[0], spec) if 3 in stages else None
+    persona, scenario = render_candidate(rows[0], spec, stages)
     gen_prompt = generation_messages(spec.emotions[0], persona, scenario, spec=spec)
     est: dict[str, pricing.CallEstimate] = {
         "stage4 generation": pricing.CallEstimate(

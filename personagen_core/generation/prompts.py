@@ -116,9 +116,10 @@ def _verdict_object(lead: dict[str, Any], reasons: VerdictReasons) -> dict[str, 
         return obj({"reason": {"type": "string"}, "verdict": {"type": "string", "enum": list(VERDICTS)}})
     if reasons == "rejected":
         kept = [v for v in VERDICTS if v in KEPT_VERDICTS]
+        rejected = [v for v in VERDICTS if v not in KEPT_VERDICTS]
         return {"anyOf": [
             obj({"verdict": {"type": "string", "enum": kept}}),
-            obj({"verdict": {"type": "string", "enum": ["implausible"]}, "reason": {"type": "string"}}),
+            obj({"verdict": {"type": "string", "enum": rejected}, "reason": {"type": "string"}}),
         ]}
     raise ValueError(f"reasons must be 'all' or 'rejected', got {reasons!r}")
 

@@ -12,7 +12,7 @@ Old stored configs keep loading: ``max_tokens`` (the run budget's former name) b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from personagen_core.errors import SpecError
 from personagen_core.generation.llm import LLMSettings
 from personagen_core.generation.vocabulary import METHODS, Method, MethodInfo, StageChoice, VerdictReasons
+from personagen_core.personas.render import describe_persona, describe_scenario
 from personagen_core.personas.spec import Spec
 from personagen_core.redaction import redact_url
 
@@ -30,6 +31,7 @@ __all__ = [
     "Method",
     "MethodInfo",
     "emotions_of",
+    "render_candidate",
     "stages_of",
     "targets_of",
     "upgrade_stored_config",
@@ -144,3 +146,12 @@ def stages_of(spec: Spec, config: GenerationConfig) -> list[int]:
 def targets_of(spec: Spec, config: GenerationConfig) -> dict[str, int]:
     """The run's quota: texts wanted per emotion (:func:`emotions_of`'s emotions, ``per_emotion`` each)."""
     return {e: config.per_emotion for e in emotions_of(spec, config)}
+
+
+def render_candidate(row: Mapping[str, Any], spec: Spec, stages: Sequence[int]) -> tuple[str, str | None]:
+    """The persona and scene texts that condition a text for one sampled ``row`` (attribute -> value as
+    strings): the persona from stages 1-2 (stage 1 alone when neither conditions it), the scene only when
+    stage 3 does (else None). ``stages``: :func:`stages_of`. Runs and cost estimates render the same way."""
+    persona_stages = tuple(s for s in stages if s in (1, 2)) or (1,)
+    persona = describe_persona(row, spec, stages=persona_stages)
+    return persona, describe_scenario(row, spec) if 3 in stages else None

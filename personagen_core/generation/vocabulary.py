@@ -20,32 +20,38 @@ __all__ = [
     "KEPT_VERDICTS",
     "METHODS",
     "ROLES",
+    "SERVER_KINDS",
     "STAGE_CHOICES",
+    "STRUCTURED_MODES",
     "VERDICTS",
     "VERDICT_REASONS",
     "Method",
     "MethodInfo",
     "Role",
+    "ServerKind",
     "StageChoice",
+    "StructuredChoice",
     "VerdictReasons",
 ]
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """How a method samples (``spec`` tables or ``uniform``), whether it validates, which checks it uses."""
+    """How a method samples (``spec`` tables or ``uniform``), whether it validates, which checks it uses,
+    and its name for people (the dashboard's choice, the CLI's help)."""
 
     mode: Literal["spec", "uniform"]
     validate: bool
     checks: CheckLevel
+    label: str
 
 
 Method = Literal["personagen", "attrprompt", "priorwork"]
 #: The generation methods (:mod:`pipeline` says what each one is); CLI and dashboard choices come from here.
 METHODS: dict[str, MethodInfo] = {
-    "personagen": MethodInfo("spec", True, "full"),
-    "attrprompt": MethodInfo("uniform", False, "minimal"),
-    "priorwork": MethodInfo("spec", False, "basic"),
+    "personagen": MethodInfo("spec", True, "full", "PersonaGen (validated personas)"),
+    "attrprompt": MethodInfo("uniform", False, "minimal", "AttrPrompt"),
+    "priorwork": MethodInfo("spec", False, "basic", "Prior work (unvalidated personas)"),
 }
 assert set(get_args(Method)) == set(METHODS)
 
@@ -70,6 +76,13 @@ VERDICT_REASONS: tuple[str, ...] = get_args(VerdictReasons)
 Role = Literal["validator", "generator", "judge"]
 #: What the LLM is asked to be; each role may have its own model (``LLMSettings.models``).
 ROLES: tuple[str, ...] = get_args(Role)
+
+ServerKind = Literal["auto", "openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama"]
+#: Server kinds the client knows how to send schemas and grammars to ("auto": detect once per endpoint).
+SERVER_KINDS: tuple[str, ...] = get_args(ServerKind)
+StructuredChoice = Literal["auto", "json_schema", "json_object", "prompt"]
+#: The structured-output mode a client starts from ("auto": by server kind).
+STRUCTURED_MODES: tuple[str, ...] = get_args(StructuredChoice)
 
 #: The model of every role unless one is chosen (the embedded backend's default is
 #: ``personagen_core.local.DEFAULT_MODEL``).
