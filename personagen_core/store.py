@@ -1189,6 +1189,17 @@ class RunStore:
         )
         return pd.DataFrame([{"text_id": r[0], "model": r[1], **json.loads(r[2])} for r in rows])
 
+    def with_judge_scores(self, run_id: str, texts: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The run's accepted texts (``texts``, else :meth:`texts`) with their judge scores as
+        ``judge_<criterion>`` columns, one row per text (unchanged when the run was never judged)."""
+        texts = self.texts(run_id) if texts is None else texts
+        scores = self.judge_scores(run_id)
+        if len(scores) == 0 or len(texts) == 0:
+            return texts
+        scores = scores.drop(columns=[c for c in ("model",) if c in scores.columns])
+        scores = scores.rename(columns={c: f"judge_{c}" for c in scores.columns if c != "text_id"})
+        return texts.merge(scores.drop_duplicates("text_id"), on="text_id", how="left")
+
     # -- Batch API runs (generation/batch.py) ---------------------------------------------------------------
     def _has_batch_tables(self) -> bool:
         """False for a store written before batch mode existed and opened read-only (never migrated)."""

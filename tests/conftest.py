@@ -35,3 +35,18 @@ def carer_dir() -> Path:
     if not (CARER_DIR / "test.txt").exists():
         pytest.skip(f"CARER gold data not found at {CARER_DIR} (see ../shared/data/carer/README.md)")
     return CARER_DIR
+
+
+@pytest.fixture
+def dashboard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh PERSONAGEN_HOME for a dashboard test, no OpenAI settings from outside, empty Streamlit caches."""
+    import streamlit as st
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield tmp_path
+    st.cache_data.clear()
+    st.cache_resource.clear()

@@ -7,7 +7,6 @@ stored config."""
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,8 @@ from personagen_core.testing.fake_openai import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from test_app_pages import _app, _open, _wait_for_run
 
 from ui.settings_fields import NOT_IN_DASHBOARD, SETTING_FIELDS, setting_hint, stop_hint
 
@@ -61,30 +62,11 @@ def _has(keys: set[str], key: str) -> bool:
     return any(k.startswith(key[:-1]) for k in keys) if key.endswith("*") else key in keys
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import streamlit as st
-
-    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield tmp_path
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 def _generate_page():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("app_pages/4_generate.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return _open(_app().run(), "app_pages/4_generate.py")
 
 
-def test_every_dashboard_widget_exists_on_the_generate_page(home: Path) -> None:
+def test_every_dashboard_widget_exists_on_the_generate_page(dashboard_home: Path) -> None:
     at = _generate_page()
     keys = _widget_keys(at)  # the embedded backend: its model picker
     at.radio(key="keep_backend").set_value("compatible").run()
@@ -131,7 +113,7 @@ def test_cli_flags_reach_the_stored_config(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.slow
-def test_dashboard_widgets_reach_the_stored_config(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dashboard_widgets_reach_the_stored_config(dashboard_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeOpenAIServer(api_key=KEY) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -153,14 +135,7 @@ def test_dashboard_widgets_reach_the_stored_config(home: Path, monkeypatch: pyte
         assert not at.exception, [e.value for e in at.exception]
         next(b for b in at.button if b.label == "Launch").click().run()
         assert not at.exception, [e.value for e in at.exception]
-        store = RunStore(home / "runs.sqlite")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            runs = store.list_runs()
-            if len(runs) and runs.iloc[0]["status"] in ("done", "failed", "stopped", "cancelled"):
-                break
-            time.sleep(0.2)
-        run = store.run(str(store.list_runs()["run_id"].iloc[0]))
+        run = _wait_for_run(dashboard_home)
     assert run["status"] == "done", run
     cfg = run["config"]
     assert (cfg["stages"], cfg["validation_batch"], cfg["texts_per_persona"], cfg["max_attempts"]) == ("12", 4, 2, 500)

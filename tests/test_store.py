@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from personagen_core.errors import StoreError
@@ -176,6 +177,12 @@ def test_events_and_judge_cache(tmp_path: Path) -> None:
     assert RunStore(store.path).get_judge_scores("other", ["hash2"]) == {"hash2": scores}
     table = store.judge_scores(run_id)
     assert table.iloc[0]["text_id"] == 1 and table.iloc[0]["emotion_match"] == 5
+    # the join the Explore page shows: one row per text, judge_<criterion> columns, NaN where not judged
+    texts = pd.DataFrame({"text_id": [1, 2], "text": ["a", "b"]})
+    joined = store.with_judge_scores(run_id, texts)
+    assert list(joined["text_id"]) == [1, 2] and joined["judge_emotion_match"].iloc[0] == 5
+    assert pd.isna(joined["judge_grammaticality"].iloc[1]) and "judge_model" not in joined.columns
+    assert store.with_judge_scores(_run(store), texts) is texts  # never judged: unchanged
 
 
 def test_unwritable_location_is_a_store_error(tmp_path: Path) -> None:

@@ -784,13 +784,7 @@ def any_run_active() -> bool:
 
 def texts_with_scores(run_id: str) -> Any:
     """The run's accepted texts with their judge scores (when the run was judged) as extra columns."""
-    texts = run_texts(run_id)
-    scores = get_store().judge_scores(run_id)
-    if len(scores) == 0 or len(texts) == 0:
-        return texts
-    scores = scores.drop(columns=[c for c in ("model",) if c in scores.columns])
-    scores = scores.rename(columns={c: f"judge_{c}" for c in scores.columns if c != "text_id"})
-    return texts.merge(scores.drop_duplicates("text_id"), on="text_id", how="left")
+    return get_store().with_judge_scores(run_id, run_texts(run_id))  # texts from this process's cache
 
 
 def text_card(row: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from personagen_core.generation.vocabulary import INTERNAL_SETTINGS
+
 __all__ = ["LIMIT_SETTINGS", "NOT_IN_DASHBOARD", "SETTING_FIELDS", "setting_hint", "stop_hint"]
 
 #: Run setting (``GenerationConfig`` / ``LLMSettings`` field) -> (widget key on the Generate page, label).
@@ -49,14 +51,7 @@ SETTING_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 #: Run settings without a field on the Generate page, and why.
-NOT_IN_DASHBOARD: dict[str, str] = {
-    "validation_policy": "recorded by the run (why validation is on or off), not chosen",
-    "workers": "derived from the concurrency; a knob for tests and benchmarks",
-    "llm": "its fields have their own widgets",
-    "backoff_base": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
-    "backoff_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
-    "retry_after_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
-}
+NOT_IN_DASHBOARD: dict[str, str] = dict(INTERNAL_SETTINGS)
 
 #: Stop reasons that are limits -> the setting that raises each (``max_tokens``: the token budget's stop
 #: reason in runs stored by older versions).

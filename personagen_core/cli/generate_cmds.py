@@ -15,6 +15,7 @@ from personagen_core.errors import PersonaGenError
 from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY as _DEFAULT_CONCURRENCY
 from personagen_core.generation.vocabulary import (
     FUNNEL_VERDICTS,
+    INTERNAL_SETTINGS,
     METHODS,
     SERVER_KINDS,
     STAGE_CHOICES,
@@ -344,13 +345,8 @@ SETTING_FLAGS: dict[str, str] = {
 }
 #: Run settings without a flag, and why.
 NOT_ON_CLI: dict[str, str] = {
-    "validation_policy": "recorded by the run (why validation is on or off), not chosen",
-    "workers": "derived from the concurrency; a knob for tests and benchmarks",
-    "llm": "its fields have their own flags",
+    **INTERNAL_SETTINGS,
     "api_key": "read from $OPENAI_API_KEY only: a key on the command line lands in the shell history",
-    "backoff_base": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
-    "backoff_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
-    "retry_after_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
 }
 #: Stop reasons that are limits, and the setting that raises each (``max_tokens``: the token budget's stop
 #: reason in runs stored by older versions).

@@ -141,7 +141,10 @@ class EvaluationSettings(BaseModel):
     max_texts: int | None = Field(None, ge=10, description="cap per dataset (seeded stratified subsample)")
     max_gold: int | None = Field(None, ge=10, description="cap on the gold reference/test set")
     judge: bool = False
-    judge_model: str | None = None
+    judge_model: str | None = Field(
+        None, description="alias, recorded with the report: the judge's model is chosen in one place, "
+        "LLMSettings.models['judge']; when set, it is applied there for this evaluation"
+    )
     use_cache: bool = True
 
 

@@ -16,38 +16,23 @@ The pipeline's names are importable from here; they load on first use, so import
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "METHODS",
-    "RESUME_OVERRIDES",
-    "VERDICTS",
-    "GenerationConfig",
-    "ProgressEvent",
-    "RunSummary",
-    "aresume_generation",
-    "arun_generation",
-    "avalidate_personas",
-    "emotions_of",
-    "estimate_cost",
-    "funnel",
-    "resolve_validation",
-    "resume_generation",
-    "run_generation",
-    "stages_of",
-    "stored_llm_settings",
-    "targets_of",
-    "validate_personas",
-]
+_PIPELINE = "personagen_core.generation.pipeline"
 
 
 def __getattr__(name: str) -> Any:
-    if name not in __all__:
+    if (Path(__file__).parent / f"{name}.py").is_file():  # a submodule (``from ... import vocabulary``)
+        return importlib.import_module(f"{__name__}.{name}")
+    # The pipeline's public names (its ``__all__``), loaded on first use.
+    pipeline = importlib.import_module(_PIPELINE)
+    if name.startswith("__") or name not in pipeline.__all__:
         raise AttributeError(f"module 'personagen_core.generation' has no attribute {name!r}")
-    value = getattr(importlib.import_module("personagen_core.generation.pipeline"), name)
+    value = getattr(pipeline, name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(importlib.import_module(_PIPELINE).__all__)

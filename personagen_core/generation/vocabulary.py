@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "ERROR_VERDICT",
     "FUNNEL_VERDICTS",
+    "INTERNAL_SETTINGS",
     "KEPT_VERDICTS",
     "METHODS",
     "ROLES",
@@ -92,3 +93,14 @@ DEFAULT_MODEL = "gpt-4.1-mini"
 #: off), so a higher ceiling only matters where the endpoint keeps up; 16 lets a hosted API reach useful
 #: throughput without bursting a new account's rate limit (the dashboard's former 8 halved it for no gain).
 DEFAULT_CONCURRENCY = 16
+
+#: Fields of ``GenerationConfig`` / ``LLMSettings`` that neither shell offers, and why (each shell lists the
+#: rest: ``cli.generate_cmds.SETTING_FLAGS``, ``ui/settings_fields.SETTING_FIELDS``).
+INTERNAL_SETTINGS: dict[str, str] = {
+    "validation_policy": "recorded by the run (why validation is on or off), not chosen",
+    "workers": "derived from the concurrency; a knob for tests and benchmarks",
+    "llm": "its fields have their own flags and widgets",
+    "backoff_base": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+    "backoff_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+    "retry_after_max": "retry timing: the defaults follow the OpenAI SDK's; changed in code and tests only",
+}
