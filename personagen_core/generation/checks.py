@@ -326,9 +326,22 @@ class NearDuplicateIndex:
         self._hashes = np.empty(1024, dtype=np.uint32)  # every text's sorted shingle hashes, back to back
         self._offsets = np.zeros(1024, dtype=np.int64)  # text i's hashes: _hashes[_offsets[i]:_offsets[i + 1]]
         self._table = _BandTable()
+        # the shingles, hashes and band keys of the text last looked up: a text that passes find() is
+        # usually add()ed next, and they are most of the cost of both
+        self._last: tuple[str, frozenset[str], np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self._texts)
+
+    def _features(self, text: str) -> tuple[frozenset[str], np.ndarray, np.ndarray]:
+        """Shingles, their sorted unique hashes and the LSH band keys of ``text`` (cached for the last text)."""
+        if self._last is not None and self._last[0] == text:
+            return self._last[1:]
+        sh = shingles(text, self.ngram)
+        h = self._shingle_hashes(sh) if sh else np.empty(0, dtype=np.uint32)
+        keys = self._band_keys(h) if len(h) else np.empty(0, dtype=np.uint64)
+        self._last = (text, sh, h, keys)
+        return sh, h, keys
 
     @staticmethod
     def _norm_key(norm: str) -> int:
@@ -359,11 +372,12 @@ class NearDuplicateIndex:
         idx = self._exact_match(norm)
         if idx is not None:
             return REASON_DUPLICATE, self._texts[idx], 1.0
-        sh = shingles(text, self.ngram)
-        if not sh or not self._texts:
+        if not self._texts:
             return None
-        h = self._shingle_hashes(sh)
-        cands = self._table.get(self._band_keys(h))
+        sh, h, keys = self._features(text)
+        if not sh:
+            return None
+        cands = self._table.get(keys)
         if not len(cands):
             return None
         # Screen every candidate at once on the stored hashes (a vectorised intersection count), then
@@ -390,11 +404,10 @@ class NearDuplicateIndex:
         key = self._norm_key(norm)
         if key in self._exact:
             return
-        sh = shingles(text, self.ngram)
+        _, h, keys = self._features(text)
         idx = len(self._texts)
         self._texts.append(text)
         self._exact[key] = idx
-        h = self._shingle_hashes(sh) if sh else np.empty(0, dtype=np.uint32)
         begin = int(self._offsets[idx])
         end = begin + len(h)
         self._hashes = _room(self._hashes, end)
@@ -402,7 +415,7 @@ class NearDuplicateIndex:
         self._hashes[begin:end] = h
         self._offsets[idx + 1] = end
         if len(h):
-            self._table.add(self._band_keys(h), idx)
+            self._table.add(keys, idx)
 
     def extend(self, texts: Iterable[str]) -> None:
         """Index several accepted texts (e.g. when resuming a run)."""
