@@ -6,7 +6,10 @@ helpers re-exported here:
 * :mod:`ui.probabilities` – pure functions (no Streamlit) that keep a distribution valid while sliders
   move, parse table cells, locate a ``SpecError`` field, redact secrets;
 * :mod:`ui.state` – the working spec, the run store, field errors, kept widget values, error boundary;
-* :mod:`ui.spec_editor` – sliders, tables, rules, filters and emotions of the spec, cached sampling;
+* :mod:`ui.spec_editor` – sliders, tables, rules, filters and emotions of the spec, sampling conflicts;
+* :mod:`ui.spec_sampling` – the spec's categories and the cached sampling behind the charts;
+* :mod:`ui.spec_library_view` – spec upload and the saved-specs panel;
+* :mod:`ui.settings_fields` – where each run setting lives on the Generate page (and error hints);
 * :mod:`ui.runs` – run pickers, text filters, LLM backend settings, background generation, exports;
 * :mod:`ui.preview` – persona cards and stage verdicts;
 * :mod:`ui.evaluation_view` – memoised evaluation, its tables and figures;
@@ -27,6 +30,10 @@ from ui.runs import *  # noqa: F403
 from ui.runs import __all__ as _runs_all
 from ui.spec_editor import *  # noqa: F403
 from ui.spec_editor import __all__ as _spec_editor_all
+from ui.spec_library_view import *  # noqa: F403
+from ui.spec_library_view import __all__ as _spec_library_view_all
+from ui.spec_sampling import *  # noqa: F403
+from ui.spec_sampling import __all__ as _spec_sampling_all
 from ui.state import *  # noqa: F403
 from ui.state import __all__ as _state_all
 
@@ -34,6 +41,8 @@ __all__ = [
     *_probabilities_all,
     *_state_all,
     *_spec_editor_all,
+    *_spec_sampling_all,
+    *_spec_library_view_all,
     *_runs_all,
     *_preview_all,
     *_evaluation_view_all,

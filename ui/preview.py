@@ -49,7 +49,9 @@ def funnel_figure(counts: dict[str, Any]) -> Any:
 
 
 # Colours in the vocabulary's order: natural, rare but plausible, implausible, error.
-_VERDICT_ICON = {v: f":{c}[{v}]" for v, c in zip(FUNNEL_VERDICTS, ("green", "orange", "red", "gray"), strict=True)}
+_VERDICT_ICON = {
+    v: f":{c}[{v}]" for v, c in zip(FUNNEL_VERDICTS, ("green", "orange", "red", "gray"), strict=True)
+}
 
 
 def persona_card(index: int, row: dict[str, Any], persona: str, scenario: str, validated: bool) -> None:

@@ -1,11 +1,12 @@
-"""Widgets that edit the working spec (Distributions and Scenarios pages) and the cached sampling behind
-their charts.
+"""Widgets that edit the working spec (Distributions and Scenarios pages): probabilities (sliders, the
+long-category grid), conditional tables, rules, filters, emotions, and the way out of a sampling conflict.
+The cached sampling behind the charts is :mod:`ui.spec_sampling`; upload and saved specs
+:mod:`ui.spec_library_view`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import streamlit as st
@@ -18,114 +19,26 @@ from ui.probabilities import (
     renormalise,
     spec_error_field,
 )
+from ui.spec_sampling import _category, _spec_hash, sampled
 from ui.state import _set_field_error, field_error, keep, kept, set_kept, set_spec
 
 __all__ = [
     "LONG_CATEGORY",
     "category_editor",
     "edit_target",
-    "category_options",
     "conflict_panel",
     "emotion_editor",
-    "handle_spec_upload",
-    "has_table",
-    "marginal_figure",
-    "marginals",
     "on_filter_change",
     "revalidate",
     "rules_editor",
     "row_label",
     "rules_frame",
-    "sampled",
-    "spec_digest",
-    "spec_library_panel",
     "table_editor",
     "table_frame",
     "target_probs",
     "with_probs",
     "with_target_probs",
 ]
-
-
-def category_options(spec: Any) -> dict[str, str]:
-    """Map ``section.key`` of every editable category to a display name, stage 1 and 2 then scenario."""
-    out: dict[str, str] = {}
-    for key, cat in spec.attributes.items():
-        out[f"attributes.{key}"] = f"Stage {cat.stage} · {cat.label}"
-    for key, cat in spec.scenario.items():
-        out[f"scenario.{key}"] = f"Stage 3 · {cat.label}"
-    return out
-
-
-def _category(spec: Any, qualified: str) -> Any:
-    section, key = qualified.split(".", 1)
-    return getattr(spec, section)[key]
-
-
-def _spec_hash(spec: Any) -> str:
-    # A cache key only (not the core's spec_hash, whose YAML dump takes ~0.1 s on a full pack): the JSON
-    # dump of the pydantic model is exact and takes about a millisecond.
-    import hashlib
-
-    return hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _sample_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
-    from personagen_core.personas.sampling import sample_personas
-
-    return sample_personas(_spec, n, random_state=seed)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _marginals_cached(digest: str, n: int, seed: int, _spec: Any) -> Any:
-    from personagen_core.personas.sampling import marginal_summary
-
-    return marginal_summary(_spec, _sample_cached(digest, n, seed, _spec))
-
-
-def sampled(spec: Any, n: int, seed: int) -> Any:
-    """Personas sampled from ``spec`` (cached per spec hash, size and seed)."""
-    return _sample_cached(_spec_hash(spec), n, seed, spec)
-
-
-def marginals(spec: Any, n: int, seed: int) -> Any:
-    """``marginal_summary`` of :func:`sampled` (cached the same way)."""
-    return _marginals_cached(_spec_hash(spec), n, seed, spec)
-
-
-def marginal_figure(summary: Any, qualified: str, title: str, *, row: Sequence[float] | None = None,
-                    row_label: str = "selected row") -> Any:
-    """Horizontal bars, one label per item (long categories stay readable): the spec's probability, the
-    exact marginal after tables and rules, and the sampled frequency. For a conditioned category the
-    spec's own items only act where no table row matches, so ``row`` (the row being edited) is drawn
-    instead of them."""
-    import plotly.graph_objects as go
-
-    key = qualified.split(".", 1)[1]
-    part = summary[summary["category"] == key]
-    items = part["item"].tolist()
-    fig = go.Figure()
-    if row is not None:
-        fig.add_bar(y=items, x=list(row), name=row_label, marker_color="#f08c00", orientation="h")
-    else:
-        fig.add_bar(y=items, x=part["spec_p"].tolist(), name="spec", marker_color="#9aa9d8", orientation="h")
-    if "expected_p" in part and row is not None:
-        fig.add_bar(y=items, x=part["expected_p"].tolist(), name="marginal (exact)", marker_color="#74b816",
-                    orientation="h")
-    fig.add_bar(y=items, x=part["sampled_p"].tolist(), name="sampled", marker_color="#3b5bdb", orientation="h")
-    n_traces = len(fig.data)
-    fig.update_layout(
-        barmode="group",
-        title=title,
-        height=max(320, 90 + len(items) * (9 + 7 * n_traces)),
-        margin=dict(l=10, r=10, t=60, b=10),
-        xaxis_title="probability",
-        # Every item labelled, first item at the top.
-        yaxis=dict(type="category", tickmode="linear", dtick=1, autorange="reversed", automargin=True),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
-    )
-    return fig
 
 
 def with_probs(spec: Any, qualified: str, probs: Sequence[float]) -> Any:
@@ -398,31 +311,6 @@ def _grid_editor(cat: Any, target: str, probs: Sequence[float]) -> None:
                 icon=":material/delete:")
 
 
-def handle_spec_upload(upload: Any, spec_mod: ModuleType) -> None:
-    """Parse a newly uploaded spec file once; adopt it or show the error (with its field path) below."""
-    if upload is None:
-        st.session_state.pop("spec_upload_seen", None)
-        _set_field_error("upload", None)
-    elif st.session_state.get("spec_upload_seen") != upload.file_id:
-        st.session_state["spec_upload_seen"] = upload.file_id
-        try:
-            text = upload.getvalue().decode("utf-8")
-        except UnicodeDecodeError:
-            _set_field_error("upload", f"{upload.name} is not a UTF-8 text file, so it cannot be a spec.")
-        else:
-            from personagen_core.errors import SpecError
-
-            try:
-                spec = spec_mod.parse_spec(text, source=upload.name)
-            except SpecError as exc:
-                _set_field_error("upload", f"{upload.name} is not a valid spec: {exc}")
-            else:
-                _set_field_error("upload", None)
-                set_spec(spec, replace=True)
-                st.success(f"Loaded spec {spec.name!r} from {upload.name}.")
-    field_error("upload")
-
-
 def table_frame(cat: Any) -> Any:
     """A category's conditional table as a wide DataFrame: ``when`` + one probability column per item."""
     import numpy as np
@@ -605,77 +493,6 @@ def emotion_editor(spec: Any, presets: dict[str, Any]) -> None:
     st.caption(f"The spec currently has {len(spec.emotions)} emotions: {', '.join(spec.emotion_names)}.")
 
 
-def _library_action(action: str) -> None:
-    """Button callbacks of the saved-specs panel; errors are shown next to the panel."""
-    from personagen_core.errors import PersonaGenError
-    from ui.state import spec_library
-
-    lib = spec_library()
-    chosen = st.session_state.get("saved_spec_pick")
-    try:
-        if action == "save":
-            name = str(st.session_state.get("saved_spec_name") or "").strip()
-            lib.save(name, st.session_state["spec"])
-            st.session_state["saved_spec_pick"] = name
-            message = f"Saved the working spec as {name!r}."
-        elif not chosen:
-            raise PersonaGenError("choose a saved spec first")
-        elif action == "load":
-            set_spec(lib.load(chosen), replace=True)
-            message = f"Loaded {chosen!r} as the working spec."
-        elif action == "rename":
-            new = str(st.session_state.get("saved_spec_new_name") or "").strip()
-            lib.rename(chosen, new)
-            st.session_state["saved_spec_pick"] = new
-            message = f"Renamed {chosen!r} to {new!r}."
-        elif action == "delete":
-            lib.delete(chosen)
-            st.session_state.pop("saved_spec_pick", None)
-            message = f"Deleted {chosen!r}."
-        else:
-            raise ValueError(action)
-    except PersonaGenError as exc:
-        _set_field_error("library", str(exc))
-        st.session_state.pop("library_message", None)
-        return
-    _set_field_error("library", None)
-    st.session_state["library_message"] = message
-
-
-def spec_library_panel() -> None:
-    """Save the working spec under a name; load, rename or delete saved specs (``$PERSONAGEN_HOME``),
-    which the CLI reads with ``--spec NAME``."""
-    import datetime as dt
-
-    from ui.state import spec_library
-
-    saved = spec_library().list()
-    c_name, c_save = st.columns([4, 1], vertical_alignment="bottom")
-    c_name.text_input("Save the working spec as", key="saved_spec_name", placeholder="e.g. tuned ages v2")
-    c_save.button("Save", key="saved_spec_save", on_click=_library_action, args=("save",),
-                  icon=":material/save:")
-    if saved:
-        names = [r.name for r in saved]
-        when = {r.name: dt.datetime.fromtimestamp(r.updated_at).strftime("%Y-%m-%d %H:%M") for r in saved}
-        if st.session_state.get("saved_spec_pick") not in names:
-            st.session_state["saved_spec_pick"] = names[0]
-        st.selectbox("Saved specs", names, key="saved_spec_pick",
-                     format_func=lambda n: f"{n} · saved {when[n]}")
-        c_load, c_new, c_rename, c_delete = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
-        c_load.button("Load", key="saved_spec_load", on_click=_library_action, args=("load",),
-                      icon=":material/upload_file:")
-        c_new.text_input("New name", key="saved_spec_new_name", placeholder="rename to…")
-        c_rename.button("Rename", key="saved_spec_rename", on_click=_library_action, args=("rename",))
-        c_delete.button("Delete", key="saved_spec_delete", on_click=_library_action, args=("delete",),
-                        icon=":material/delete:")
-        st.caption("The CLI uses a saved spec by name: `personagen generate --spec NAME` (see `personagen spec list`).")
-    else:
-        st.caption("No saved spec yet. The working spec is auto-saved as a draft either way.")
-    if st.session_state.get("library_message"):
-        st.success(st.session_state.pop("library_message"))
-    field_error("library")
-
-
 @st.cache_data(show_spinner=False, max_entries=16)
 def _fixes_cached(digest: str, _spec: Any) -> tuple[str | None, list[Any]]:
     from personagen_core.personas.repair import conflict, conflict_fixes
@@ -721,11 +538,3 @@ def conflict_panel(spec: Any, n: int = 1000, seed: int = 0) -> bool:
     return True
 
 
-def spec_digest(spec: Any) -> str:
-    """A fast sha256 of the spec's content (a cache key; the core's ``spec_hash`` is the stored identity)."""
-    return _spec_hash(spec)
-
-
-def has_table(spec: Any, qualified: str) -> bool:
-    """Whether the category is conditioned on others (so it has a conditional table to edit)."""
-    return bool(_category(spec, qualified).given)
