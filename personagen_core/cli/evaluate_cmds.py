@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -151,28 +153,17 @@ def run_evaluate(
         name = _unique(run_id, taken)
         datasets[name] = evaluation.load_run_dataset(store, run_id)
         rejections[name] = evaluation.load_run_rejections(store, run_id)
+    file_names = [_unique(gold.parse_file_spec(str(spec))[0].stem, taken) for spec in data_files]
+    final_names = list(names) if names else [*datasets, *file_names]
+    if len(set(final_names)) != len(final_names):
+        raise DataError(f"--name values must be distinct (got {names})")
     data_defaults = gold.ReadOptions(text_col=text_col, label_col=label_col, multi_label=multi_label)
-    for spec in data_files:
-        frame = _load_input(str(spec), data_defaults, gold_file=False)
-        datasets[_unique(gold.parse_file_spec(str(spec))[0].stem, taken)] = frame
-    if names:
-        rejections = {
-            new: rejections[old] for old, new in zip(datasets, names, strict=True) if old in rejections
-        }
-        datasets = dict(zip(names, datasets.values(), strict=True))
-        if len(datasets) != len(names):
-            raise DataError(f"--name values must be distinct (got {names})")
-
     gold_defaults = gold.ReadOptions(
         text_col=gold_text_col,
         label_col=gold_label_col,
         multi_label=multi_label,
         label_map=str(gold_label_map) if gold_label_map else None,
     )
-    train = _load_input(str(gold_train), gold_defaults, gold_file=True) if gold_train else None
-    test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
-    mapping = gold.load_label_map(label_map) if label_map else None
-
     settings = evaluation.EvaluationSettings(
         projections=methods,
         max_projection_points=max_projection_points,
@@ -193,13 +184,17 @@ def run_evaluate(
     if use_cache:
         from personagen_core.evaluation.stored import content_key
 
+        # Files are keyed by their bytes (and the files their options name), runs by their rows: a rerun
+        # finds its stored evaluation without parsing 100,000 lines again.
         key = content_key(
             datasets,
             settings=settings,
-            gold=(train, test),
-            label_map=mapping,
             extra=[
                 embedder.model_id,
+                final_names,
+                *(_input_digest(str(spec), data_defaults) for spec in data_files),
+                *(_input_digest(str(g), gold_defaults) if g else "-" for g in (gold_train, gold_test)),
+                _path_digest(Path(label_map)) if label_map else "-",
                 *(content_key(rej, settings={}) for rej in rejections.values()),
                 *([backend, base_url, judge_model] if judge else []),
             ],
@@ -207,6 +202,16 @@ def run_evaluate(
         reused = _reuse(key, out_dir, notice)
         if reused is not None:
             return reused
+    for spec, name in zip(data_files, file_names, strict=True):
+        datasets[name] = _load_input(str(spec), data_defaults, gold_file=False)
+    if names:
+        rejections = {
+            new: rejections[old] for old, new in zip(datasets, names, strict=True) if old in rejections
+        }
+        datasets = dict(zip(names, datasets.values(), strict=True))
+    train = _load_input(str(gold_train), gold_defaults, gold_file=True) if gold_train else None
+    test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
+    mapping = gold.load_label_map(label_map) if label_map else None
     plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id)
     for line in plan.lines():
         notice(line)
@@ -262,6 +267,37 @@ def run_evaluate(
         evaluations.close()
     json_path, html_path = write_report(report, out_dir, html_page=page)
     return json_path, html_path, report
+
+
+def _path_digest(path: Path) -> str:
+    """sha256 of a file's bytes, of every file below a folder (with their relative paths), or ``-``."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    elif path.is_dir():
+        for item in sorted(path.rglob("*")):
+            if item.is_file():
+                digest.update(item.relative_to(path).as_posix().encode() + b"\x00")
+                digest.update(_path_digest(item).encode())
+    else:
+        return "-"
+    return digest.hexdigest()
+
+
+def _input_digest(spec: str, defaults: Any) -> str:
+    """What a ``FILE[:key=value,...]`` input depends on: its options and the bytes of the file, of the
+    label names and label map files its options name, and of a names file beside it (GoEmotions)."""
+    from personagen_core.evaluation import gold
+
+    path, options = gold.parse_file_spec(spec)
+    merged = options.merged(defaults)
+    files = [path, *(Path(v) for v in (merged.label_names, merged.label_map) if v)]
+    files += [path.parent / n for n in ("labels.txt", "emotions.txt")]
+    return hashlib.sha256(
+        json.dumps([repr(merged), [(str(f), _path_digest(f)) for f in files]]).encode()
+    ).hexdigest()
 
 
 def _reuse(key: str, out_dir: Path, notice: Any) -> tuple[Path, Path, dict[str, Any]] | None:

@@ -89,7 +89,7 @@ def _frame_digest(frame: pd.DataFrame | None) -> str:
         return "-"
     digest = hashlib.sha256(json.dumps([str(c) for c in frame.columns]).encode())
     for col in frame.columns:
-        values = frame[col].astype(str).tolist()
+        values = [str(v) for v in frame[col].tolist()]  # pandas' str dtype keeps NaN as a float
         # The lengths make the joined bytes unambiguous whatever the texts contain.
         digest.update(np.fromiter(map(len, values), dtype=np.int64, count=len(values)).tobytes())
         digest.update("\x00".join(values).encode("utf-8", "surrogatepass"))
