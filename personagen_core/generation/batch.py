@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from personagen_core.errors import (
@@ -239,8 +240,6 @@ class BatchRun:
         self.index.extend(store.accepted_texts(run_id))
         self.language_id = LanguageIdentifier(spec.language)
         self.session = store.start_session(run_id)
-        import numpy as np
-
         self.rng = np.random.default_rng([config.seed, self.session])
         self.sampler = build_model(spec, mode=info.mode)
         self.next_pid = store.next_persona_id(run_id)
