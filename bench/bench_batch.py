@@ -72,12 +72,13 @@ def main() -> None:
     config = GenerationConfig(per_emotion=per, validate=True, llm=llm)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "runs.sqlite")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         summary = run_batch_generation(
             spec, config, store, options=BatchOptions(poll_interval=0.05, max_requests=args.max_requests),
             remote=Timed(llm),
         )
         wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0  # this process only (the fake runs in its own): robust to load
         jobs = store.batch_jobs(summary.run_id)
         surplus = store.surplus_counts(summary.run_id)
         accepted = store.accepted_counts(summary.run_id)
@@ -100,6 +101,8 @@ def main() -> None:
     print(f"wall time {wall:.1f} s; in endpoint calls (upload/create/poll/download, the fake answering) "
           f"{Timed.spent:.1f} s; PersonaGen time (wall minus endpoint) {wall - Timed.spent:.1f} s "
           f"= {1000 * (wall - Timed.spent) / max(1, total):.2f} ms per text")
+    print(f"CPU time of this process {cpu:.1f} s = {1000 * cpu / max(1, total):.2f} ms per delivered text "
+          f"(on a loaded machine the wall time above stretches, the CPU time does not)")
     print(f"peak RSS of this process: {peak:.0f} MiB; run store {size / 2**20:.1f} MiB "
           f"({size / 2**10 / max(1, total) * 1000 / 1024:.2f} MiB per 1,000 texts)")
     print(f"cost at batch prices (gpt-4.1-mini list / 2): ${summary.cost:.2f}; calls {summary.calls:,}; "
