@@ -129,7 +129,7 @@ class RandomEmbedder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def _eval_once(data_path: Path, out: Path, max_points: int) -> dict[str, Any]:
+def _eval_once(data_path: Path, out: Path, max_points: int, max_train: int) -> dict[str, Any]:
     from personagen_core.cli.evaluate_cmds import run_evaluate
 
     events: list[tuple[str, float]] = []
@@ -140,6 +140,7 @@ def _eval_once(data_path: Path, out: Path, max_points: int) -> dict[str, Any]:
         out,
         gold_test=CARER / "test.txt",
         max_projection_points=max_points,
+        max_train_texts=max_train,
         on_notice=lambda line: _log("  " + line),
         on_event=lambda stage, frac: events.append((stage, frac)),
     )
@@ -147,11 +148,11 @@ def _eval_once(data_path: Path, out: Path, max_points: int) -> dict[str, Any]:
     return {"wall": wall, "report": report, "html": html_path, "events": events}
 
 
-def phase_eval(data_path: Path, out: Path, max_points: int) -> None:
+def phase_eval(data_path: Path, out: Path, max_points: int, max_train: int) -> None:
     _log(f"eval (cold results cache unless rerun): {_load()}")
-    first = _eval_once(data_path, out / "first", max_points)
+    first = _eval_once(data_path, out / "first", max_points, max_train)
     _print_eval("first", first)
-    second = _eval_once(data_path, out / "warm", max_points)
+    second = _eval_once(data_path, out / "warm", max_points, max_train)
     _print_eval("warm rerun", second)
     _log(f"peak RSS of the process {_rss_mb():.0f} MB; {_load()}")
 
@@ -178,6 +179,9 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path("/tmp/personagen-bench-evalscale"))
     ap.add_argument("--max-projection-points", type=int, default=10_000)
     ap.add_argument("--embedder", choices=("model", "random"), default="model")
+    ap.add_argument(
+        "--max-train-texts", type=int, default=20_000, help="LightGBM training sample per dataset"
+    )
     args = ap.parse_args()
     if not (CARER / "test.txt").is_file():
         sys.exit(f"skipped: CARER not found at {CARER} (see its README)")
@@ -198,7 +202,7 @@ def main() -> None:
             _log("embedder: random unit vectors (no model); see the docstring")
         if not data_path.exists():
             synthetic_frame(args.n).to_csv(data_path, index=False)
-        phase_eval(data_path, args.home / f"out_{args.n}", args.max_projection_points)
+        phase_eval(data_path, args.home / f"out_{args.n}", args.max_projection_points, args.max_train_texts)
 
 
 if __name__ == "__main__":

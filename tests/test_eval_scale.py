@@ -330,7 +330,7 @@ def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
     data = tmp_path / "d.csv"
     unbalanced(200).to_csv(data, index=False)
     argv = ["evaluate", "--data", str(data), "--projection", "pca", "--max-projection-points", "50"]
-    argv += ["--bootstrap", "0", "--prd-runs", "1"]
+    argv += ["--max-train-texts", "100", "--bootstrap", "0", "--prd-runs", "1"]
     code, out, err = _run([*argv, "-o", str(tmp_path / "a")], capsys)
     assert code == 0, err
     eval_id = re.search(r"stored as evaluation (ev-\S+)", out).group(1)
@@ -342,6 +342,11 @@ def test_cli_samples_projections_shows_progress_and_reuses_the_same_content(
         "of": 200,
     }
     assert report["settings"]["max_projection_points"] == 50
+    assert report["separability"]["datasets"]["d"]["sample"] == {
+        "n": 100,
+        "of": 200,
+        "stratified_by": ["label"],
+    }
 
     code, out, err = _run([*argv, "-o", str(tmp_path / "b")], capsys)
     assert code == 0, err

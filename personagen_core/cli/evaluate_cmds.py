@@ -106,6 +106,7 @@ def run_evaluate(
     seed: int = 0,
     max_texts: int | None = None,
     max_projection_points: int | None = 10_000,
+    max_train_texts: int | None = 20_000,
     max_gold: int | None = None,
     bootstrap: int = 20,
     prd_runs: int = 10,
@@ -167,6 +168,7 @@ def run_evaluate(
     settings = evaluation.EvaluationSettings(
         projections=methods,
         max_projection_points=max_projection_points,
+        max_train_texts=max_train_texts,
         seed=seed,
         judge=judge,
         judge_model=judge_model,
@@ -429,6 +431,13 @@ def register(app: typer.Typer) -> None:
         max_texts: int | None = typer.Option(
             None, "--max-texts", help="Cap per dataset (seeded stratified sample, stated in the report)."
         ),
+        max_train_texts: int = typer.Option(
+            20_000,
+            "--max-train-texts",
+            min=0,
+            help="LightGBM (separability, Table VII) trains on a seeded sample of at most this many texts "
+            "per dataset, stratified by label (stated in the report); 0 = every text.",
+        ),
         max_gold: int | None = typer.Option(
             None,
             "--max-gold",
@@ -468,6 +477,7 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             max_texts=max_texts,
             max_projection_points=max_projection_points or None,
+            max_train_texts=max_train_texts or None,
             max_gold=max_gold,
             bootstrap=bootstrap,
             prd_runs=prd_runs,
