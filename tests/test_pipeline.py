@@ -165,14 +165,16 @@ def test_identical_tuples_are_validated_once_within_and_across_runs(tmp_path: Pa
         asked: dict[str, list[str]] = {}
         for r in srv.chat_requests:
             if r.body and "response_format" in r.body:
-                system, user = (m["content"] for m in r.body["messages"])
+                _, user = (m["content"] for m in r.body["messages"])
                 lines = [re.sub(r"^\[\d+\] ", "", x) for x in user.splitlines()[1:]]
-                asked.setdefault(system, []).extend(lines)
+                # by stage (the schema name): the ramped first batches of 1 use the one-verdict prompt
+                stage = re.sub(r"_verdicts?$", "", r.body["response_format"]["json_schema"]["name"])
+                asked.setdefault(stage, []).extend(lines)
         n_before = len(srv.chat_requests)
         # same seed and spec: the same candidates, every verdict now comes from the cross-run cache
         second = run_generation(spec, _config(srv, per_emotion=4), RunStore(tmp_path / "runs.sqlite"))
         new = srv.chat_requests[n_before:]
-    assert len(asked) == 3  # one system prompt per stage
+    assert len(asked) == 3  # the three validated stages
     for lines in asked.values():
         assert len(lines) == len(set(lines))  # no tuple asked twice
     assert first.state == second.state == "done"
@@ -226,8 +228,9 @@ def test_methods_and_ablations(tmp_path: Path, spec: Spec, method: str, stages: 
         assert validations == []
     else:
         n_stages = len(stages)
-        systems = {b["messages"][0]["content"] for b in validations}
-        assert len(systems) == n_stages
+        # one schema per stage (stageN_verdict for the ramped one-candidate first calls, stageN_verdicts)
+        stage_names = {b["response_format"]["json_schema"]["name"].rstrip("s") for b in validations}
+        assert stage_names == {f"stage{k}_verdict" for k in stages}
     with_scene = [b for b in generations if "Scene:" in b["messages"][1]["content"]]
     assert (len(with_scene) == len(generations)) == ("3" in stages)
     attr_cols = set(texts.columns) - {

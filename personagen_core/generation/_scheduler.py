@@ -714,6 +714,7 @@ class RunSession:
                     lookahead=parallel,
                     max_batches=2 if local else parallel,
                     prefetch=not local,
+                    first_batch=1,  # a first text within seconds, then full batches (issue 15)
                 )
                 # One worker per connection: more would queue generation calls at the client's limit ahead
                 # of the validation calls that feed them (the critical path).

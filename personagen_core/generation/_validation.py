@@ -248,6 +248,7 @@ def parse_batch_verdicts(data: Any, n: int) -> dict[int, Verdict]:
 class _SourceState:
     stock: deque[Candidate] = field(default_factory=deque)
     pending: int = 0  # candidates being sampled/validated
+    batches: int = 0  # batches being sampled/validated
     validated: int = 0
     passed: int = 0
     waiting: int = 0
@@ -266,7 +267,11 @@ class CandidateSource:
     stage-1 calls ahead of the later-stage calls of the candidates already under way. ``prefetch=False``
     starts a batch only once the stock is empty: for a backend that serves one call at a time, refilling
     ahead gains no overlap and interleaves validation with generation calls, so neither kind reuses the
-    previous call's prompt prefix from the KV cache.
+    previous call's prompt prefix from the KV cache. ``first_batch`` ramps the batch size: the first batch
+    holds that many candidates and each next one twice as many, up to ``batch_size`` (None: full batches
+    from the start). A first text then waits for a few one- or two-candidate calls, not for whole batches
+    through every stage (on the embedded model: minutes), and later batches are full for throughput. With
+``prefetch=False`` the smaller batches run one at a time.
     """
 
     def __init__(
@@ -283,11 +288,13 @@ class CandidateSource:
         lookahead: int = 0,
         max_batches: int | None = None,
         prefetch: bool = True,
+        first_batch: int | None = None,
     ) -> None:
         self._sample = sample
         self._validator = validator
         self._stages = list(stages) if validator is not None else []
         self._batch = max(1, batch_size)
+        self._next = self._batch if first_batch is None else min(self._batch, max(1, first_batch))
         self._need = need
         self._may_launch = may_launch
         self._record = record_verdicts
@@ -321,12 +328,17 @@ class CandidateSource:
             not self._closed
             and self.error is None
             and self._available() < want
-            # pending counts whole batches' candidates and drops before waiters wake (unlike _tasks)
-            and (self._max_batches is None or s.pending < self._max_batches * self._batch)
+            # batches drops before waiters wake (unlike _tasks)
+            and (self._max_batches is None or s.batches < self._max_batches)
+            # On a backend that serves one call at a time a second batch would queue its calls in front of
+            # the first batch's later stages: the small first batches go alone.
+            and (self._prefetch or self._next >= self._batch or s.batches == 0)
             and self._may_launch()
         ):
-            s.pending += self._batch
-            task = asyncio.create_task(self._produce(self._batch))
+            size, self._next = self._next, min(self._batch, 2 * self._next)
+            s.pending += size
+            s.batches += 1
+            task = asyncio.create_task(self._produce(size))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -382,6 +394,7 @@ class CandidateSource:
             self.error = exc
         finally:
             s.pending -= n
+            s.batches -= 1
             self._changed.set()
 
     async def aclose(self, *, wait: bool = True) -> None:
