@@ -110,7 +110,8 @@ with left:
         if timing is not None:
             st.info(f"Time: {timing.message}.")
         elif llm.backend == "local":
-            st.caption("Time: these settings were never timed on this machine.")
+            st.caption("Time: these settings were never timed on this machine; every run is timed for the "
+                       "next estimate, or time a few texts now.")
             if st.button(f"Time {throughput.CALIBRATION_TEXTS} texts on this machine", icon=":material/timer:"):
                 with st.spinner("Timing a short run (the model loads first) ..."):
                     throughput.calibrate(spec, config, http_client=ui.http_client_for(config.llm))

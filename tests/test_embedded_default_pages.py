@@ -64,7 +64,16 @@ def test_generate_page_embedded_default_is_small_rules_only_and_estimated_from_t
     infos = [i.value for i in at.info]
     # 9 s to the first text, then (19 - 9) / 2 = 5 s per text: 9 + 13 x 5 = 74 s.
     assert any(i.startswith("Time: about a minute on this machine for 14 texts (5.0 s per text, first text "
-                            "after 9 s; from 3 texts timed here in 1 calibration run)") for i in infos), infos
+                            "after 9 s; from a short timing run on this machine (3 texts timed))") for i in infos), infos
+    assert not any(b.label.startswith("Time 3 texts") for b in at.button)  # measured: no button
+
+    # A finished run of these settings is recorded by the run itself; the estimate says it comes from it.
+    throughput.ThroughputBook().record(throughput.profile_key(config),
+                                       throughput.Measurement(9, 49.0, 9.0, "run", 1.0))
+    at.run()
+    infos = [i.value for i in at.info]
+    assert any("from your last run and a short timing run on this machine (12 texts timed)" in i
+               for i in infos), infos
 
     # Turning LLM validation on warns with the same figure; that profile was never timed.
     toggle.set_value(True).run()

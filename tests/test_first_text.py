@@ -61,8 +61,8 @@ def test_first_validation_call_holds_one_candidate_then_batches_ramp_to_the_conf
 
 
 def test_one_at_a_time_backend_runs_the_first_candidate_through_every_stage_first() -> None:
-    """With prefetch off (the embedded model, a serial server) the small first batches go alone, so the
-    first candidate's stage 2 and 3 calls do not queue behind other batches' stage-1 calls."""
+    """The small first batches go alone, so on a one-call-at-a-time backend (the embedded model) the first
+    candidate's stage 2 and 3 calls do not queue behind other batches' stage-1 calls."""
     calls: list[tuple[int, int]] = []
     next_id = iter(range(10_000))
 

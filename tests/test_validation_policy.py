@@ -164,11 +164,13 @@ def test_real_runs_update_the_estimate_and_only_recent_ones_count(tmp_path: Path
     est = throughput.estimate_run_time(config, 101, book)
     assert (est.measured_texts, est.first_text_s, est.seconds_per_text) == (10, 4.0, 2.0)
     assert est.seconds == pytest.approx(4.0 + 100 * 2.0) and est.message.startswith("about 3 minutes")
+    assert est.message.endswith("; from your last run on this machine (10 texts timed))")
     book.record(key, throughput.Measurement(0, 9.0, None, "run", 0.0))  # nothing accepted: not a rate
     for _ in range(throughput.KEEP):
         book.record(key, throughput.Measurement(11, 110.0, 10.0, "run", 0.0))
     est = throughput.estimate_run_time(config, 101, book)
     assert len(book.measurements(key)) == throughput.KEEP and est.seconds_per_text == 10.0
+    assert est.basis == f"from your last {throughput.KEEP} runs on this machine ({11 * throughput.KEEP} texts timed)"
     assert throughput.profile_key(config.model_copy(update={"method": "attrprompt"})) != key
 
 

@@ -517,10 +517,11 @@ def start_generation(spec: Any, config: Any, *, batch_poll_s: float | None = Non
         from personagen_core.generation import throughput
 
         timer = throughput.RunTimer()  # the run's own timing feeds the next time estimate
-        summary = run_generation(spec, config, store, cancel=cancel, run_id=run_id,
-                                 http_client=http_client_for(config.llm), on_event=timer.observe)
-        throughput.ThroughputBook().record(throughput.profile_key(config), timer.measurement("run"))
-        return summary
+        try:
+            return run_generation(spec, config, store, cancel=cancel, run_id=run_id,
+                                  http_client=http_client_for(config.llm), on_event=timer.observe)
+        finally:  # a failed or stopped run's texts are timed too (a run without texts records nothing)
+            throughput.ThroughputBook().record(throughput.profile_key(config), timer.measurement("run"))
 
     return _start(run_id, call, config.llm, cancel)
 

@@ -270,8 +270,8 @@ class CandidateSource:
     previous call's prompt prefix from the KV cache. ``first_batch`` ramps the batch size: the first batch
     holds that many candidates and each next one twice as many, up to ``batch_size`` (None: full batches
     from the start). A first text then waits for a few one- or two-candidate calls, not for whole batches
-    through every stage (on the embedded model: minutes), and later batches are full for throughput. With
-``prefetch=False`` the smaller batches run one at a time.
+    through every stage (on the embedded model: minutes), and later batches are full for throughput. The
+smaller batches run one at a time.
     """
 
     def __init__(
@@ -330,9 +330,10 @@ class CandidateSource:
             and self._available() < want
             # batches drops before waiters wake (unlike _tasks)
             and (self._max_batches is None or s.batches < self._max_batches)
-            # On a backend that serves one call at a time a second batch would queue its calls in front of
-            # the first batch's later stages: the small first batches go alone.
-            and (self._prefetch or self._next >= self._batch or s.batches == 0)
+            # The small first batches go alone: beside other batches their later stages would queue behind
+            # those batches' calls (one model serves one call at a time) or crowd an endpoint whose
+            # capacity the client is still probing.
+            and (self._next >= self._batch or s.batches == 0)
             and self._may_launch()
         ):
             size, self._next = self._next, min(self._batch, 2 * self._next)

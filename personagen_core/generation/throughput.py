@@ -167,10 +167,21 @@ class RunTimeEstimate:
         """"about 7 minutes on this machine (…)": one line for the CLI and the Generate page."""
         m = self.minutes
         size = f"about {m:.0f} minutes" if m >= 1.5 else ("about a minute" if m >= 0.75 else "under a minute")
-        kinds = " and ".join(sorted(set(self.sources)))
         return (f"{size} on this machine for {self.texts} texts ({self.seconds_per_text:.1f} s per text, "
-                f"first text after {self.first_text_s:.0f} s; from {self.measured_texts} texts timed here in "
-                f"{self.measurements} {kinds} run{'s' if self.measurements != 1 else ''})")
+                f"first text after {self.first_text_s:.0f} s; {self.basis})")
+
+    @property
+    def basis(self) -> str:
+        """Where the figures come from: "from your last run on this machine (12 texts)", "from your last 3
+        runs and a 3-text timing run on this machine (40 texts)"."""
+        runs = sum(1 for s in self.sources if s == "run")
+        timings = len(self.sources) - runs
+        parts = []
+        if runs:
+            parts.append("your last run" if runs == 1 else f"your last {runs} runs")
+        if timings:
+            parts.append("a short timing run" if timings == 1 else f"{timings} short timing runs")
+        return f"from {' and '.join(parts)} on this machine ({self.measured_texts} texts timed)"
 
 
 def estimate_run_time(config: GenerationConfig, texts: int, book: ThroughputBook | None = None
