@@ -257,7 +257,7 @@ class _BandTable:
 
     A dict entry per band key costs ~100 bytes of Python objects; 16 bands x 100k texts made that most of
     a large run's memory. Recent keys go to a dict; when it grows past an eighth of the sorted part it is
-    merged in (amortised O(log n) per key), so memory stays ~12 bytes per key.
+    merged in (amortised O(log n) per key), so memory stays ~16 bytes per key (key and entry number).
     """
 
     def __init__(self) -> None:
@@ -305,7 +305,7 @@ class NearDuplicateIndex:
     Memory is kept small for runs of 100k+ texts: each text's shingles are kept as a sorted array of their
     32-bit hashes in one shared buffer (a candidate is screened on those, then verified on the real
     shingles), the exact-duplicate map is keyed by a 64-bit hash of the normalised text, and the LSH
-    buckets live in a :class:`_BandTable` (about 0.8 kB per text in all, plus the text itself).
+    buckets live in a :class:`_BandTable` (about 1 kB per text in all, plus the text itself).
     """
 
     def __init__(self, threshold: float = 0.8, *, ngram: int = 5, bands: int = 16, rows: int = 4) -> None:
