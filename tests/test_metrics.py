@@ -266,7 +266,7 @@ def test_tsne_projection_is_seeded() -> None:
     assert a.shape == (90, 2) and a.dtype == np.float32
     assert np.array_equal(a, b)
     with pytest.raises(DataError, match="unknown projection method"):
-        project(X, "pca")  # type: ignore[arg-type]
+        project(X, "isomap")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
