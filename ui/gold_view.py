@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from ui.evaluation_view import recent_gold_picker, remember_gold_file
-from ui.runs import run_texts
+from ui.run_browser import run_texts
 from ui.state import defaults, error_boundary, set_kept
 
 __all__ = ["gold_inputs", "gold_key", "label_map_editor", "run_labels", "show_real_data", "show_slices"]
@@ -342,7 +342,7 @@ def show_slices(report: dict[str, Any], figures: ModuleType) -> None:
 
 def _explore_link(report: dict[str, Any], name: str, table: Any) -> None:
     """Open the Explore page on a slice's texts (its run, filtered to the attribute value)."""
-    from ui.runs import select_run
+    from ui.run_jobs import select_run
 
     source = str((report.get("datasets") or {}).get(name, {}).get("source", ""))
     if not source.startswith("run "):

@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from personagen_core.generation.vocabulary import FUNNEL_VERDICTS
-from ui.runs import http_client_for
+from ui.run_jobs import http_client_for
 from ui.state import get_store, kept
 
 __all__ = [
