@@ -220,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     keys = args.models or [k for k in local_llm.MODELS if local_llm.model_status(k).installed]
+    missing = [k for k in keys if k not in local_llm.MODELS or not local_llm.model_status(k).installed]
+    if missing:  # say so before hours of measuring, not with a traceback half-way
+        parser.error(f"not installed: {', '.join(missing)} (pip install 'personagen[models]'; "
+                     f"installed: {', '.join(k for k in local_llm.MODELS if local_llm.model_status(k).installed)})")
     spec = load_pack("japan")
     fixture = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
     batch = GenerationConfig().validation_batch
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "emotions": EMOTIONS,
         "emotion_classifier": carer.info if carer else "pending: CARER data not found at " + str(args.carer),
         # keep figures of models not re-measured this time, each with its own date
-        "models": {k: v for k, v in previous.get("models", {}).items() if k not in keys},
+        "models": dict(previous.get("models", {})),  # a model is replaced once it has a new row
     }
 
     def write() -> None:
@@ -263,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         _validate(key, pool, spec, fixture, batch, args.verdict_reasons))
                     entry["validation"]["measured"] = report["date"]
                 print(json.dumps(entry["validation"]), file=sys.stderr, flush=True)
-                report["models"][key] = entry
+                if not args.modes:
+                    report["models"][key] = entry
                 for mode in args.modes:
                     r = _ladder_run(key, pool, spec, args.per_emotion, args.seed, mode == "llm", Path(tmp),
                                    args.max_minutes)
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["examples"] = [{"emotion": e, "text": t} for t, e in
                                        list(zip(r["texts"], r["labels"], strict=True))[:: max(1, len(r["texts"]) // 5)][:5]]
                     entry["ladder"][mode] = row
+                    report["models"][key] = entry
                     entry["seconds"] = time.perf_counter() - start
                     print(json.dumps({k: v for k, v in row.items() if k != "examples"}), file=sys.stderr, flush=True)
                     write()
