@@ -43,6 +43,7 @@ def dashboard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import streamlit as st
 
     monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     st.cache_data.clear()

@@ -13,18 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import streamlit as st
-
-    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield tmp_path
-    st.cache_data.clear()
-    st.cache_resource.clear()
+@pytest.fixture
+def home(dashboard_home: Path) -> Path:
+    """A fresh dashboard home: the shared ``dashboard_home`` fixture (conftest)."""
+    return dashboard_home
 
 
 def _page_text(at) -> str:
