@@ -95,6 +95,8 @@ def main() -> None:
     print(f"waves: {int(jobs['wave'].max())}; batches: {len(jobs)} "
           f"({', '.join(f'{s} {n}' for s, n in jobs.groupby('step').size().items())}); "
           f"requests: {int(jobs['requests'].sum()):,} ({int(jobs['failed'].sum())} failed)")
+    gen = jobs[jobs["step"] == "generate"].groupby("wave")["requests"].sum()
+    print("generation requests per wave: " + ", ".join(f"{w}: {int(n):,}" for w, n in gen.items()))
     print(f"surplus texts (kept, not delivered): {sum(surplus.values())} "
           f"({100 * sum(surplus.values()) / max(1, total):.2f} % of delivered)")
     print(f"rejections: {dict(sorted(rejections.items(), key=lambda kv: -kv[1]))}")

@@ -247,28 +247,83 @@ def test_vllm_run_batch_round_trip_through_export_and_import(tmp_path: Path) -> 
     assert store.run(run_id)["status"] == "done"
 
 
-def test_cancel_leaves_the_batch_running_and_resume_collects_it(tmp_path: Path) -> None:
+def _answered_lines(srv: FakeOpenAIServer) -> list[str]:
+    """custom_ids of every request line the fake answered (output and error files of every batch)."""
+    import openai
+
+    client = openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0)
+    out = []
+    for bid in srv.batches.creates:
+        b = client.batches.retrieve(bid)
+        for fid in (b.output_file_id, b.error_file_id):
+            if fid:
+                out += [json.loads(x)["custom_id"] for x in client.files.content(fid).text.splitlines() if x]
+    return out
+
+
+def _run_in_thread(fn: object) -> tuple[object, dict[str, object]]:
+    import threading
+
+    result: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: result.update(s=fn()))  # type: ignore[operator]
+    worker.start()
+    return worker, result
+
+
+@pytest.mark.parametrize("step", ["stage1", "generate"])
+def test_cancel_cancels_the_remote_batch_and_resume_collects_its_answers(tmp_path: Path, step: str) -> None:
+    """Cancelling a run cancels its batch at the endpoint (recorded); a resume ingests what the cancelled
+    batch had answered, sends only the rest again, and meets the quotas exactly: no request paid twice."""
     import threading
 
     from personagen_core.generation.batch import resume_batch_generation
 
     store = RunStore(tmp_path / "runs.sqlite")
     cancel = threading.Event()
-    with FakeOpenAIServer(batch_in_progress_s=1.0) as srv:
-        cfg = _config(srv, 3)
-        result: dict[str, object] = {}
-        worker = threading.Thread(target=lambda: result.update(s=run_batch_generation(
-            load_pack("japan"), cfg, store, options=BatchOptions(poll_interval=0.05), cancel=cancel)))
-        worker.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not srv.batches.creates:
-            time.sleep(0.02)
+    # the first batch (stage 1, or generation when validation is off) is held in progress until cancelled
+    with FakeOpenAIServer(_mixed(), batch_validating_s=0.0, batch_in_progress_s=60.0) as srv:
+        cfg = _config(srv, 8)
+        if step == "generate":
+            cfg = cfg.model_copy(update={"validate_": False})
+        worker, result = _run_in_thread(lambda: run_batch_generation(
+            load_pack("japan"), cfg, store, options=BatchOptions(poll_interval=0.05), cancel=cancel))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            srv.batches.creates and srv.batches.batches[srv.batches.creates[0]]["status"] == "in_progress"
+        ):
+            time.sleep(0.01)
         cancel.set()
-        worker.join(timeout=30)
+        worker.join(timeout=60)
         summary = result["s"]
-        assert summary.state == "cancelled" and "resume" in summary.message  # type: ignore[attr-defined]
-        in_flight = srv.batches.creates[-1]
-        again = resume_batch_generation(store, summary.run_id, llm=cfg.llm, poll_interval=0.05)  # type: ignore[attr-defined]
-        assert again.state == "done"
-        assert srv.batches.creates.count(in_flight) == 1
-        assert store.batch_jobs(again.run_id)["batch_id"].iloc[0] == in_flight
+        run_id = summary.run_id  # type: ignore[attr-defined]
+        assert summary.state == "cancelled", summary.message  # type: ignore[attr-defined]
+        assert "cancelled at the endpoint" in summary.message  # type: ignore[attr-defined]
+        cancelled = srv.batches.cancels
+        assert len(cancelled) == 1
+        job = store.batch_jobs(run_id).set_index("batch_id").loc[cancelled[0]]
+        assert job["step"] == step and job["status"] == "cancelling" and "cancelled by the user" in job["message"]
+        assert store.run(run_id)["status"] == "cancelled"
+
+        srv.batches.in_progress_s = 0.02
+        again = resume_batch_generation(store, run_id, llm=cfg.llm, poll_interval=0.05)
+        assert again.state == "done", again.message
+        answered = _answered_lines(srv)
+
+    assert store.accepted_counts(run_id) == {"joy": 8, "fear": 8, "anger": 8}
+    jobs = store.batch_jobs(run_id)
+    first = jobs.set_index("batch_id").loc[cancelled[0]]
+    assert first["status"] == "cancelled" and first["ingested"] == 1
+    assert 0 < first["completed"] < first["requests"]  # half of it was answered before the cancel, and kept
+    assert srv.batches.creates.count(cancelled[0]) == 1
+    retry = jobs[(jobs["wave"] == first["wave"]) & (jobs["step"] == step) & (jobs["attempt"] == 2)]
+    assert len(retry) == 1 and int(retry["requests"].iloc[0]) <= first["requests"] - first["completed"]
+    # no request answered twice, and every answered line was recorded (and paid) once
+    assert len(answered) == len(set(answered))
+    assert store.totals(run_id)["calls"] == len(answered)
+    with sqlite3.connect(store.path) as conn:
+        twice = conn.execute("SELECT persona_id, stage FROM verdicts WHERE run_id = ? GROUP BY persona_id, stage"
+                             " HAVING COUNT(*) > 1", (run_id,)).fetchall()
+        per_persona = conn.execute("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM batch_requests WHERE run_id = ?"
+                                   " AND persona_id IS NOT NULL AND status = 'ok' GROUP BY persona_id)",
+                                   (run_id,)).fetchone()[0]
+    assert twice == [] and per_persona <= 1  # texts_per_persona 1: one paid text per candidate

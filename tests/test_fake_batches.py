@@ -80,10 +80,30 @@ def test_cancel_and_unknown_ids() -> None:
         client = openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0)
         f = client.files.create(file=("in.jsonl", _lines(2)), purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        assert client.batches.cancel(b.id).status == "cancelled"
+        assert client.batches.cancel(b.id).status == "cancelling"
+        ended, _ = _wait(client, b.id)
+        assert ended.status == "cancelled" and ended.output_file_id is None  # cancelled while validating
+        assert srv.batches.cancels == [b.id]
         with pytest.raises(openai.NotFoundError):
             client.batches.retrieve("batch_nope")
         with pytest.raises(openai.NotFoundError):
             client.files.content("file-nope")
         with pytest.raises(openai.BadRequestError):
             client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+
+
+def test_cancel_in_progress_answers_what_ran() -> None:
+    """As OpenAI: cancelling -> cancelled, and the output file holds what was answered before the cancel."""
+    with FakeOpenAIServer(batch_validating_s=0.0, batch_in_progress_s=30) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0)
+        f = client.files.create(file=("in.jsonl", _lines(6)), purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert client.batches.retrieve(b.id).status == "in_progress"
+        assert client.batches.cancel(b.id).status == "cancelling"
+        assert client.batches.cancel(b.id).status == "cancelling"  # asked twice: one cancel
+        ended, seen = _wait(client, b.id)
+        assert seen[-2:] == ["cancelling", "cancelled"] and srv.batches.cancels == [b.id]
+        assert ended.request_counts.completed == 3
+        out = [json.loads(x) for x in client.files.content(ended.output_file_id).text.splitlines()]
+        assert [x["custom_id"] for x in out] == ["r0", "r1", "r2"]
+        assert client.batches.cancel(b.id).status == "cancelled"  # a finished batch stays as it is

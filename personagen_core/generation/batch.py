@@ -261,6 +261,7 @@ class BatchRun:
         self.fatal: str | None = None
         self.unpriced: set[str] = set()
         self.note: str | None = None  # what the run is doing now (progress message)
+        self.cancel_note: str | None = None  # what a cancel did to the batch in flight
         self._last_event = 0.0
         self._last_heartbeat = time.monotonic()
 
@@ -721,6 +722,7 @@ class BatchRun:
             self.heartbeat()
             if self.cancel is not None and self.cancel.wait(self.options.poll_interval):
                 self.stop_reason = "cancelled"
+                self._cancel_remote(job, remote)
                 return False
             if self.cancel is None:
                 time.sleep(self.options.poll_interval)
@@ -731,10 +733,27 @@ class BatchRun:
         errors = ((b.get("errors") or {}).get("data") or []) if isinstance(b.get("errors"), Mapping) else []
         message = "; ".join(str(e.get("message")) for e in errors if isinstance(e, Mapping)) or None
         if b["status"] in _BAD_END and message is None:
-            message = f"the batch ended {b['status']}"
+            message = job.get("message") or f"the batch ended {b['status']}"  # e.g. our own cancel's note
         self.ingest(job, lines, status=str(b["status"]), message=message)
         self.emit(force=True)
         return True
+
+    def _cancel_remote(self, job: dict[str, Any], remote: OpenAIBatches) -> None:
+        """Ask the endpoint to cancel the job's batch (the run was cancelled): no more of it is paid for
+        beyond what it already answered; a resume polls it to its end (``cancelled``), ingests those answers
+        and plans the rest again. A refused cancel is recorded; the batch then keeps running."""
+        bid = str(job["batch_id"])
+        try:
+            b = remote.cancel(bid)
+        except LLMError as exc:
+            self.cancel_note = (f"asking the endpoint to cancel batch {bid} failed ({exc}); it keeps running: "
+                                "resume to collect it")
+            self.store.update_batch_job(int(job["job_id"]), message=self._scrub(self.cancel_note))
+            return
+        self.cancel_note = (f"batch {bid} was cancelled at the endpoint ({b['status']}): resume to collect what "
+                            "it already answered and send the rest")
+        self.store.update_batch_job(int(job["job_id"]), status=str(b["status"]),
+                                    message="cancelled by the user (the run was cancelled)")
 
     def execute(self, remote: OpenAIBatches | None) -> RunSummary:
         """Run batches (``remote``) until the quotas are met or a stop; record the final state."""
@@ -772,7 +791,7 @@ class BatchRun:
                 state, reason, message = "failed", "error", self._scrub(self.fatal)
             elif self.stop_reason == "cancelled":
                 state, reason = "cancelled", "cancelled"
-                message = "cancelled; a batch in flight keeps running at the endpoint: resume to collect it"
+                message = f"cancelled; {self.cancel_note or 'resume to continue'}"
             else:
                 state, reason = "stopped", self.stop_reason or "exhausted"
                 message = _STOP_MESSAGES.get(reason, reason)

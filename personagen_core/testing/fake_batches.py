@@ -15,6 +15,10 @@ to the error file as ``{"id", "custom_id", "response": null, "error": {"code", "
 whole batches are scripted per created batch with :meth:`BatchAPI.add_outcomes`: ``None`` (complete),
 ``"expire"`` (ends ``expired``, with the first half of its requests answered in the output file, as OpenAI
 does for a batch that ran out of its window) or ``"fail"`` (ends ``failed`` with ``errors``, no output).
+
+``POST /v1/batches/{id}/cancel`` moves an unfinished batch to ``cancelling``; ``cancelling_s`` seconds later
+it is ``cancelled``, and, as OpenAI does, the requests it had answered are in its output file: none when it
+was still ``validating``, the first half when it was ``in_progress``. ``cancels`` lists the cancelled ids.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ class BatchAPI:
         self._outcomes: deque[str | None] = deque()
         self.creates: list[str] = []  # batch ids in creation order (tests count resubmissions)
         self._answered = 0
+        self.cancelling_s = 0.05
+        self.cancels: list[str] = []  # batch ids whose cancel was asked, in order
+        self._cancelled: dict[str, tuple[float, bool]] = {}  # id -> (when, was in progress)
 
     def add_outcomes(self, outcomes: Iterable[str | None]) -> None:
         """Script the ends of the next created batches: ``None`` (complete), ``"expire"`` or ``"fail"``."""
@@ -134,10 +141,13 @@ class BatchAPI:
         if method == "GET" and len(rest) == 1:
             return 200, self._advance(rest[0]), "application/json"
         if method == "POST" and len(rest) == 2 and rest[1] == "cancel":
-            batch = self._advance(rest[0])
+            self._advance(rest[0])
             with self._lock:
-                if batch["status"] not in _TERMINAL:
-                    batch.update(status="cancelled", cancelled_at=int(time.time()))
+                batch = self.batches[rest[0]]
+                if batch["status"] not in _TERMINAL and batch["status"] != "cancelling":
+                    batch.update(status="cancelling", cancelling_at=int(time.time()))
+                    self._cancelled[rest[0]] = (time.monotonic(), batch["in_progress_at"] is not None)
+                    self.cancels.append(rest[0])
                 return 200, dict(batch), "application/json"
         raise _NotFound(f"no route for {method} /v1/batches/{'/'.join(rest)}")
 
@@ -192,15 +202,24 @@ class BatchAPI:
             batch = self.batches[bid]
             if batch["status"] in _TERMINAL:
                 return dict(batch)
-            elapsed = time.monotonic() - self._started[bid]
-            if elapsed < self.validating_s:
-                return dict(batch)
-            if batch["in_progress_at"] is None:
-                batch.update(status="in_progress", in_progress_at=int(time.time()))
-            if elapsed < self.validating_s + self.in_progress_s:
-                return dict(batch)
-            outcome = self._outcome[bid]
-            lines = [ln for ln in self._contents[batch["input_file_id"]].splitlines() if ln.strip()]
+            if batch["status"] == "cancelling":
+                since, running = self._cancelled[bid]
+                if time.monotonic() - since < self.cancelling_s:
+                    return dict(batch)
+                outcome: str | None = "cancel"
+                lines = self._lines_locked(batch)
+                answered = lines[: len(lines) // 2] if running else []
+            else:
+                elapsed = time.monotonic() - self._started[bid]
+                if elapsed < self.validating_s:
+                    return dict(batch)
+                if batch["in_progress_at"] is None:
+                    batch.update(status="in_progress", in_progress_at=int(time.time()))
+                if elapsed < self.validating_s + self.in_progress_s:
+                    return dict(batch)
+                outcome = self._outcome[bid]
+                lines = self._lines_locked(batch)
+                answered = lines[: len(lines) // 2] if outcome == "expire" else lines
         # Answer outside the lock: the responder may take a while for a large batch.
         if outcome == "fail":
             ended = {"status": "failed", "failed_at": int(time.time()), "errors": {"object": "list", "data": [
@@ -208,7 +227,6 @@ class BatchAPI:
             with self._lock:
                 batch.update(ended)
                 return dict(batch)
-        answered = lines[: len(lines) // 2] if outcome == "expire" else lines
         out, err = self._run(answered)
         with self._lock:
             if batch["status"] in _TERMINAL:  # another thread finished it meanwhile
@@ -220,9 +238,14 @@ class BatchAPI:
                 batch["error_file_id"] = self._store_locked(f"{bid}_error.jsonl", err)
             if outcome == "expire":
                 batch.update(status="expired", expired_at=int(time.time()))
+            elif outcome == "cancel":
+                batch.update(status="cancelled", cancelled_at=int(time.time()))
             else:
                 batch.update(status="completed", finalizing_at=int(time.time()), completed_at=int(time.time()))
             return dict(batch)
+
+    def _lines_locked(self, batch: dict[str, Any]) -> list[bytes]:
+        return [ln for ln in self._contents[batch["input_file_id"]].splitlines() if ln.strip()]
 
     def _store_locked(self, name: str, lines: list[str]) -> str:
         data = ("\n".join(lines) + "\n").encode()
