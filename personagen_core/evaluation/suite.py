@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personagen_core.errors import DataError, PersonaGenError
 from personagen_core.evaluation.slices import NON_ATTRIBUTE_COLUMNS
@@ -137,6 +137,14 @@ class EvaluationSettings(BaseModel):
     prdc_k: int = Field(5, ge=1)
     bootstrap: int = Field(20, ge=0, description="bootstrap resamples for confidence intervals")
     confidence: float = Field(0.95, gt=0, lt=1)
+    diversity_resamples: int = Field(
+        20,
+        ge=0,
+        description="seeded equal-size subsamples per dataset for the diversity intervals (0 = none; else >= 2)",
+    )
+    diversity_sample_max: int = Field(
+        500, ge=5, description="largest equal-size subsample per emotion for the diversity intervals"
+    )
     gold_per_class: int = Field(500, ge=1, description="balanced gold training sample (the paper's gold row)")
     max_texts: int | None = Field(None, ge=10, description="cap per dataset (seeded stratified subsample)")
     max_gold: int | None = Field(None, ge=10, description="cap on the gold reference/test set")
@@ -146,6 +154,13 @@ class EvaluationSettings(BaseModel):
         "LLMSettings.models['judge']; when set, it is applied there for this evaluation"
     )
     use_cache: bool = True
+
+    @field_validator("diversity_resamples")
+    @classmethod
+    def _resamples_none_or_two(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("diversity_resamples must be 0 (no intervals) or at least 2 (one draw has no spread)")
+        return v
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -421,9 +436,16 @@ def _diversity(
     cache: Any,
     warn: _Warnings,
 ) -> dict[str, Any]:
+    from personagen_core.evaluation.diversity_ci import diversity_intervals, equal_sizes
     from personagen_core.evaluation.metrics import diversity_table
 
     reliable_n = _TEXTS_PER_CLUSTER * settings.cluster_k
+    # One subsample size per emotion shared by every dataset, so the intervals compare like with like.
+    sizes = equal_sizes(
+        {name: f["label"].astype(str).value_counts().to_dict() for name, f in data.items()},
+        k=settings.cluster_k,
+        max_size=settings.diversity_sample_max,
+    )
     per_ds = {}
     for name, frame in data.items():
         table = cache.call(
@@ -444,6 +466,19 @@ def _diversity(
             "unreliable": sorted(few),
             "min_reliable": reliable_n,
         }
+        if settings.diversity_resamples:
+            per_ds[name]["equal_size"] = cache.call(
+                diversity_intervals,
+                emb[name],
+                frame["label"].to_numpy(dtype=str),
+                frame["text"].tolist(),
+                sizes,
+                n_resamples=settings.diversity_resamples,
+                confidence=settings.confidence,
+                k=settings.cluster_k,
+                self_bleu_sample=settings.self_bleu_sample,
+                random_state=settings.seed,
+            )
         if few:
             listed = ", ".join(f"{e} ({c})" for e, c in few.items())
             warn.add(
@@ -453,13 +488,46 @@ def _diversity(
                 f"({_TEXTS_PER_CLUSTER} per k-means cluster, k = {settings.cluster_k}); cluster entropy needs "
                 f"{settings.cluster_k} texts and mean cosine distance 2 (blank below that)",
             )
-    return {
+    out = {
         "datasets": per_ds,
         "definitions": dict(DIVERSITY_DEFINITIONS),
         "notes": f"k = {settings.cluster_k} clusters per emotion, seed {settings.seed}; Self-BLEU on up to "
         f"{settings.self_bleu_sample} texts per emotion; overall = unweighted mean of the emotions; formulas "
         "in docs/METRICS.md.",
     }
+    if settings.diversity_resamples:
+        out["equal_size"] = {
+            "sizes": sizes,
+            "n_resamples": settings.diversity_resamples,
+            "confidence": settings.confidence,
+            "max_size": settings.diversity_sample_max,
+            "min_texts": _min_interval_texts(settings),
+            "seed": settings.seed,
+            "description": _equal_size_description(sizes, settings),
+        }
+    return out
+
+
+def _min_interval_texts(settings: EvaluationSettings) -> int:
+    from personagen_core.evaluation.diversity_ci import min_texts_for_interval
+
+    return min_texts_for_interval(settings.cluster_k)
+
+
+def _equal_size_description(sizes: Mapping[str, int], settings: EvaluationSettings) -> str:
+    """One sentence saying how the equal-size intervals were sampled (report, page, CLI)."""
+    if not sizes:
+        return (
+            f"no interval: every emotion needs at least {_min_interval_texts(settings)} texts in a dataset "
+            "(subsamples of half the texts of the smallest compared dataset)"
+        )
+    per = ", ".join(f"{e} {m}" for e, m in sizes.items())
+    return (
+        f"{settings.diversity_resamples} seeded subsamples (seed {settings.seed}) without replacement of the "
+        f"same number of texts per emotion in every dataset ({per}; half the smallest dataset's texts of the "
+        f"emotion, at most {settings.diversity_sample_max}); value = median over the subsamples, "
+        f"{settings.confidence:.0%} interval = their percentile range"
+    )
 
 
 def _separability(

@@ -1,0 +1,222 @@
+"""Diversity metrics on equal-size seeded subsamples, with percentile intervals (docs/METRICS.md).
+
+Distinct-n, Vendi score, Self-BLEU and the compression ratio depend on the number of texts, so two datasets
+(or a 100k-text run and a 3,500-text run) are only comparable at the same size. For every emotion ``L`` the
+datasets that have enough of it are compared at one size ``m_L`` (:func:`equal_sizes`): half the texts of
+the smallest of them, capped at ``max_size``. Each dataset is then subsampled ``n_resamples`` times
+(seeded, without replacement, ``m_L`` texts of each emotion per replicate) and every metric is computed on
+every replicate. The reported value is the median over the replicates, the interval their central
+``confidence`` percentile range; the overall row is computed per replicate (the unweighted mean of the
+emotions, centroid distance from the replicate's centroids) and summarised the same way.
+
+Because ``m_L`` is at most half of every compared dataset's texts of ``L``, the smallest dataset's
+replicates differ from each other too; the interval is the spread of the metric over random ``m_L``-text
+draws from the data at hand (a finite-population view: it understates the spread of fresh draws from the
+generator by about the factor ``sqrt(1 - m_L / n_L)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from personagen_core.errors import DataError
+from personagen_core.evaluation.metrics import (
+    _as_matrix,
+    _normalise,
+    _one_thread,
+    cluster_entropy,
+    compression_ratio,
+    distinct_n,
+    mean_cosine_distance,
+    self_bleu,
+    vendi_score,
+)
+
+__all__ = [
+    "INTERVAL_METRICS",
+    "MIN_SUBSAMPLE",
+    "diversity_intervals",
+    "equal_sizes",
+    "min_texts_for_interval",
+]
+
+#: Metrics given with an interval (``n`` is the subsample size itself, not a metric).
+INTERVAL_METRICS = [
+    "mean_cosine_distance",
+    "cluster_entropy",
+    "centroid_distance",
+    "vendi_score",
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "self_bleu_4",
+    "compression_ratio",
+]
+#: Smallest subsample an interval is computed from (with k = 5 clusters the floor is k).
+MIN_SUBSAMPLE = 5
+
+
+def min_texts_for_interval(k: int = 5) -> int:
+    """Texts of one emotion a dataset needs for an interval: twice the smallest subsample (>= k texts)."""
+    return 2 * max(MIN_SUBSAMPLE, k)
+
+
+def equal_sizes(
+    counts: Mapping[str, Mapping[str, int]], *, k: int = 5, max_size: int = 500
+) -> dict[str, int]:
+    """Subsample size per emotion shared by every dataset: ``min(max_size, floor(n_min / 2))``.
+
+    ``counts[dataset][emotion]`` is the number of texts. Datasets with fewer than
+    :func:`min_texts_for_interval` texts of an emotion do not take part for that emotion (they get no
+    interval for it, and do not shrink the others' size). Emotions no dataset has enough of are absent.
+    """
+    need = min_texts_for_interval(k)
+    emotions = sorted({e for per in counts.values() for e in per})
+    out: dict[str, int] = {}
+    for e in emotions:
+        sizes = [int(per.get(e, 0)) for per in counts.values() if int(per.get(e, 0)) >= need]
+        if sizes:
+            out[str(e)] = int(min(max_size, min(sizes) // 2))
+    return out
+
+
+def _summary(values: np.ndarray, confidence: float) -> dict[str, float | None]:
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        return {"value": None, "low": None, "high": None}
+    lo = (1 - confidence) / 2
+    return {
+        "value": float(np.median(v)),
+        "low": float(np.quantile(v, lo)),
+        "high": float(np.quantile(v, 1 - lo)),
+    }
+
+
+def _replicate(
+    b: int,
+    rng: np.random.Generator,
+    rows: Mapping[str, np.ndarray],
+    sizes: Mapping[str, int],
+    Xn: np.ndarray,
+    texts: Sequence[str],
+    draws: dict[str, dict[str, np.ndarray]],
+    overall: dict[str, np.ndarray],
+    k: int,
+    self_bleu_sample: int,
+) -> None:
+    """Fill column ``b`` of ``draws`` / ``overall`` with the metrics of one seeded equal-size subsample."""
+    emotions = list(rows)
+    centroids = []
+    for e in emotions:
+        m = int(sizes[e])
+        pick = np.sort(rng.choice(rows[e], size=m, replace=False))
+        Xe = Xn[pick]
+        te = [texts[i] for i in pick]
+        d = draws[e]
+        d["mean_cosine_distance"][b] = mean_cosine_distance(Xe)
+        d["cluster_entropy"][b] = cluster_entropy(Xe, k=k, random_state=int(rng.integers(2**31 - 1)))
+        d["vendi_score"][b] = vendi_score(Xe)
+        for n in (1, 2, 3):
+            d[f"distinct_{n}"][b] = distinct_n(te, n)
+        d["self_bleu_4"][b] = self_bleu(
+            te, n=4, sample_size=self_bleu_sample, random_state=int(rng.integers(2**31 - 1))
+        )
+        d["compression_ratio"][b] = compression_ratio(te)
+        centroids.append(Xe.mean(axis=0))
+    if len(centroids) >= 2:
+        C = _normalise(np.stack(centroids), "centroids")
+        D = np.clip(1.0 - C @ C.T, 0.0, 2.0)
+        np.fill_diagonal(D, 0.0)
+        per = D.sum(axis=1) / (len(C) - 1)
+        for i, e in enumerate(emotions):
+            draws[e]["centroid_distance"][b] = per[i]
+    for name in INTERVAL_METRICS:
+        vals = [draws[e][name][b] for e in emotions if math.isfinite(draws[e][name][b])]
+        if vals:
+            overall[name][b] = float(np.mean(vals))
+
+
+def diversity_intervals(
+    X: Any,
+    labels: Sequence[Any],
+    texts: Sequence[str],
+    sizes: Mapping[str, int],
+    *,
+    n_resamples: int = 20,
+    confidence: float = 0.95,
+    k: int = 5,
+    self_bleu_sample: int = 500,
+    random_state: int | None = 0,
+) -> dict[str, Any]:
+    """Per-emotion diversity metrics on ``n_resamples`` seeded subsamples of ``sizes[emotion]`` texts.
+
+    Returns ``{"per_emotion": {e: {"n": m, metric: {value, low, high}}}, "overall": {metric: {...}},
+    "needs": {e: reason}, "notes": [...], "settings": {...}}``. An emotion of ``labels`` that has no size in ``sizes``, or
+    fewer than ``2 * sizes[e]`` texts, or a size below ``max(MIN_SUBSAMPLE, k)``, is listed in ``needs``
+    with the number of texts an interval would need, instead of raising. ``value`` is the median of the
+    replicates (always inside the interval), ``low``/``high`` the central ``confidence`` percentiles.
+    """
+    if n_resamples < 2:
+        raise DataError(f"diversity intervals need at least 2 resamples, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise DataError(f"confidence must be between 0 and 1, got {confidence}")
+    Xm = _as_matrix(X)
+    y = np.asarray(labels).astype(str)
+    texts = list(texts)
+    if not (len(y) == len(Xm) == len(texts)):
+        raise DataError(f"X has {len(Xm)} rows, labels {len(y)} and texts {len(texts)}; they must match")
+    floor = max(MIN_SUBSAMPLE, k)
+    need = min_texts_for_interval(k)
+    rows: dict[str, np.ndarray] = {}
+    needs: dict[str, str] = {}
+    for e in sorted(set(y.tolist())):
+        idx = np.flatnonzero(y == e)
+        m = int(sizes.get(e, 0))
+        if len(idx) < need:
+            needs[e] = f"an interval needs at least {need} texts of this emotion; it has {len(idx)}"
+        elif m < floor:
+            needs[e] = (
+                f"an interval needs at least {need} texts of this emotion in every compared dataset "
+                f"(subsamples of at least {floor}); the shared size is {m}"
+            )
+        elif 2 * m > len(idx):
+            needs[e] = f"the shared subsample size {m} is more than half of its {len(idx)} texts"
+        else:
+            rows[e] = idx
+    Xn = _normalise(Xm)
+    emotions = list(rows)
+    draws = {e: {name: np.full(n_resamples, np.nan) for name in INTERVAL_METRICS} for e in emotions}
+    overall = {name: np.full(n_resamples, np.nan) for name in INTERVAL_METRICS}
+    # One independent stream per replicate: replicate b is the same whatever n_resamples is.
+    streams = np.random.SeedSequence(random_state).spawn(n_resamples) if emotions else []
+    with _one_thread():  # many small eigen-decompositions: a second BLAS thread only adds contention
+        for b, seq in enumerate(streams):
+            _replicate(
+                b, np.random.default_rng(seq), rows, sizes, Xn, texts, draws, overall, k, self_bleu_sample
+            )
+    notes = []
+    if len(emotions) == 1:
+        notes.append("centroid distance needs at least two emotions with an interval")
+    return {
+        "per_emotion": {
+            e: {"n": int(sizes[e]), **{name: _summary(v, confidence) for name, v in draws[e].items()}}
+            for e in emotions
+        },
+        "overall": {name: _summary(v, confidence) for name, v in overall.items()} if emotions else {},
+        "needs": needs,
+        "notes": notes,
+        "settings": {
+            "n_resamples": n_resamples,
+            "confidence": confidence,
+            "seed": random_state,
+            "k": k,
+            "self_bleu_sample": self_bleu_sample,
+            "sampling": "per emotion, the shared size m (half the texts of the smallest compared dataset, "
+            "capped) drawn without replacement in every replicate; value = median of the replicates, "
+            "interval = central percentile range",
+        },
+    }
