@@ -97,6 +97,59 @@ def test_quota_holds_with_concurrent_writers(tmp_path: Path) -> None:
     assert RunStore(path).accepted_counts(run_id) == {"joy": 20}
 
 
+def test_quota_is_exact_when_two_writers_flush_deferred_texts_past_it(tmp_path: Path) -> None:
+    """Two stores on one file (like two processes), each deferring more texts than the quota allows and
+    flushing them in one transaction: the guard must see every earlier row of the same flush and the other
+    writer's commits, so exactly the quota is delivered (an over-delivery here breaks the product's promise)."""
+    path = tmp_path / "r.sqlite"
+    a, b = RunStore(path), RunStore(path)
+    run_id = _run(a)
+    kw = {"persona_id": None, "model": "m", "quota": 5, "defer": True}
+    with a.write_behind():
+        for i in range(3):
+            a.add_text(run_id, emotion="joy", text=f"a{i}", text_norm=f"a{i}", **kw)
+        a.flush()
+    refused = []
+    for store, tag in ((b, "b"), (a, "c")):
+        with pytest.raises(StoreError, match="deferred accepted text") as err:
+            with store.write_behind():
+                for i in range(4):
+                    store.add_text(run_id, emotion="joy", text=f"{tag}{i}", text_norm=f"{tag}{i}", **kw)
+                store.add_text(run_id, emotion="fear", text=f"{tag}f", text_norm=f"{tag}f", **kw)
+        refused.append(str(err.value).split(": ")[1].split(" ")[0])
+    assert refused == ["2", "4"]  # b: 2 of 4 joy texts fit (3 + 2 = 5); c: none
+    assert RunStore(path).accepted_counts(run_id) == {"joy": 5, "fear": 2}
+    assert sorted(a.accepted_texts(run_id)) == ["a0", "a1", "a2", "b0", "b1", "bf", "cf"]
+
+
+def test_quota_guard_reads_the_counters_which_a_store_from_before_them_gets_filled(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    kw = {"persona_id": None, "model": "m", "quota": 3}
+    for i in range(2):
+        assert store.add_text(run_id, emotion="joy", text=f"j{i}", text_norm=f"j{i}", **kw) == "accepted"
+    store.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT emotion, n FROM text_counts").fetchall() == [("joy", 2)]
+    # a store written before the counters existed: no table, no triggers
+    for trigger in ("texts_count_insert", "texts_count_delete", "texts_count_update"):
+        raw.execute(f"DROP TRIGGER {trigger}")
+    raw.execute("DROP TABLE text_counts")
+    raw.commit()
+    store = RunStore(path)  # rebuilds them from the texts it holds
+    assert store.add_text(run_id, emotion="joy", text="j2", text_norm="j2", **kw) == "accepted"
+    assert store.add_text(run_id, emotion="joy", text="j3", text_norm="j3", **kw) == "quota_full"
+    assert store.accepted_counts(run_id) == {"joy": 3}
+    # the guard consults the counter (one row), not a count of the texts
+    raw.execute("UPDATE text_counts SET n = 0 WHERE run_id = ? AND emotion = 'joy'", (run_id,))
+    raw.commit()
+    assert store.add_text(run_id, emotion="joy", text="j4", text_norm="j4", **kw) == "accepted"
+    raw.execute("DELETE FROM texts WHERE text_norm = 'j4'")  # the delete trigger keeps the counter in step
+    raw.commit()
+    assert raw.execute("SELECT n FROM text_counts WHERE emotion = 'joy'").fetchone()[0] == 0
+
+
 def test_verdict_cache_is_shared_across_store_instances(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite"
     key = verdict_key({"age": "25-34", "gender": "female", "x": "ignored"}, ["age", "gender"])
