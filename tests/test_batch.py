@@ -327,3 +327,39 @@ def test_cancel_cancels_the_remote_batch_and_resume_collects_its_answers(tmp_pat
                                    " AND persona_id IS NOT NULL AND status = 'ok' GROUP BY persona_id)",
                                    (run_id,)).fetchone()[0]
     assert twice == [] and per_persona <= 1  # texts_per_persona 1: one paid text per candidate
+
+
+def test_hard_budgets_shrink_waves_and_never_overspend(tmp_path: Path) -> None:
+    """--max-cost in batch mode: each batch's worst case (prompt + max_tokens at batch prices) is reserved
+    before it is created and waves shrink to what the budget left can carry, so the run stops within its
+    limit and says so; a resume with a larger limit completes exactly. A token budget too small for even one
+    request stops before anything is sent, naming the budget."""
+    from personagen_core.generation.batch import resume_batch_generation
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(_mixed(), batch_in_progress_s=0.02) as srv:
+        full = run_batch_generation(load_pack("japan"), _config(srv, 8), store, options=FAST)
+        assert full.state == "done"
+        limit = full.cost / 5  # a fifth of what the whole run costs
+        cfg = _config(srv, 8, max_cost=limit)
+        summary = run_batch_generation(load_pack("japan"), cfg, store, options=FAST)
+        assert summary.state == "stopped" and summary.stop_reason == "max_cost", summary.message
+        assert summary.cost <= limit  # the reservation is a worst case: never past the limit
+        assert summary.budget is not None and summary.budget["overshoot"] == 0.0
+        assert summary.budget["limit"] == pytest.approx(limit)
+        assert "cost limit" in (summary.message or "") and "sampled" in (summary.message or "")
+        assert 0 < sum(summary.accepted.values()) < 24
+        # the first wave was shrunk: fewer candidates asked at stage 1 than in the unbudgeted run
+        first = store.batch_jobs(full.run_id)
+        small = store.batch_jobs(summary.run_id)
+        assert small["requests"].iloc[0] < first["requests"].iloc[0]
+        assert store.run(summary.run_id)["stop_reason"] == "max_cost"
+        again = resume_batch_generation(store, summary.run_id, llm=cfg.llm, poll_interval=0.02, max_cost=1.0)
+        assert again.state == "done", again.message
+        assert store.accepted_counts(summary.run_id) == {"joy": 8, "fear": 8, "anger": 8}
+
+        before = len(srv.batches.creates)
+        tiny = run_batch_generation(load_pack("japan"), _config(srv, 8, token_budget=50), store, options=FAST)
+        assert tiny.state == "stopped" and tiny.stop_reason == "token_budget"
+        assert len(srv.batches.creates) == before and tiny.tokens == 0  # nothing was sent
+        assert "token budget" in (tiny.message or "") and "needs up to" in (tiny.message or "")

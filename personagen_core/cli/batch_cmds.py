@@ -40,12 +40,14 @@ def start_batch(spec: Spec, config: GenerationConfig, store: RunStore, run_id: s
 
 
 def resume_batch(store: RunStore, run_id: str, info: dict[str, Any], llm: Any, poll_interval: float | None,
-                 run: Any) -> RunSummary:
-    """``generate --resume`` of a Batch API run: a batch in flight is polled, never sent again."""
+                 run: Any, **limits: Any) -> RunSummary:
+    """``generate --resume`` of a Batch API run: a batch in flight is polled, never sent again; ``limits``
+    (``max_cost``, ``token_budget``, ``max_attempts``; None keeps the stored one) may be raised."""
     from personagen_core.generation.batch import resume_batch_generation
 
     return run(lambda on_event, cancel: resume_batch_generation(
-        store, run_id, llm=llm, poll_interval=poll_interval, on_event=on_event, cancel=cancel), info["target"])
+        store, run_id, llm=llm, poll_interval=poll_interval, on_event=on_event, cancel=cancel, **limits),
+        info["target"])
 
 
 def batch_table(store: RunStore, run_id: str, console: Any) -> None:

@@ -552,7 +552,8 @@ def generate(
         if store.batch_run(resume) is not None:  # a Batch API run (generate --batch)
             from personagen_core.cli.batch_cmds import resume_batch
 
-            _finish(resume_batch(store, resume, info, llm, poll_interval, _run_with_progress))
+            _finish(resume_batch(store, resume, info, llm, poll_interval, _run_with_progress, max_cost=max_cost,
+                                 token_budget=token_budget, max_attempts=max_attempts))
             return
         summary = _run_with_progress(
             lambda on_event, cancel: resume_generation(

@@ -47,10 +47,10 @@ from personagen_core.errors import (
     StoreError,
 )
 from personagen_core.generation import pricing
-from personagen_core.generation._scheduler import ProgressEvent, RunSummary
+from personagen_core.generation._scheduler import _DEFAULT_COMPLETION, _PROMPT_MARGIN, ProgressEvent, RunSummary
 from personagen_core.generation._validation import Verdict, parse_batch_verdicts, verdict_max_tokens
 from personagen_core.generation.checks import LanguageIdentifier, NearDuplicateIndex, check_output, normalise
-from personagen_core.generation.llm import LLMSettings, parse_json_text
+from personagen_core.generation.llm import LLMSettings, estimate_tokens, parse_json_text
 from personagen_core.generation.prompts import (
     KEPT_VERDICTS,
     batch_verdict_schema,
@@ -58,7 +58,13 @@ from personagen_core.generation.prompts import (
     validation_columns,
     validation_messages,
 )
-from personagen_core.generation.run_config import METHODS, render_candidate, stages_of, targets_of
+from personagen_core.generation.run_config import (
+    METHODS,
+    RESUME_OVERRIDES,
+    render_candidate,
+    stages_of,
+    targets_of,
+)
 from personagen_core.generation.vocabulary import ERROR_VERDICT
 from personagen_core.personas.sampling import build_model
 from personagen_core.personas.spec import Spec, dump_spec, parse_spec, spec_hash
@@ -262,6 +268,11 @@ class BatchRun:
         self.unpriced: set[str] = set()
         self.note: str | None = None  # what the run is doing now (progress message)
         self.cancel_note: str | None = None  # what a cancel did to the batch in flight
+        # Hard budgets: the worst case reserved for the last batch this session created and, once a budget
+        # shrank a wave or a batch or refused one, how (the run's budget report).
+        self.reserved: tuple[float, int] = (0.0, 0)
+        self.budget_hit: dict[str, Any] | None = None
+        self._carry: tuple[float, int] | None = None
         self._last_event = 0.0
         self._last_heartbeat = time.monotonic()
 
@@ -379,10 +390,13 @@ class BatchRun:
                 self.stop_reason = "max_waves"
                 return None
             if k == 0 and attempt == 1:
-                self._sample(self._wave_size())
+                self._sample(self._affordable(self._wave_size()))
                 fresh_wave = True
             step = self.steps[k]
             requests = self._gen_requests() if step == GENERATE else self._validation_requests(k)
+            requests = self._within_budget(step, requests)
+            if self.stop_reason is not None:
+                return None
             if requests:
                 job_id = self.store.add_batch_job(self.run_id, wave=wave, step=step, attempt=attempt,
                                                   requests=requests)
@@ -394,8 +408,132 @@ class BatchRun:
                 break
             else:
                 wave, k, attempt = wave + 1, 0, 1
-        self.stop_reason = self.stop_reason or "exhausted"
+        # A wave the budget left empty is a budget stop, not a lack of candidates.
+        self.stop_reason = self.stop_reason or (self.budget_hit or {}).get("reason") or "exhausted"
         return None
+
+    # -- hard budgets --------------------------------------------------------------------------------------
+    def _budgeted(self) -> bool:
+        return self.config.max_cost is not None or self.config.token_budget is not None
+
+    def _worst(self, body: Mapping[str, Any]) -> tuple[float, int]:
+        """Worst case of one request, as the async path reserves per call: prompt tokens (estimated from
+        characters, with a margin) plus ``max_tokens``, at batch prices."""
+        text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
+        prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
+        completion = int(body.get("max_tokens") or _DEFAULT_COMPLETION)
+        return pricing.batch_cost(str(body.get("model")), prompt, completion) or 0.0, prompt + completion
+
+    def _room(self) -> tuple[float, float]:
+        """Budget left (cost, tokens); infinite for a limit that is not set."""
+        c = self.config
+        cost = math.inf if c.max_cost is None else c.max_cost - self.cost
+        tokens = math.inf if c.token_budget is None else c.token_budget - self.tokens
+        return cost, tokens
+
+    def _over(self, need: tuple[float, float], room: tuple[float, float]) -> str | None:
+        if need[0] > room[0]:
+            return "max_cost"
+        if need[1] > room[1]:
+            return "token_budget"
+        return None
+
+    def _carry_worst(self) -> tuple[tuple[float, int], tuple[float, int]]:
+        """Worst cases ``(carrying one new candidate to texts, one generation request)``: a candidate's share
+        of a full request of every validated stage (``validation_batch`` candidates each) plus one generation
+        per text. Computed once, from candidates drawn on a side stream of the run's seed."""
+        if self._carry is None:
+            n = self.config.validation_batch
+            df = self.sampler.sample(n, random_state=np.random.default_rng([self.config.seed, 99]))
+            rows = [{k: str(v) for k, v in r.items()} for r in df.to_dict("records")]
+            persona, scenario = render_candidate(rows[0], self.spec, self.all_stages)
+            gen = self._worst(self._gen_body(_Cand(-1, {}, persona, scenario, "sampled"),
+                                             next(iter(self.emotion_objs))))
+            cost, tokens = self.per * gen[0], self.per * gen[1]
+            for step in self.steps[:-1]:
+                attrs = [{c: r[c] for c in self.columns} for r in rows]
+                w = self._worst(self._validation_body_rows(int(step.removeprefix("stage")), attrs))
+                cost, tokens = cost + w[0] / n, tokens + math.ceil(w[1] / n)
+            self._carry = ((cost, tokens), gen)
+        return self._carry
+
+    def _affordable(self, n: int) -> int:
+        """``n`` new candidates, or fewer when the budget left cannot carry them all to texts (worst cases,
+        :meth:`_carry_worst`) after the texts still wanted from the validated stock."""
+        if n <= 0 or not self._budgeted():
+            return n
+        carry, gen = self._carry_worst()
+        stock = sum(self.per - c.uses for c in self.cands.values() if c.status == self._ready_status())
+        slots = min(stock, sum(self._missing().values()))
+        room = self._room()
+        left = (room[0] - slots * gen[0], room[1] - slots * gen[1])
+        fit = min(left[0] / carry[0] if carry[0] > 0 else math.inf,
+                  left[1] / carry[1] if carry[1] > 0 else math.inf)
+        if fit >= n:
+            return n
+        fit_n = max(0, int(fit))
+        reason = self._over((slots * gen[0] + n * carry[0], slots * gen[1] + n * carry[1]), room) or "max_cost"
+        self.budget_hit = {**(self.budget_hit or {}), "reason": reason, "wave_shrunk": (n, fit_n)}
+        return fit_n
+
+    def _within_budget(self, step: str, requests: list[tuple[list[list[int]], int | None, str | None]]
+                       ) -> list[tuple[list[list[int]], int | None, str | None]]:
+        """The leading requests whose worst cases together fit in the budget left; that worst case is
+        reserved for the batch (one batch is out at a time, so a batch never pays past a limit beyond the
+        error of the prompt estimate). Requests left out stay where they were (candidates at their stage,
+        text slots free). Not even one fits: the run stops on that budget."""
+        if not requests or not self._budgeted():
+            return requests
+        room = self._room()
+        cost = tokens = 0.0
+        keep = 0
+        for groups, pid, emotion in requests:
+            if step == GENERATE:
+                body = self._gen_body(self.cands[int(pid or 0)], str(emotion))
+            else:
+                body = self._validation_body(int(step.removeprefix("stage")), groups)
+            w = self._worst(body)
+            over = self._over((cost + w[0], tokens + w[1]), room)
+            if over is not None:
+                self.budget_hit = {**(self.budget_hit or {}), "reason": over,
+                                   "batch_shrunk": (step, len(requests), keep), "next_request": w}
+                break
+            cost, tokens, keep = cost + w[0], tokens + w[1], keep + 1
+        for _, pid, _ in requests[keep:]:
+            if step == GENERATE and pid is not None and pid in self.cands:
+                self.cands[pid].uses -= 1
+        if keep == 0:
+            self.stop_reason = self.budget_hit["reason"] if self.budget_hit else "max_cost"
+        else:
+            self.reserved = (cost, int(tokens))
+        return requests[:keep]
+
+    def budget_report(self, reason: str | None) -> dict[str, Any] | None:
+        """What a budget stop spent against its limit and what the planner had reserved for the last batch
+        (the bound on an overshoot: one batch is out at a time), in the shape of the async path's report."""
+        if reason not in ("max_cost", "token_budget"):
+            return None
+        hit = self.budget_hit or {}
+        i = 0 if reason == "max_cost" else 1
+
+        def fmt(x: float) -> str:
+            return f"${x:.4f}" if i == 0 else f"{int(x):,} tokens"
+
+        limit = float((self.config.max_cost if i == 0 else self.config.token_budget) or 0)
+        spent, worst = (self.cost if i == 0 else float(self.tokens)), float(self.reserved[i])
+        over = max(0.0, spent - limit)
+        text = f"spent {fmt(spent)} of {fmt(limit)}, over by {fmt(over)}"
+        if worst > 0:
+            text += f"; the last batch reserved up to {fmt(worst)}"
+        if "wave_shrunk" in hit:
+            asked, got = hit["wave_shrunk"]
+            text += f"; the last wave sampled {got:,} of the {asked:,} candidates it wanted"
+            if got == 0 and self._carry is not None:
+                text += f" (a new candidate needs up to {fmt(self._carry[0][i])} to become texts)"
+        if "next_request" in hit:
+            text += f"; the next request needs up to {fmt(hit['next_request'][i])}"
+        return {"limit": limit, "spent": spent, "overshoot": over, "in_flight": 0,
+                "in_flight_worst": worst, "text": text}
 
     def _validation_requests(self, k: int) -> list[tuple[list[list[int]], int | None, str | None]]:
         """Requests of validation step ``k``: the candidates waiting for it, verdicts from the cross-run cache
@@ -460,7 +598,9 @@ class BatchRun:
         return n
 
     def _validation_body(self, stage: int, groups: list[list[int]]) -> dict[str, Any]:
-        rows = [self.cands[g[0]].attrs for g in groups]
+        return self._validation_body_rows(stage, [self.cands[g[0]].attrs for g in groups])
+
+    def _validation_body_rows(self, stage: int, rows: list[dict[str, str]]) -> dict[str, Any]:
         return {
             "model": self.validator_model,
             "messages": validation_messages(stage, rows, self.spec, reasons=self.reasons),
@@ -795,6 +935,9 @@ class BatchRun:
             else:
                 state, reason = "stopped", self.stop_reason or "exhausted"
                 message = _STOP_MESSAGES.get(reason, reason)
+        budget = self.budget_report(reason)
+        if budget is not None:
+            message = f"{message} ({budget['text']})"
         self.store.set_status(self.run_id, state, stop_reason=reason, message=message)
         self.stop_reason = reason
         self.emit(force=True, state=state, message=message)
@@ -803,6 +946,7 @@ class BatchRun:
             run_id=self.run_id, state=state, stop_reason=reason, message=message, accepted=dict(self.accepted),
             target=dict(self.target), rejections=dict(self.rejections), tokens=self.tokens, cost=self.cost,
             calls=self.calls, elapsed_s=time.monotonic() - self.started, unpriced_models=sorted(self.unpriced),
+            budget=budget,
         )
 
     def close(self) -> None:
@@ -838,8 +982,14 @@ def _iter_jsonl(data: bytes, where: str) -> Iterator[dict[str, Any]]:
 
 # -- public entry points -----------------------------------------------------------------------------------
 def _session(store: RunStore, run_id: str, *, llm: LLMSettings | None = None,
-             options: Mapping[str, Any] | None = None, on_event: Any = None, cancel: Any = None) -> BatchRun:
-    from personagen_core.generation.pipeline import GenerationConfig, resolve_validation, stored_llm_settings
+             options: Mapping[str, Any] | None = None, on_event: Any = None, cancel: Any = None,
+             overrides: Mapping[str, Any] | None = None) -> BatchRun:
+    from personagen_core.generation.pipeline import (
+        GenerationConfig,
+        _check_budget_prices,
+        resolve_validation,
+        stored_llm_settings,
+    )
 
     info = store.run(run_id)
     stored = store.batch_run(run_id)
@@ -849,9 +999,14 @@ def _session(store: RunStore, run_id: str, *, llm: LLMSettings | None = None,
     if info.get("spec_hash") and spec_hash(spec) != info["spec_hash"]:
         raise StoreError(f"run {run_id}: the stored spec snapshot does not match its hash")
     data = dict(info["config"])
+    bad = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
+    if bad:
+        raise StoreError(f"a resumed run can only change {', '.join(RESUME_OVERRIDES)}, not {', '.join(bad)}")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     data.pop("llm", None)
     data["llm"] = llm if llm is not None else stored_llm_settings(info)
     config = resolve_validation(GenerationConfig.model_validate(data))
+    _check_budget_prices(config)
     opts = BatchOptions.model_validate({**stored, **{k: v for k, v in (options or {}).items() if v is not None}})
     return BatchRun(spec, config, store, run_id, opts, on_event=on_event, cancel=cancel)
 
@@ -874,10 +1029,11 @@ def run_batch_generation(
     ``httpx.Client``) replaces the network. ``offline=True`` only creates the run (for
     :func:`export_requests`); ``remote`` replaces the endpoint client (e.g. one that times its calls).
     Synchronous: it polls every ``options.poll_interval`` seconds."""
-    from personagen_core.generation.pipeline import estimate_cost, resolve_validation
+    from personagen_core.generation.pipeline import _check_budget_prices, estimate_cost, resolve_validation
 
     options = options or BatchOptions()
     target = targets_of(spec, config)
+    _check_budget_prices(config)
     if config.llm.backend == "local" and not offline:
         raise LLMError("batch mode needs an endpoint with the Batch API (--base-url); the embedded model has none "
                        "(use `personagen batch export` for an offline batch job instead)")
@@ -908,10 +1064,12 @@ def resume_batch_generation(
     on_event: Callable[[ProgressEvent], None] | None = None,
     cancel: threading.Event | None = None,
     http_client: Any = None,
+    **overrides: Any,
 ) -> RunSummary:
-    """Continue a Batch API run: a batch in flight is polled (never sent again), then the waves go on."""
+    """Continue a Batch API run: a batch in flight is polled (never sent again), then the waves go on.
+    ``overrides`` may raise the limits (``max_attempts``, ``max_cost``, ``token_budget``) for this session."""
     session = _session(store, run_id, llm=llm, options={"poll_interval": poll_interval}, on_event=on_event,
-                       cancel=cancel)
+                       cancel=cancel, overrides=overrides)
     return session.execute(OpenAIBatches(session.config.llm, http_client=http_client))
 
 
