@@ -137,3 +137,67 @@ def test_evaluate_compares_datasets_at_one_size_per_emotion(tmp_path) -> None:
         cache_dir=tmp_path,
     )
     assert "equal_size" not in off["diversity"] and "equal_size" not in off["diversity"]["datasets"]["big"]
+
+
+def test_report_shows_intervals_and_old_reports_still_render(tmp_path) -> None:
+    import copy
+    import json
+
+    from test_evaluation import FAST, HashEmbedder, make_texts
+
+    from personagen_core.evaluation.diversity_ci import format_interval
+    from personagen_core.evaluation.report import write_report
+    from personagen_core.evaluation.suite import evaluate
+
+    settings = FAST.model_copy(update={"diversity_resamples": 3})
+    datasets = {"big": make_texts(24), "tiny": make_texts(3, offset=80)}
+    report = evaluate(datasets, settings=settings, embedder=HashEmbedder(), cache_dir=tmp_path / "c")
+    json_path, html_path = write_report(report, tmp_path / "new")
+    page = html_path.read_text(encoding="utf-8")
+    stored = json.loads(json_path.read_text(encoding="utf-8"))
+    overall = stored["diversity"]["datasets"]["big"]["equal_size"]["overall"]["mean_cosine_distance"]
+    assert "Table IV (c). Diversity at equal size per emotion" in page
+    assert format_interval(overall) in page  # "median [low, high]" of the JSON, in the HTML
+    assert "3 seeded subsamples (seed 0)" in page
+    assert (
+        "tiny: no interval for anger: an interval needs at least 10 texts of this emotion; it has 3" in page
+    )
+    # A stored evaluation from before the intervals: same page, with a note instead of Table IV (c)
+    old = copy.deepcopy(report)
+    old["diversity"].pop("equal_size")
+    for d in old["diversity"]["datasets"].values():
+        d.pop("equal_size")
+    _, old_html = write_report(old, tmp_path / "old")
+    old_page = old_html.read_text(encoding="utf-8")
+    assert "Table IV. Diversity" in old_page and "Table IV (c)" not in old_page
+    assert "No intervals in this evaluation" in old_page
+
+
+def test_cli_prints_the_equal_size_interval_and_what_small_emotions_need(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    import re
+
+    import pandas as pd
+    from test_cli_evaluate import _run
+    from test_eval_scale import _CliEmbedder
+
+    from personagen_core.evaluation import embeddings
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(embeddings, "Embedder", _CliEmbedder)
+    rows = [
+        {"text": f"text {i} about {lab}", "label": lab}
+        for lab, n in (("joy", 30), ("odd", 3))
+        for i in range(n)
+    ]
+    data = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    argv = ["evaluate", "--data", str(data), "--projection", "pca", "--bootstrap", "0", "--prd-runs", "1"]
+    code, out, err = _run([*argv, "--diversity-resamples", "3", "-o", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert re.search(r"MCD at equal size [\d.]+ \[[\d.]+, [\d.]+\]", out)
+    assert "diversity intervals: 3 seeded subsamples (seed 0)" in out and "joy 15" in out
+    assert "d: no interval for odd: an interval needs at least 10 texts of this emotion; it has 3" in out
+    code, out, err = _run([*argv, "--diversity-resamples", "1", "-o", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--diversity-resamples must be 0 (no intervals) or at least 2" in err

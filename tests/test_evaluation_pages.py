@@ -152,3 +152,85 @@ def test_stored_evaluations_open_without_any_run(tmp_path: Path, monkeypatch: py
     finally:
         st.cache_data.clear()
         st.cache_resource.clear()
+
+
+def _store_evaluation(tmp_path: Path, counts: dict[str, int], *, drop_intervals: bool = False) -> str:
+    """A run with ``counts`` texts per emotion and its evaluation stored; returns the evaluation id."""
+    from personagen_core.evaluation.stored import EvaluationStore
+    from personagen_core.evaluation.suite import EvaluationSettings, evaluate, load_run_dataset
+    from personagen_core.store import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(
+        method="personagen", config={}, target=counts, spec_yaml="name: x\n", spec_hash="h", spec_name="x"
+    )
+    words = ["bus", "exam", "call", "rain", "party", "train", "work", "cat"]
+    for emotion, n in counts.items():
+        for i in range(n):
+            text = f"so much {emotion} about the {words[i % 8]} and {words[(i * 3) % 8]} today {i}"
+            store.add_text(run_id, emotion=emotion, text=text, text_norm=text, persona_id=None, model="m", quota=n)
+    store.flush()
+    report = evaluate(
+        {run_id: load_run_dataset(store, run_id)},
+        settings=EvaluationSettings(projections=(), diversity_resamples=3, bootstrap=2),
+        embedder=_HashEmbedder(),
+        cache_dir=tmp_path / "results",
+    )
+    if drop_intervals:  # as stored before the intervals existed
+        report["diversity"].pop("equal_size")
+        for d in report["diversity"]["datasets"].values():
+            d.pop("equal_size")
+    return EvaluationStore(tmp_path / "evaluations.sqlite").save(report, runs=[run_id], source="dashboard")
+
+
+def test_evaluate_page_shows_diversity_intervals_and_what_small_emotions_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamlit as st
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    _store_evaluation(tmp_path, {"joy": 12, "anger": 12, "unknown": 3})
+    at = _open("app_pages/6_evaluate.py")
+    text = _texts(at)
+    assert "3 seeded subsamples (seed 0)" in text and "joy 6" in text
+    assert "no interval for unknown: an interval needs at least 10 texts of this emotion; it has 3" in text
+    frames = [d.value for d in at.dataframe]
+    with_ci = [
+        f
+        for f in frames
+        if "Mean Cosine Distance" in f.columns and f["Mean Cosine Distance"].astype(str).str.contains(r"\[").any()
+    ]
+    assert len(with_ci) == 2  # overall (one row per run) and per emotion
+    overall, per = with_ci
+    cell = overall.loc[overall.index[0], "Mean Cosine Distance"]
+    value, low, high = map(float, re.match(r"([\d.e-]+) \[([\d.e-]+), ([\d.e-]+)\]", cell).groups())
+    assert low <= value <= high
+    assert list(per.index) == ["anger", "joy", "unknown", "overall"]
+    assert per.loc["joy", "n"] == "6" and "needs at least 10" in per.loc["unknown", "Mean Cosine Distance"]
+    assert not at.error, [e.value for e in at.error]
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_an_evaluation_stored_before_intervals_still_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamlit as st
+
+    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    _store_evaluation(tmp_path, {"joy": 12, "anger": 12}, drop_intervals=True)
+    at = _open("app_pages/6_evaluate.py")
+    assert "No intervals in this evaluation" in _texts(at)
+    frames = [d.value for d in at.dataframe]
+    assert any("Mean Cosine Distance" in f.columns and len(f) == 1 for f in frames)  # the full-data table
+    assert not any(
+        "Mean Cosine Distance" in f.columns and f["Mean Cosine Distance"].astype(str).str.contains(r"\[").any()
+        for f in frames
+    )
+    assert not at.error, [e.value for e in at.error]
+    st.cache_data.clear()
+    st.cache_resource.clear()

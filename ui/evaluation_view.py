@@ -227,6 +227,26 @@ def per_emotion_table(section: dict[str, Any], dataset: str) -> Any:
     return pd.DataFrame(section["datasets"][dataset]["per_emotion"]).T
 
 
+def _diversity_intervals(div: dict[str, Any], dataset: str, names: dict[str, str]) -> None:
+    """The equal-size values with intervals (all datasets, then ``dataset`` per emotion) and how they were drawn."""
+    from personagen_core.evaluation.diversity_ci import (
+        interval_emotion_table,
+        interval_notes,
+        interval_overall_table,
+    )
+
+    st.markdown("**At equal size per emotion, with intervals** (median [interval] over seeded subsamples)")
+    for note in interval_notes(div):
+        st.caption(note)
+    overall = interval_overall_table(div).rename(columns=names)
+    if not overall.empty:
+        st.dataframe(overall, key="eval_diversity_ci")
+    if div.get("equal_size"):
+        per = interval_emotion_table(div, dataset).rename(columns=names)
+        if not per.empty:
+            st.dataframe(per, key="eval_diversity_ci_emotions")
+
+
 def _skipped(report: dict[str, Any], section: str) -> None:
     reason = (report.get("skipped") or {}).get(section, "not computed")
     st.info(f"Not computed: {reason}.")
@@ -338,6 +358,7 @@ def show_evaluation(report: dict[str, Any], figures: ModuleType) -> None:
                 per_emotion_table(div, dataset).rename(columns=figures.DIVERSITY_METRICS),
                 key="eval_diversity_emotions",
             )
+            _diversity_intervals(div, dataset, figures.DIVERSITY_METRICS)
             with error_boundary("diversity chart"):
                 st.plotly_chart(figures.diversity_figure(report), key="eval_diversity_fig")
     with t_judge:

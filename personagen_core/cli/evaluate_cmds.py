@@ -109,6 +109,7 @@ def run_evaluate(
     max_train_texts: int | None = 20_000,
     max_gold: int | None = None,
     bootstrap: int = 20,
+    diversity_resamples: int = 20,
     prd_runs: int = 10,
     use_cache: bool = True,
     store_result: bool = True,
@@ -132,6 +133,8 @@ def run_evaluate(
     if not run_ids and not data_files:
         raise DataError("nothing to evaluate: give one or more RUN_IDs and/or --data FILE")
     methods = _parse_projection(projection)
+    if diversity_resamples == 1:
+        raise DataError("--diversity-resamples must be 0 (no intervals) or at least 2 (one draw has no spread)")
     if names and len(names) != len(run_ids) + len(data_files):
         raise DataError(
             f"--name was given {len(names)} times for {len(run_ids) + len(data_files)} datasets; "
@@ -175,6 +178,7 @@ def run_evaluate(
         max_texts=max_texts,
         max_gold=max_gold,
         bootstrap=bootstrap,
+        diversity_resamples=diversity_resamples,
         prd_runs=prd_runs,
         use_cache=use_cache,
     )
@@ -332,15 +336,21 @@ def _reuse(key: str, out_dir: Path, notice: Any) -> tuple[Path, Path, dict[str, 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     """A few headline numbers per dataset for the terminal."""
+    from personagen_core.evaluation.diversity_ci import format_interval, interval_notes
+
     lines = []
     for name in report["datasets"]:
         parts = [f"{report['datasets'][name]['n']} texts"]
         sep = (report.get("separability") or {}).get("datasets", {}).get(name)
         if sep:
             parts.append(f"separability acc {sep['accuracy']:.3f}")
-        div = (report.get("diversity") or {}).get("datasets", {}).get(name, {}).get("overall", {})
+        div_ds = (report.get("diversity") or {}).get("datasets", {}).get(name, {})
+        div = div_ds.get("overall", {})
         if div.get("mean_cosine_distance") is not None:
             parts.append(f"MCD {div['mean_cosine_distance']:.3f}")
+        equal = ((div_ds.get("equal_size") or {}).get("overall") or {}).get("mean_cosine_distance")
+        if equal and equal.get("value") is not None:
+            parts.append(f"MCD at equal size {format_interval(equal)}")
         real = (report.get("real_data") or {}).get("datasets", {}).get(name, {})
         if (real.get("fid") or {}).get("value") is not None:
             parts.append(f"FID {real['fid']['value']:.3f}")
@@ -348,6 +358,8 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         if row and row.get("accuracy") is not None:
             parts.append(f"gold-test acc {row['accuracy']:.3f}")
         lines.append(f"  {name}: " + ", ".join(parts))
+    if report.get("diversity"):
+        lines += [f"  diversity intervals: {note}" for note in interval_notes(report["diversity"])]
     return lines
 
 
@@ -446,6 +458,12 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(
             20, "--bootstrap", help="Bootstrap resamples for confidence intervals."
         ),
+        diversity_resamples: int = typer.Option(
+            20,
+            "--diversity-resamples",
+            min=0,
+            help="Seeded equal-size subsamples per dataset for the diversity intervals (0 = none, else >= 2).",
+        ),
         prd_runs: int = typer.Option(10, "--prd-runs", help="PRD clusterings averaged (the paper: 10)."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached results on disk."),
         store: bool = typer.Option(
@@ -480,6 +498,7 @@ def register(app: typer.Typer) -> None:
             max_train_texts=max_train_texts or None,
             max_gold=max_gold,
             bootstrap=bootstrap,
+            diversity_resamples=diversity_resamples,
             prd_runs=prd_runs,
             use_cache=cache,
             store_result=store,

@@ -41,6 +41,10 @@ __all__ = [
     "MIN_SUBSAMPLE",
     "diversity_intervals",
     "equal_sizes",
+    "format_interval",
+    "interval_emotion_table",
+    "interval_notes",
+    "interval_overall_table",
     "min_texts_for_interval",
 ]
 
@@ -220,3 +224,79 @@ def diversity_intervals(
             "interval = central percentile range",
         },
     }
+
+
+# ------------------------------------------------------------------------------ display (report, page, CLI)
+
+
+def format_interval(summary: Mapping[str, Any] | None) -> str:
+    """``"0.4321 [0.4102, 0.4533]"`` for a ``{value, low, high}`` summary; ``"–"`` when nothing was computed."""
+    if not summary or summary.get("value") is None:
+        return "–"
+    if summary.get("low") is None or summary.get("high") is None:
+        return f"{summary['value']:.4g}"
+    return f"{summary['value']:.4g} [{summary['low']:.4g}, {summary['high']:.4g}]"
+
+
+def _block(diversity: Mapping[str, Any], dataset: str) -> Mapping[str, Any] | None:
+    return ((diversity.get("datasets") or {}).get(dataset) or {}).get("equal_size")
+
+
+def interval_overall_table(diversity: Mapping[str, Any], metrics: Sequence[str] | None = None) -> Any:
+    """DataFrame (rows = dataset, columns = metric) of the overall equal-size values with intervals.
+
+    Datasets without intervals (too few texts; a stored evaluation from before intervals) are absent;
+    :func:`interval_notes` says why. Empty DataFrame when no dataset has any.
+    """
+    import pandas as pd
+
+    metrics = list(metrics or INTERVAL_METRICS)
+    rows = {}
+    for name in diversity.get("datasets") or {}:
+        block = _block(diversity, name)
+        if block and block.get("overall"):
+            rows[name] = {m: format_interval(block["overall"].get(m)) for m in metrics}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=metrics)
+
+
+def interval_emotion_table(
+    diversity: Mapping[str, Any], dataset: str, metrics: Sequence[str] | None = None
+) -> Any:
+    """DataFrame (rows = emotion, then ``overall``; columns = ``n`` and metrics) for one dataset.
+
+    An emotion without an interval shows what it needs in place of the figures.
+    """
+    import pandas as pd
+
+    metrics = list(metrics or INTERVAL_METRICS)
+    block = _block(diversity, dataset) or {}
+    rows: dict[str, dict[str, Any]] = {}
+    for e, per in (block.get("per_emotion") or {}).items():
+        rows[e] = {"n": str(per.get("n")), **{m: format_interval(per.get(m)) for m in metrics}}
+    for e, reason in (block.get("needs") or {}).items():
+        rows[e] = {"n": "–", **{m: "" for m in metrics}}
+        rows[e][metrics[0]] = reason
+    rows = dict(sorted(rows.items()))
+    if block.get("overall"):
+        rows["overall"] = {"n": "", **{m: format_interval(block["overall"].get(m)) for m in metrics}}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["n", *metrics])
+
+
+def interval_notes(diversity: Mapping[str, Any]) -> list[str]:
+    """How the intervals were sampled, and per dataset what could not be given and why."""
+    eq = diversity.get("equal_size")
+    if not eq:
+        return [
+            "No intervals in this evaluation: it was computed before equal-size intervals existed or with "
+            "diversity_resamples = 0; evaluate again to get them."
+        ]
+    out = [str(eq.get("description", ""))]
+    for name in diversity.get("datasets") or {}:
+        block = _block(diversity, name) or {}
+        needs = block.get("needs") or {}
+        if needs:
+            listed = "; ".join(f"{e}: {why}" for e, why in sorted(needs.items()))
+            out.append(f"{name}: no interval for {listed}")
+        for note in block.get("notes") or []:
+            out.append(f"{name}: {note}")
+    return out

@@ -403,11 +403,32 @@ def _diversity_section(report: Mapping[str, Any]) -> str:
             frame = pd.DataFrame(columns, index=[*emotions, "overall"])
             frame.columns = pd.MultiIndex.from_tuples(frame.columns)
             out.append(_table(frame, caption))
+    out.append(_diversity_intervals(div))
     defs = div.get("definitions") or {}
     out.append(_notes({figures.DIVERSITY_METRICS.get(k, k): v for k, v in defs.items()}))
     if div.get("notes"):
         out.append(f'<p class="note">{html.escape(str(div["notes"]))}</p>')
     out.append(_safe_figure(lambda: figures.diversity_figure(report)))
+    return "\n".join(out)
+
+
+def _diversity_intervals(div: Mapping[str, Any]) -> str:
+    """Table IV (c): the equal-size values with intervals, overall and per emotion, and how they were drawn."""
+    from personagen_core.evaluation.diversity_ci import (
+        interval_emotion_table,
+        interval_notes,
+        interval_overall_table,
+    )
+
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in interval_notes(div))
+    out = [f'<ul class="note">{notes}</ul>']
+    overall = interval_overall_table(div).rename(columns=figures.DIVERSITY_METRICS)
+    if not overall.empty:
+        out.insert(0, _table(overall, "Table IV (c). Diversity at equal size per emotion: median [interval]"))
+    for name in div.get("datasets") or {}:
+        per = interval_emotion_table(div, name).rename(columns=figures.DIVERSITY_METRICS)
+        if not per.empty and div.get("equal_size"):
+            out.append(_table(per, f"Table IV (c), {name}: per emotion at equal size, median [interval]"))
     return "\n".join(out)
 
 
