@@ -410,6 +410,9 @@ def test_base_url_credentials_never_printed_or_stored(
             app, ["generate", *args, "--base-url", query_url, "--no-validate", "--max-attempts", "2"]
         )
         assert "?api_key=***&x=1" in res.output, res.output
+        # ... and still sent: the SDK gets the query as its default_query, so the server sees it
+        assert srv.chat_requests[-1].query == {"api_key": secret_q, "x": "1"}
+        assert srv.chat_requests[-1].path == "/v1/chat/completions"
         shown += res.output
         runs = RunStore(db).list_runs()
         second = runs["run_id"].iloc[0]

@@ -488,6 +488,27 @@ def test_credentials_in_the_base_url_are_not_shown() -> None:
     assert "hunter2" not in str(info.value) and "127.0.0.1" in str(info.value)
 
 
+def test_query_parameters_of_the_base_url_reach_every_request_and_stay_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Azure OpenAI style: the API version (and here a key) as query parameters of the base URL. The SDK joins
+    # paths onto base_url and drops a query there; the client passes it as the SDK's default_query instead.
+    secret = "sk-azure-SECRET-5566778899"
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(faults=["500"]) as srv:
+        url = f"{srv.base_url}/?api-version=2024-10-21&api-key={secret}"
+        result, records, client = _run(url, lambda c: c.complete(VAL, role="validator", schema=VERDICT_SCHEMA))
+        requests = srv.chat_requests
+    assert result.data["verdict"] in ("natural", "rare but plausible", "implausible")
+    assert len(requests) == 2  # the 500, then the retry: both carry the query
+    for req in requests:
+        assert req.path == "/v1/chat/completions"
+        assert req.query == {"api-version": "2024-10-21", "api-key": secret}
+    assert client.base_url == srv.base_url
+    assert secret not in caplog.text and secret not in repr(records) and secret not in repr(client)
+    assert any("HTTP 500" in (r.error or "") for r in records)
+
+
 def test_key_never_logged_through_retries(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with FakeOpenAIServer(faults=["500", "drop", "malformed_json"], reject_json_schema=True) as srv:

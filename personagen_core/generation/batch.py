@@ -126,8 +126,12 @@ class OpenAIBatches:
 
         key = settings.api_key.get_secret_value() if settings.api_key else None
         self._secrets = [s for s in (key, *url_secrets(settings.base_url)) if s]
+        from personagen_core.generation.llm import split_query
+
+        base_url, query = split_query(settings.effective_base_url)  # the SDK drops a query in base_url
         self._client = openai.OpenAI(
-            base_url=settings.effective_base_url,
+            base_url=base_url,
+            default_query=query or None,
             api_key=key or "not-needed",
             max_retries=settings.max_retries,
             timeout=120.0,

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Self, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import jsonschema
@@ -61,7 +61,7 @@ from personagen_core.generation.vocabulary import (
 )
 from personagen_core.local.models import DEFAULT_MODEL as DEFAULT_LOCAL_MODEL
 from personagen_core.local.transport import LOCAL_BASE_URL
-from personagen_core.redaction import redact_text, redact_url
+from personagen_core.redaction import redact_text, redact_url, url_secrets
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -80,6 +80,7 @@ __all__ = [
     "detect_server_kind",
     "estimate_tokens",
     "parse_json_text",
+    "split_query",
 ]
 
 _log = logging.getLogger(__name__)
@@ -106,6 +107,42 @@ def _is_local_host(url: str | None) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
+
+
+def split_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its query string, and the query's parameters (``?api-version=...`` of Azure OpenAI).
+
+    The openai SDK joins request paths onto ``base_url`` and drops a query there, so the parameters travel
+    as its ``default_query`` instead and reach every request. Blank values are kept; the fragment is dropped.
+    """
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    params = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")), params
+
+
+class _RedactingFilter(logging.Filter):
+    """Scrubs credential query values and URL user-info from a log record (httpx logs every request URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _redact_http_logs() -> None:
+    """Keep a key in a base URL's query out of httpx's INFO log line ``HTTP Request: POST <url>``.
+
+    Installed (once, idempotently) on the HTTP libraries' loggers when a client's URL carries a secret: the
+    only process-wide change this module makes, and one that only ever removes secrets from log lines.
+    """
+    for name in ("httpx", "httpx2"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
+            logger.addFilter(_RedactingFilter())
 
 
 def estimate_tokens(text: str) -> int:
@@ -664,11 +701,12 @@ async def detect_server_kind(base_url: str, *, http_client: httpx.AsyncClient | 
     llama-cpp-python names itself in ``/openapi.json``; llama.cpp's server answers ``/props``; Ollama
     ``/api/version``; vLLM ``/version``. ``http_client`` is used when given (it stays open).
     """
-    root = re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+    base, query = split_query(base_url)  # a query (a key a proxy asks for) goes with every probe
+    root = re.sub(r"/v1/?$", "", base.rstrip("/"))
 
     async def get(client: httpx.AsyncClient, path: str) -> Any:
         try:
-            response = await client.get(root + path, timeout=timeout)
+            response = await client.get(root + path, params=query or None, timeout=timeout)
             return response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):  # probes only: any failure just means "not this kind"
             return None
@@ -719,7 +757,10 @@ class LLMClient:
         self.gate = gate
         self.random_state = random_state
         self._rng = random_state if isinstance(random_state, random.Random) else random.Random(random_state)
-        self._base_url = settings.effective_base_url
+        # The SDK joins paths onto base_url and would drop a query there: it becomes its default_query.
+        self._base_url, self._query = split_query(settings.effective_base_url)
+        if url_secrets(settings.effective_base_url):
+            _redact_http_logs()
         self._owned_http: httpx.AsyncClient | None = None
         self._caller_http = http_client is not None
         if http_client is None and settings.backend == "local":
@@ -734,6 +775,7 @@ class LLMClient:
             base_url=self._base_url,
             max_retries=0,  # retries happen here, so every attempt is seen and reported
             timeout=settings.effective_timeout,
+            default_query=self._query or None,
             # The SDK is typed for httpx2 but accepts an ``httpx.AsyncClient`` too (MockTransport, local model).
             http_client=cast(Any, http_client),
         )
@@ -754,7 +796,7 @@ class LLMClient:
         self._pause_until = 0.0  # monotonic time before which no attempt starts (set by Retry-After)
 
     def __repr__(self) -> str:
-        return f"LLMClient(base_url={self._base_url!r}, model={self.settings.model!r})"
+        return f"LLMClient(base_url={redact_url(self._base_url)!r}, model={self.settings.model!r})"
 
     @property
     def base_url(self) -> str:
@@ -965,7 +1007,8 @@ class LLMClient:
             self._kind_lock = asyncio.Lock()
         async with self._kind_lock:
             if self._kind is None:
-                self._kind = await detect_server_kind(self._base_url, http_client=self._probe_http)
+                self._kind = await detect_server_kind(self.settings.effective_base_url,
+                                                      http_client=self._probe_http)
                 _log.info("LLM endpoint %s looks like a %s server", self._scrub(self._base_url), self._kind)
         return self._kind
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
+from urllib.parse import parse_qsl
 
 from personagen_core.testing.fake_batches import BatchAPI
 
@@ -376,6 +377,8 @@ class RecordedRequest:
     status: int | None = None
     time: float = field(default_factory=time.monotonic)
     concurrent: int | None = None  # chat requests in flight when this one arrived, itself included
+    #: The URL's query parameters (``api-version`` of Azure OpenAI), kept in memory only, like the body.
+    query: dict[str, str] = field(default_factory=dict)
 
 
 class _Server(ThreadingHTTPServer):
@@ -589,8 +592,10 @@ class FakeOpenAIServer:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         auth = headers.pop("authorization", None)
         headers["authorization"] = "<redacted>" if auth is not None else "<absent>"
-        path = handler.path.split("?", 1)[0].rstrip("/")
-        record = RecordedRequest(method=handler.command, path=path, body=body, headers=headers)
+        path, _, query = handler.path.partition("?")
+        path = path.rstrip("/")
+        record = RecordedRequest(method=handler.command, path=path, body=body, headers=headers,
+                                 query=dict(parse_qsl(query, keep_blank_values=True)))
         is_chat = handler.command == "POST" and path.endswith("/chat/completions")
         with self._lock:
             self.requests.append(record)
