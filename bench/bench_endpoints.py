@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,6 @@ def _hopeless(fault: str, validate: bool) -> dict[str, Any]:
     return {"state": summary.state, "seconds": seconds, "calls": calls, "message": summary.message}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-135m") -> dict[str, Any]:
     """One run with bundled ``model`` through ``backend`` ("server" or "embedded"); accepted texts per minute."""
     import httpx
@@ -66,12 +59,13 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
     from personagen_core.local import local_transport, resolve_model_path
     from personagen_core.personas.spec import load_pack
     from personagen_core.store import RunStore
+    from personagen_core.testing.serving import free_port, stop_process, wait_for_http
 
     proc = None
     http = None
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "server":
-            port = _free_port()
+            port = free_port()
             log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
             proc = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path(model)),
@@ -80,12 +74,11 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
                 stdout=log, stderr=subprocess.STDOUT,
             )
             base_url = f"http://127.0.0.1:{port}/v1"
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            try:
+                wait_for_http(f"{base_url}/models", timeout=120, proc=proc, log=Path(tmp) / "server.log")
+            except Exception:
+                stop_process(proc)
+                raise
             llm = LLMSettings(backend="openai", base_url=base_url, model=model, concurrency=4)
         else:
             http = httpx.AsyncClient(transport=local_transport(model, n_threads=1, n_threads_batch=1))
@@ -101,11 +94,7 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
             store.close()
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_process(proc)
                 log.close()
             if http is not None:
                 import asyncio

@@ -9,27 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from personagen_core.testing.serving import free_port, listening, wait_for_http
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -44,31 +32,24 @@ def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen[bytes], int]:
         [sys.executable, "-m", "personagen_core.cli", "app", "--port", str(port), "--address", "127.0.0.1"],
         cwd=ROOT, env=_env(tmp_path), stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-    else:
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", timeout=60, proc=proc, log=log)
+    except Exception:
         proc.kill()
-        raise AssertionError("the dashboard did not come up: " + log.read_text())
+        raise
     found = re.search(r"server pid (\d+)", log.read_text())
     assert found, log.read_text()
     return proc, int(found.group(1))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_server_and_leaves_nothing_listening(tmp_path: Path, sig: signal.Signals) -> None:
-    port = _free_port()
+def test_signal_stops_the_server_and_leaves_nothinglistening(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
     proc, server_pid = _start(tmp_path, port)
-    assert _listening(port) and Path(f"/proc/{server_pid}").exists()
+    assert listening(port) and Path(f"/proc/{server_pid}").exists()
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
-    assert not _listening(port), f"something still serves port {port} after {sig.name}"
+    assert not listening(port), f"something still serves port {port} after {sig.name}"
     # The server process is gone (not a zombie or an orphan re-parented to init).
     status = Path(f"/proc/{server_pid}/status")
     assert not status.exists() or "State:\tZ" in status.read_text()

@@ -210,18 +210,19 @@ def _button(at, label: str):
 
 
 def _wait_for_run(home: Path, *, timeout: float = 60.0) -> dict:
-    import time
-
+    """The newest run of ``home``'s store once it has ended."""
     from personagen_core.store import RunStore
+    from personagen_core.testing.serving import wait_until
 
     store = RunStore(home / "runs.sqlite")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ended() -> dict | None:
         runs = store.list_runs()
         if len(runs) and runs.iloc[0]["status"] in ("done", "failed", "stopped", "cancelled"):
             return store.run(str(runs.iloc[0]["run_id"]))
-        time.sleep(0.2)
-    raise AssertionError("the generation did not finish in time")
+        return None
+
+    return wait_until(ended, timeout=timeout, what="the generation to finish")
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.test_app_pages import _wait_for_run
 
 
 @pytest.fixture
@@ -38,13 +39,7 @@ def test_generate_page_batch_api_choice_runs_through_batches(home: Path, monkeyp
         next(b for b in at.button if b.label == "Launch").click().run()
         assert not at.exception, [e.value for e in at.exception]
         store = RunStore(home / "runs.sqlite")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            runs = store.list_runs()
-            if len(runs) and runs.iloc[0]["status"] in ("done", "failed", "stopped", "cancelled"):
-                break
-            time.sleep(0.2)
-        run_id = str(store.list_runs().iloc[0]["run_id"])
+        run_id = str(_wait_for_run(home, timeout=90)["run_id"])
         assert store.run(run_id)["status"] == "done", store.run(run_id)
         assert not srv.chat_requests and srv.batches.creates  # everything went through batches
         assert store.accepted_counts(run_id) == {"joy": 3, "anger": 3}

@@ -10,36 +10,18 @@ Uses Debian's chromium; skipped when it is not installed.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_browser import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    _free_port,
-    _no_exception,
-    _settle,
-    _wait_healthy,
-)
+from _browser import ARTIFACTS, BROWSER_MARKS, chromium, goto, no_exception, settle
 
-ROOT = Path(__file__).resolve().parents[1]
+from personagen_core.testing.serving import served_dashboard
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Debian's chromium (/usr/bin/chromium) is not installed; apt-get install chromium",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 KEY = "sk-browser-eval-key"
 
@@ -69,61 +51,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with FakeOpenAIServer(api_key=KEY) as fake:
         small = _generate(home, fake.base_url, 3, None)
         normal = _generate(home, fake.base_url, 6, ["joy", "fear", "anger"])
-        port = _free_port()
-        env = {
-            **os.environ,
-            "PERSONAGEN_HOME": str(home),
-            "HF_HUB_OFFLINE": "1",
-            "OPENAI_BASE_URL": fake.base_url,
-            "OPENAI_API_KEY": KEY,
-            "PYTHONPATH": str(ROOT),
-        }
+        env = {"PERSONAGEN_HOME": str(home), "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": KEY}
         log_path = tmp / "streamlit.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(url, proc)
+        with served_dashboard(env, log_path) as url:
             yield {"url": url, "home": home, "small": small, "normal": normal, "log": log_path, "tmp": tmp}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
 
 
 @pytest.fixture(scope="module")
 def browser(server: dict[str, Any]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _page(browser: Any, server: dict[str, Any], path: str = "") -> Any:
@@ -133,16 +70,8 @@ def _page(browser: Any, server: dict[str, Any], path: str = "") -> Any:
     page.set_default_timeout(30_000)
     page.goto(server["url"] + path)
     page.locator('[data-testid="stSidebarNav"]').wait_for()
-    _settle(page)
+    settle(page)
     return page
-
-
-def _goto(page: Any, title: str, ready_text: str) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-    page.get_by_role("heading", name=title, exact=False).first.wait_for(timeout=30_000)
-    page.get_by_text(ready_text, exact=False).first.wait_for(timeout=60_000)
-    _settle(page)
-    _no_exception(page)
 
 
 def _errors(page: Any) -> list[str]:
@@ -178,12 +107,12 @@ def _evaluate(page: Any, server: dict[str, Any]) -> None:
     while _stored_count(server) == before and deadline > 0:
         page.wait_for_timeout(500)
         deadline -= 500
-        _no_exception(page)
+        no_exception(page)
         assert not _errors(page), _errors(page)
     assert _stored_count(server) == before + 1, "no new evaluation was stored"
-    _settle(page)
+    settle(page)
     page.get_by_text("Evaluation (newest first)").first.wait_for(timeout=60_000)
-    _no_exception(page)
+    no_exception(page)
     assert not _errors(page), _errors(page)
 
 
@@ -192,7 +121,7 @@ def _set_cap(page: Any, value: int) -> None:
     cap.fill(str(value))
     cap.press("Enter")
     page.wait_for_timeout(500)  # the rerun starts
-    _settle(page)
+    settle(page)
     assert cap.input_value() == str(value)
 
 
@@ -200,11 +129,11 @@ def _select_run(page: Any, run_id: str) -> None:
     """Make ``run_id`` the only selected run of the Evaluate page's multiselect."""
     box = page.locator('[data-testid="stMultiSelect"]', has_text="Runs (several = side by side)")
     box.get_by_role("button", name="Clear all").click()
-    _settle(page)
+    settle(page)
     box.get_by_role("combobox").fill(run_id)
     page.get_by_role("option", name=re.compile(re.escape(run_id))).first.click()
     page.keyboard.press("Escape")
-    _settle(page)
+    settle(page)
     assert box.locator(f'[aria-label^="{run_id}"]').count() == 1
 
 
@@ -219,7 +148,7 @@ def test_evaluate_twice_in_one_session_and_once_in_another(browser: Any, server:
     first = _page(browser, server)
     second = None
     try:
-        _goto(first, "Evaluate", "LLM judge")
+        goto(first, "Evaluate", "LLM judge")
         _evaluate(first, server)  # the first evaluation of the process: loads the embedder
         first.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)  # the projection
         _set_cap(first, 12)  # other settings: a real second evaluation, in another Streamlit thread
@@ -227,7 +156,7 @@ def test_evaluate_twice_in_one_session_and_once_in_another(browser: Any, server:
         assert "max 12 texts" in _stored_options(first)[0]
 
         second = _page(browser, server)  # a second browser context is a second session
-        _goto(second, "Evaluate", "LLM judge")
+        goto(second, "Evaluate", "LLM judge")
         _set_cap(second, 14)
         _evaluate(second, server)
         options = _stored_options(second)
@@ -255,7 +184,7 @@ def test_three_texts_per_emotion_shows_projection_and_diversity_with_warnings(
 ) -> None:
     page = _page(browser, server)
     try:
-        _goto(page, "Evaluate", "LLM judge")
+        goto(page, "Evaluate", "LLM judge")
         _select_run(page, server["small"])
         _set_cap(page, 0)  # kept values are shared through the draft: another test may have set a cap
         _evaluate(page, server)
@@ -306,18 +235,18 @@ def test_report_page_after_reload_downloads_a_stored_evaluation(browser: Any, se
     listed = EvaluationStore(server["home"] / "evaluations.sqlite").list()
     if listed.empty:  # run alone: store one evaluation through the page first
         page = _page(browser, server)
-        _goto(page, "Evaluate", "LLM judge")
+        goto(page, "Evaluate", "LLM judge")
         _select_run(page, server["small"])
         _evaluate(page, server)
         page.context.close()
         listed = EvaluationStore(server["home"] / "evaluations.sqlite").list()
     page = _page(browser, server)
     try:
-        _goto(page, "Report & export", "Download the HTML report")
+        goto(page, "Report & export", "Download the HTML report")
         page.reload()  # a reload starts a new session: nothing of the evaluation is in its memory
         page.locator('[data-testid="stSidebarNav"]').wait_for()
         page.get_by_text("Download the HTML report").first.wait_for(timeout=60_000)
-        _settle(page)
+        settle(page)
         options = _stored_options(page)
         assert len(options) == len(listed)
         assert str(listed.iloc[0]["eval_id"]) in options[0]  # newest first

@@ -7,10 +7,7 @@ what it checks. Screenshots of failures go to tests/artifacts/ (gitignored).
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,17 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
+from _browser import ARTIFACTS, BROWSER_MARKS, chromium, no_exception, settle
 
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _free_port, _no_exception, _settle, _wait_healthy
+from personagen_core.testing.serving import served_dashboard
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-workflow-test-key"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium (/usr/bin/chromium) is not installed"),
-]
+pytestmark = BROWSER_MARKS
 
 
 class Served:
@@ -50,45 +43,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     tmp = tmp_path_factory.mktemp("workflows")
     with FakeOpenAIServer(api_key=KEY) as fake:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),  # this checkout's code, whatever the editable install points at
-            "PERSONAGEN_HOME": str(tmp / "home"),
-            "HF_HUB_OFFLINE": "1",
-            "OPENAI_BASE_URL": fake.base_url,
-            "OPENAI_API_KEY": KEY,
-        }
+        env = {"PERSONAGEN_HOME": str(tmp / "home"), "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": KEY}
         log = tmp / "streamlit.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                 "--server.port", str(port), "--server.address", "127.0.0.1",
-                 "--browser.gatherUsageStats", "false"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                _wait_healthy(url, proc)
-                yield Served(url, tmp / "home", log, fake)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        with served_dashboard(env, log) as url:
+            yield Served(url, tmp / "home", log, fake)
 
 
 @pytest.fixture(scope="module")
 def browser(served: Served) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()
@@ -112,15 +76,15 @@ def _open(page: Any, served: Served, path: str, title: str) -> None:
     """Open ``/path`` (the default page, Distributions, is ``/``) in a new session."""
     page.goto(f"{served.url}/{path}")
     page.get_by_role("heading", name=title).first.wait_for()
-    _settle(page)
-    _no_exception(page)
+    settle(page)
+    no_exception(page)
 
 
 def _nav(page: Any, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
     page.get_by_role("heading", name=title, exact=False).first.wait_for()
-    _settle(page)
-    _no_exception(page)
+    settle(page)
+    no_exception(page)
 
 
 def _slider_value(page: Any, label: str) -> float:
@@ -133,7 +97,7 @@ def _click_track(page: Any, label: str, fraction: float) -> None:
     thumb = page.locator(f'input[type="range"][aria-label="{label}"]').first
     before = thumb.get_attribute("value")
     for attempt in range(3):
-        _settle(page)
+        settle(page)
         slider = page.locator('[data-testid="stSlider"]', has=thumb).first
         box = slider.locator('div[style*="position: relative"]').first.bounding_box()
         assert box is not None
@@ -147,7 +111,7 @@ def _click_track(page: Any, label: str, fraction: float) -> None:
         except Exception:
             if attempt == 2:
                 raise
-    _settle(page)
+    settle(page)
 
 
 def _widget(page: Any, testid: str, label: str) -> Any:
@@ -160,14 +124,14 @@ def _fill_number(page: Any, label: str, value: str) -> None:
     box = _widget(page, "stNumberInput", label).locator("input")
     box.fill(value)
     box.press("Enter")
-    _settle(page)
+    settle(page)
 
 
 def _fill_text(page: Any, label: str, value: str) -> None:
     box = _widget(page, "stTextInput", label).locator("input")
     box.fill(value)
     box.press("Enter")
-    _settle(page)
+    settle(page)
 
 
 def _choose(page: Any, label: str, option: str) -> None:
@@ -187,7 +151,7 @@ def _choose(page: Any, label: str, option: str) -> None:
             continue
         choice.click()
         break
-    _settle(page)
+    settle(page)
 
 
 def _selected(page: Any, label: str) -> str:
@@ -202,7 +166,7 @@ def _multiselect_values(page: Any, label: str) -> list[str]:
 def _unselect(page: Any, label: str, value: str) -> None:
     box = _widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox")
     box.get_by_role("button", name=f"Remove {value}", exact=True).click()
-    _settle(page)
+    settle(page)
 
 
 def _number(page: Any, label: str) -> str:
@@ -236,7 +200,7 @@ def test_tuned_slider_survives_pages_reloads_and_downloads_as_yaml(page: Any, se
     assert _slider_value(page, "6-12") == pytest.approx(tuned)
     page.reload()
     page.get_by_role("heading", name="Distributions").first.wait_for()
-    _settle(page)
+    settle(page)
     assert _slider_value(page, "6-12") == pytest.approx(tuned)
 
     with page.expect_download() as info:
@@ -287,19 +251,19 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
     thumb.focus()
     for _ in range(2):
         thumb.press("ArrowRight")
-        _settle(page)
+        settle(page)
     temperature = float(thumb.get_attribute("value"))
     assert temperature == pytest.approx(before + 0.1)
     # Keep two emotions: clear the selection, then pick them from the dropdown.
     box = _widget(page, "stMultiSelect", "Emotions").locator(".react-aria-ComboBox")
     box.get_by_role("button", name=re.compile("clear", re.IGNORECASE)).first.click()
-    _settle(page)
+    settle(page)
     for name in ("anger", "fear"):
         field = box.locator('input[role="combobox"]')
         field.click()
         field.press_sequentially(name)
         page.get_by_role("option", name=name, exact=True).first.click()
-        _settle(page)
+        settle(page)
         page.keyboard.press("Escape")
     kept_emotions = _multiselect_values(page, "Emotions")
     assert kept_emotions == ["anger", "fear"]
@@ -321,14 +285,14 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
     check()
     page.reload()
     page.get_by_role("heading", name="Generate").first.wait_for()
-    _settle(page)
+    settle(page)
     check()
 
     # Launch twice: the picker follows the newest launch, and the comparison shows what changed.
     for launched, per_emotion in enumerate(("1", "2"), start=len(served.runs()) + 1):
         _fill_number(page, "Texts per emotion", per_emotion)
         page.get_by_role("button", name="Launch").click()
-        _settle(page)
+        settle(page)
         deadline = time.monotonic() + 30
         while len(served.runs()) < launched and time.monotonic() < deadline:
             time.sleep(0.2)  # the run's thread creates it in the store
@@ -344,7 +308,7 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
         n = int(per_emotion) * 2
         assert f"{n} / {n} texts · done" in done.inner_text()
     page.get_by_text("Compare with another run").click()
-    _settle(page)
+    settle(page)
     # per_emotion changed (1 -> 2), and with it the target of both emotions; the spec is the same.
     for line in ("Settings: 1 change(s)", "Target: 2 change(s)", "Spec: identical"):
         page.get_by_text(line, exact=True).first.wait_for()
@@ -371,7 +335,7 @@ def test_a_conditional_row_of_the_long_category_is_edited_in_its_table(page: Any
     _open(page, served, "", "Distributions")
     _choose(page, "Category", "Stage 1 · occupation")
     _choose(page, "Edit P(occupation | age) when", "age = 25-34")
-    _settle(page)
+    settle(page)
     page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first.wait_for()
     chart = page.locator('[data-testid="stPlotlyChart"]').first
     chart.get_by_text("edited: age = 25-34").first.wait_for()  # the legend (SVG) of the redrawn chart

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 from personagen_core.cli import app, main
 from personagen_core.store import RunStore
 from personagen_core.testing.fake_openai import FakeOpenAIServer
+from personagen_core.testing.serving import wait_until
 
 KEY = "sk-cli-test-NEVER-STORED-9876543210"
 
@@ -210,19 +210,7 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path)
             "2",
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        before: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            if db.exists():
-                try:
-                    with sqlite3.connect(db) as conn:
-                        before = [r[0] for r in conn.execute("SELECT text FROM texts ORDER BY text_id")]
-                except sqlite3.OperationalError:
-                    continue  # schema not created yet
-            if len(before) >= 5 or proc.poll() is not None:
-                break
-        assert proc.poll() is None, proc.communicate()[0].decode()
+        before = _wait_for_texts(db, proc, 5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL
@@ -285,18 +273,25 @@ def _generate_cmd(srv: FakeOpenAIServer, db: Path, *extra: str) -> list[str]:
     ]
 
 
-def _wait_for_texts(db: Path, proc: subprocess.Popen[bytes], n: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as conn:
-                    if conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0] >= n:
-                        return
-            except sqlite3.OperationalError:
-                continue
-    raise AssertionError(f"no {n} texts before the timeout: {proc.poll()}")
+def _texts(db: Path) -> list[str]:
+    """The texts a running CLI process has stored so far (none before it created the schema)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as conn:
+            return [r[0] for r in conn.execute("SELECT text FROM texts ORDER BY text_id")]
+    except sqlite3.OperationalError:
+        return []  # schema not created yet
+
+
+def _wait_for_texts(db: Path, proc: subprocess.Popen[bytes], n: int, timeout: float = 60) -> list[str]:
+    """Wait until the running ``proc`` has stored ``n`` texts in ``db`` and return them."""
+
+    def enough() -> list[str] | None:
+        texts = _texts(db)
+        return texts if len(texts) >= n else None
+
+    return wait_until(enough, timeout=timeout, what=f"{n} texts stored by the CLI", interval=0.1, proc=proc)
 
 
 @pytest.mark.slow

@@ -11,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from personagen_core.generation.llm import LLMClient, LLMSettings, detect_server_kind
 from personagen_core.generation.pipeline import GenerationConfig, run_generation
 from personagen_core.personas.spec import load_pack
 from personagen_core.store import RunStore
+from personagen_core.testing.serving import ProcessExited, free_port, stop_process, wait_for_http
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,18 +47,12 @@ SCHEMA = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from personagen_core.local import resolve_model_path
 
     gguf = resolve_model_path(MODEL)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     log = log_path.open("wb")
     # One thread, also for reading prompts: on a busy 2-core machine more threads than free cores slow
@@ -72,26 +64,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not start in 120 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
+        try:
+            wait_for_http(f"{base_url}/models", timeout=120, proc=proc, log=log_path)
+        except (ProcessExited, TimeoutError) as exc:
+            pytest.fail(f"llama_cpp.server did not start: {exc}")
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 
