@@ -201,3 +201,39 @@ def test_cli_prints_the_equal_size_interval_and_what_small_emotions_need(
     assert "d: no interval for odd: an interval needs at least 10 texts of this emotion; it has 3" in out
     code, out, err = _run([*argv, "--diversity-resamples", "1", "-o", str(tmp_path / "b")], capsys)
     assert code == 2 and "--diversity-resamples must be 0 (no intervals) or at least 2" in err
+
+
+def test_projection_sample_is_stratified_by_label_and_source_and_says_so(tmp_path) -> None:
+    import pandas as pd
+    from test_eval_scale import RandomEmbedder
+
+    from personagen_core.evaluation import figures
+    from personagen_core.evaluation.report import render_html
+    from personagen_core.evaluation.suite import EvaluationSettings, evaluate
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(["joy", "anger", "fear"], 600, p=[0.5, 0.3, 0.2])
+    source = np.where(np.arange(600) < 480, "synthetic", "real")  # real texts are 20 %
+    frame = pd.DataFrame({"text": [f"text {i} {lab}" for i, lab in enumerate(labels)], "label": labels})
+    frame["source"] = source
+    settings = EvaluationSettings(
+        projections=("pca",), max_projection_points=60, diversity_resamples=0, bootstrap=0, prd_runs=1
+    )
+    report = evaluate({"mixed": frame}, settings=settings, embedder=RandomEmbedder(), cache_dir=tmp_path)
+    proj = report["projections"]["mixed"]
+    assert proj["sample"]["stratified_by"] == ["label", "source"] and proj["sample"]["seed"] == 0
+    drawn = pd.crosstab(pd.Series(proj["label"]), pd.Series(proj["attributes"]["source"]))
+    expected = pd.crosstab(frame["label"], frame["source"]) * 60 / 600
+    assert (drawn - expected).abs().to_numpy().max() <= 1  # every label x source cell keeps its share
+    note = "seeded stratified sample (by label and source) of 60 of 600 texts, seed 0"
+    assert note in figures.projection_sample_note(report, "mixed")
+    assert note in figures.projection_figure_from_report(report, method="pca").layout.title.text
+    assert note in render_html(report)
+    # a source column with one value (or none) leaves the label as the only stratum
+    one = evaluate(
+        {"one": frame.assign(source="synthetic")},
+        settings=settings,
+        embedder=RandomEmbedder(),
+        cache_dir=tmp_path,
+    )
+    assert one["projections"]["one"]["sample"]["stratified_by"] == ["label"]

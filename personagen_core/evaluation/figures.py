@@ -217,13 +217,14 @@ def projection_figure_from_report(
 
 
 def projection_sample_note(report: Mapping[str, Any], dataset: str) -> str:
-    """``"seeded stratified sample of 10,000 of 100,000 texts"`` when the dataset's projection was computed
-    on a sample (``report["projections"][dataset]["sample"]``), else ``""``."""
+    """``"seeded stratified sample (by label and source) of 10,000 of 100,000 texts, seed 0"`` when the
+    dataset's projection was computed on a sample (``report["projections"][dataset]["sample"]``), else ``""``."""
     sample = (report.get("projections") or {}).get(dataset, {}).get("sample")
     if not sample:
         return ""
     by = " and ".join(sample.get("stratified_by") or ["label"])
-    return f"seeded stratified sample (by {by}) of {int(sample['n']):,} of {int(sample['of']):,} texts"
+    seed = f", seed {sample['seed']}" if sample.get("seed") is not None else ""
+    return f"seeded stratified sample (by {by}) of {int(sample['n']):,} of {int(sample['of']):,} texts{seed}"
 
 
 def confusion_figure(

@@ -169,7 +169,11 @@ def _slim_projections(
         n = len(p.get("label") or [])
         keep = list(range(n))
         if points is not None and n > points:
-            keep = stratified_indices([p["label"]], points, random_state=0).tolist()
+            # The same strata as the report's sample (label, and e.g. source when it had one).
+            by = (p.get("sample") or {}).get("stratified_by") or ["label"]
+            columns = [p["label"] if col == "label" else (p.get("attributes") or {}).get(col) for col in by]
+            columns = [c for c in columns if c is not None and len(c) == n] or [p["label"]]
+            keep = stratified_indices(columns, points, random_state=0).tolist()
             q["sample"] = {
                 **(p.get("sample") or {"of": n, "stratified_by": ["label"], "seed": 0}),
                 "n": len(keep),

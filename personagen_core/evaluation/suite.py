@@ -128,6 +128,11 @@ class EvaluationSettings(BaseModel):
         description="separability and Table VII train LightGBM on a seeded sample of at most this many "
         "texts per dataset, stratified by label (None = every text)",
     )
+    projection_strata: tuple[str, ...] = Field(
+        ("source",),
+        description="columns besides the label that the projection sample is also stratified by when a "
+        "dataset has them (2 to 50 distinct values), e.g. a source column marking synthetic and real texts",
+    )
     seed: int = 0
     cluster_k: int = Field(5, ge=2, description="k-means clusters per emotion for Cluster Entropy")
     self_bleu_sample: int = Field(500, ge=2, description="texts sampled per emotion for Self-BLEU")
@@ -378,12 +383,15 @@ def _projections(
         if cap is not None and n_all > cap:
             # Large datasets: one seeded sample per dataset, stratified by label, shared by every method,
             # so the report carries at most ``cap`` points (and their hover texts) per dataset.
-            idx = stratified_indices([full["label"].to_numpy(dtype=str)], cap, random_state=settings.seed)
+            strata = _projection_strata(full, settings)
+            idx = stratified_indices(
+                [full[col].to_numpy(dtype=str) for col in strata], cap, random_state=settings.seed
+            )
             frame, x = full.iloc[idx].reset_index(drop=True), x[idx]
             sample = {
                 "n": len(idx),
                 "of": n_all,
-                "stratified_by": ["label"],
+                "stratified_by": strata,
                 "seed": settings.seed,
                 "labels": {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
             }
@@ -427,6 +435,16 @@ def _projections(
         if sample is not None:
             out[name]["sample"] = sample
     return out
+
+
+def _projection_strata(frame: pd.DataFrame, settings: EvaluationSettings) -> list[str]:
+    """``label`` plus each ``settings.projection_strata`` column the dataset has with 2 to 50 values."""
+    extra = [
+        col
+        for col in settings.projection_strata
+        if col != "label" and col in frame.columns and 2 <= frame[col].nunique(dropna=False) <= 50
+    ]
+    return ["label", *extra]
 
 
 def _diversity(
