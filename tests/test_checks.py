@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -198,6 +200,46 @@ def test_near_duplicate_recall_on_small_edits() -> None:
     # one-character edits of indexed texts are near-duplicates: LSH must not miss any of them
     misses = [t for t in base[:100] if idx.find(t.replace("pure", "sheer")) is None]
     assert misses == []
+
+
+def test_crowded_buckets_are_cut_to_the_candidates_sharing_most_bands() -> None:
+    """300 look-alikes (Jaccard ~0.5 to the probe, one or two shared LSH bands each) indexed after the probe's
+    near-duplicate: only ``max_candidates`` are compared, and they are the ones sharing the most bands, so
+    the near-duplicate (11 shared bands) is still found."""
+    rng = random.Random(0)
+    words = "apple river stone cloud paper glass train music window garden winter summer ocean forest".split()
+    probe = "When my sister called out of the blue this morning I felt pure joy at the old station."
+    twin = "When my sister called out of the blue this morning I felt such pure joy at the old station."
+    crowd = [
+        f"When my sister called out of the blue this morning I felt {' '.join(rng.sample(words, 4))}."
+        for _ in range(300)
+    ]
+    idx = NearDuplicateIndex(threshold=0.8, max_candidates=8)
+    idx.add(twin)
+    idx.extend(crowd)
+    hit = idx.find(probe)
+    assert hit is not None and hit[:2] == (REASON_NEAR_DUPLICATE, twin) and idx.capped_lookups == 1
+    # a look-alike of the crowd that duplicates nothing: cut too, and not reported
+    assert idx.find("When my sister called out of the blue this morning I felt apple cloud music.") is None
+    assert idx.capped_lookups == 2
+    with pytest.raises(ValueError, match="max_candidates"):
+        NearDuplicateIndex(max_candidates=0)
+
+
+def test_near_duplicate_hit_is_the_most_similar_indexed_text() -> None:
+    base = "Standing by the harbour at dawn, I felt calm as the fishing boats came slowly home again."
+    variants = [
+        base.replace("slowly ", ""),
+        base.replace("fishing boats", "boats"),
+        base.replace("at dawn", "at dawn today"),
+        base.replace("calm", "so calm"),
+    ]
+    idx = NearDuplicateIndex(threshold=0.8)
+    idx.extend(variants)
+    sims = [jaccard(shingles(base), shingles(v)) for v in variants]
+    hit = idx.find(base)
+    assert hit is not None and hit[0] == REASON_NEAR_DUPLICATE
+    assert hit[2] == max(sims) and hit[1] == variants[sims.index(max(sims))]
 
 
 def test_check_output_reasons_and_levels() -> None:
