@@ -14,6 +14,10 @@ Phases (``--phase``):
           default settings, at most 10,000 projection points, report written), time per stage from the
           report's ``timings``, report size, peak RSS; then the same command again (warm rerun).
   all     embed, then eval.
+  diversity  only the equal-size diversity intervals (``diversity_ci``): the synthetic set and the gold
+          test split compared at one size per emotion, ``--diversity-resamples`` replicates (default 20),
+          time per dataset and peak RSS. With ``--embedder model`` the vectors come from the embedding
+          cache (texts not cached yet are embedded first).
 
 ``--embedder random`` replaces the model with random unit vectors (384 dimensions, seeded by each text's
 hash) for the eval phase: every stage after embedding then runs at the full size without waiting for the
@@ -172,10 +176,43 @@ def _print_eval(what: str, res: dict[str, Any]) -> None:
     _log(f"  report.html {size:.2f} MB, report.json {json_size:.2f} MB; progress events {len(res['events'])}")
 
 
+def phase_diversity(data_path: Path, resamples: int, max_size: int, random_vectors: bool) -> None:
+    import pandas as pd
+
+    from personagen_core.evaluation.diversity_ci import INTERVAL_METRICS, diversity_intervals, equal_sizes
+    from personagen_core.evaluation.embeddings import Embedder
+
+    frames = {"synthetic": pd.read_csv(data_path), "gold test": gold_frame()}
+    enc = RandomEmbedder() if random_vectors else Embedder()
+    t0 = time.perf_counter()
+    vectors = {name: enc.encode(f["text"].astype(str).tolist()) for name, f in frames.items()}
+    _log(f"vectors of {sum(len(f) for f in frames.values()):,} texts in {time.perf_counter() - t0:.1f} s")
+    counts = {name: f["label"].astype(str).value_counts().to_dict() for name, f in frames.items()}
+    sizes = equal_sizes(counts, max_size=max_size)
+    _log(f"equal size per emotion (cap {max_size}): {sizes}; {_load()}")
+    for name, f in frames.items():
+        t = time.perf_counter()
+        out = diversity_intervals(
+            vectors[name], f["label"].astype(str).to_numpy(), f["text"].astype(str).tolist(), sizes,
+            n_resamples=resamples,
+        )
+        took = time.perf_counter() - t
+        _log(f"{name}: {len(f):,} texts, {resamples} replicates: {took:.1f} s; {_load()}")
+        for m in INTERVAL_METRICS:
+            s = out["overall"].get(m) or {}
+            if s.get("value") is not None:
+                _log(f"    {m:22s} {s['value']:.4g} [{s['low']:.4g}, {s['high']:.4g}]")
+        for e, why in out["needs"].items():
+            _log(f"    {e}: {why}")
+    _log(f"peak RSS {_rss_mb():,.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100_000, help="synthetic texts (default 100,000)")
-    ap.add_argument("--phase", choices=("embed", "eval", "all"), default="all")
+    ap.add_argument("--phase", choices=("embed", "eval", "all", "diversity"), default="all")
+    ap.add_argument("--diversity-resamples", type=int, default=20)
+    ap.add_argument("--diversity-sample-max", type=int, default=500)
     ap.add_argument("--home", type=Path, default=Path("/tmp/personagen-bench-evalscale"))
     ap.add_argument("--max-projection-points", type=int, default=10_000)
     ap.add_argument("--embedder", choices=("model", "random"), default="model")
@@ -203,6 +240,12 @@ def main() -> None:
         if not data_path.exists():
             synthetic_frame(args.n).to_csv(data_path, index=False)
         phase_eval(data_path, args.home / f"out_{args.n}", args.max_projection_points, args.max_train_texts)
+    if args.phase == "diversity":
+        if not data_path.exists():
+            synthetic_frame(args.n).to_csv(data_path, index=False)
+        phase_diversity(
+            data_path, args.diversity_resamples, args.diversity_sample_max, args.embedder == "random"
+        )
 
 
 if __name__ == "__main__":

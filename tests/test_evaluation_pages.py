@@ -183,16 +183,8 @@ def _store_evaluation(tmp_path: Path, counts: dict[str, int], *, drop_intervals:
     return EvaluationStore(tmp_path / "evaluations.sqlite").save(report, runs=[run_id], source="dashboard")
 
 
-def test_evaluate_page_shows_diversity_intervals_and_what_small_emotions_need(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import streamlit as st
-
-    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    _store_evaluation(tmp_path, {"joy": 12, "anger": 12, "unknown": 3})
+def test_evaluate_page_shows_diversity_intervals_and_what_small_emotions_need(dashboard_home: Path) -> None:
+    _store_evaluation(dashboard_home, {"joy": 12, "anger": 12, "unknown": 3})
     at = _open("app_pages/6_evaluate.py")
     text = _texts(at)
     assert "3 seeded subsamples (seed 0)" in text and "joy 6" in text
@@ -211,18 +203,10 @@ def test_evaluate_page_shows_diversity_intervals_and_what_small_emotions_need(
     assert list(per.index) == ["anger", "joy", "unknown", "overall"]
     assert per.loc["joy", "n"] == "6" and "needs at least 10" in per.loc["unknown", "Mean Cosine Distance"]
     assert not at.error, [e.value for e in at.error]
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
-def test_an_evaluation_stored_before_intervals_still_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import streamlit as st
-
-    monkeypatch.setenv("PERSONAGEN_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    _store_evaluation(tmp_path, {"joy": 12, "anger": 12}, drop_intervals=True)
+def test_an_evaluation_stored_before_intervals_still_opens(dashboard_home: Path) -> None:
+    _store_evaluation(dashboard_home, {"joy": 12, "anger": 12}, drop_intervals=True)
     at = _open("app_pages/6_evaluate.py")
     assert "No intervals in this evaluation" in _texts(at)
     frames = [d.value for d in at.dataframe]
@@ -232,5 +216,3 @@ def test_an_evaluation_stored_before_intervals_still_opens(tmp_path: Path, monke
         for f in frames
     )
     assert not at.error, [e.value for e in at.error]
-    st.cache_data.clear()
-    st.cache_resource.clear()

@@ -25,6 +25,7 @@ import numpy as np
 
 from personagen_core.errors import DataError
 from personagen_core.evaluation.metrics import (
+    DIVERSITY_COLUMNS,
     _as_matrix,
     _normalise,
     _one_thread,
@@ -49,17 +50,7 @@ __all__ = [
 ]
 
 #: Metrics given with an interval (``n`` is the subsample size itself, not a metric).
-INTERVAL_METRICS = [
-    "mean_cosine_distance",
-    "cluster_entropy",
-    "centroid_distance",
-    "vendi_score",
-    "distinct_1",
-    "distinct_2",
-    "distinct_3",
-    "self_bleu_4",
-    "compression_ratio",
-]
+INTERVAL_METRICS = [c for c in DIVERSITY_COLUMNS if c != "n"]
 #: Smallest subsample an interval is computed from (with k = 5 clusters the floor is k).
 MIN_SUBSAMPLE = 5
 
@@ -287,8 +278,10 @@ def interval_notes(diversity: Mapping[str, Any]) -> list[str]:
     eq = diversity.get("equal_size")
     if not eq:
         return [
-            "No intervals in this evaluation: it was computed before equal-size intervals existed or with "
-            "diversity_resamples = 0; evaluate again to get them."
+            (
+                "No intervals in this evaluation: it was computed before equal-size intervals existed or with "
+                "diversity_resamples = 0; evaluate again to get them."
+            )
         ]
     out = [str(eq.get("description", ""))]
     for name in diversity.get("datasets") or {}:
