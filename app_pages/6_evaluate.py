@@ -16,7 +16,7 @@ ui.page_title("Evaluate")
 # Without runs (e.g. only data files evaluated with `personagen evaluate`), stored evaluations still open.
 has_runs = len(ui.get_store().list_runs()) > 0
 run_ids = ui.run_picker("Runs (several = side by side)", key="eval_runs", multiple=True) if has_runs else []
-c_proj, c_cap, c_points, c_judge = st.columns([2, 1, 1, 1])
+c_proj, c_cap, c_points, c_div, c_judge = st.columns([2, 1, 1, 1, 1])
 methods = c_proj.multiselect(
     "Projections",
     list(projection.METHODS),
@@ -33,6 +33,15 @@ points = c_points.number_input(
     "t-SNE and UMAP of 100,000 points take long and draw slowly.",
     **ui.keep("eval_points", 10_000),
 )
+resamples = c_div.number_input(
+    "Diversity resamples (0 = none)",
+    0,
+    1000,
+    step=10,
+    help="Diversity is also computed on this many seeded subsamples of equal size per emotion (half the "
+    "smallest run's texts, at most 500), shown as median [95 % interval]; 1 is not allowed.",
+    **ui.keep("eval_div_resamples", 20),
+)
 judge = c_judge.toggle(
     "LLM judge", help="Scores every text with the LLM set on the Generate page.", **ui.keep("eval_judge", False)
 )
@@ -48,6 +57,7 @@ else:
             projections=tuple(methods),
             max_texts=int(cap) or None,
             max_projection_points=int(points) or None,
+            diversity_resamples=int(resamples),
             judge=judge,
         )
         ui.embedding_estimate(run_ids, settings, hint="Set **Max texts per run** to evaluate a seeded sample.")

@@ -186,6 +186,7 @@ def _store_evaluation(tmp_path: Path, counts: dict[str, int], *, drop_intervals:
 def test_evaluate_page_shows_diversity_intervals_and_what_small_emotions_need(dashboard_home: Path) -> None:
     _store_evaluation(dashboard_home, {"joy": 12, "anger": 12, "unknown": 3})
     at = _open("app_pages/6_evaluate.py")
+    assert at.number_input(key="keep_eval_div_resamples").value == 20  # B, configurable on the page
     text = _texts(at)
     assert "3 seeded subsamples (seed 0)" in text and "joy 6" in text
     assert "no interval for unknown: an interval needs at least 10 texts of this emotion; it has 3" in text

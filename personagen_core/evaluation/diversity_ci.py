@@ -96,7 +96,7 @@ def _replicate(
     rng: np.random.Generator,
     rows: Mapping[str, np.ndarray],
     sizes: Mapping[str, int],
-    Xn: np.ndarray,
+    X: np.ndarray,
     texts: Sequence[str],
     draws: dict[str, dict[str, np.ndarray]],
     overall: dict[str, np.ndarray],
@@ -109,7 +109,7 @@ def _replicate(
     for e in emotions:
         m = int(sizes[e])
         pick = np.sort(rng.choice(rows[e], size=m, replace=False))
-        Xe = Xn[pick]
+        Xe = _normalise(_as_matrix(X[pick], f"the embeddings of {e!r}"), f"the embeddings of {e!r}")
         te = [texts[i] for i in pick]
         d = draws[e]
         d["mean_cosine_distance"][b] = mean_cosine_distance(Xe)
@@ -159,7 +159,11 @@ def diversity_intervals(
         raise DataError(f"diversity intervals need at least 2 resamples, got {n_resamples}")
     if not 0 < confidence < 1:
         raise DataError(f"confidence must be between 0 and 1, got {confidence}")
-    Xm = _as_matrix(X)
+    # Only the subsampled rows are converted, checked and normalised (in _replicate): a 100k x 384 float32
+    # matrix is not copied to float64 here.
+    Xm = np.asarray(X)
+    if Xm.ndim != 2:
+        raise DataError(f"X must be a 2-D array (rows = texts), got shape {Xm.shape}")
     y = np.asarray(labels).astype(str)
     texts = list(texts)
     if not (len(y) == len(Xm) == len(texts)):
@@ -182,7 +186,6 @@ def diversity_intervals(
             needs[e] = f"the shared subsample size {m} is more than half of its {len(idx)} texts"
         else:
             rows[e] = idx
-    Xn = _normalise(Xm)
     emotions = list(rows)
     draws = {e: {name: np.full(n_resamples, np.nan) for name in INTERVAL_METRICS} for e in emotions}
     overall = {name: np.full(n_resamples, np.nan) for name in INTERVAL_METRICS}
@@ -191,7 +194,7 @@ def diversity_intervals(
     with _one_thread():  # many small eigen-decompositions: a second BLAS thread only adds contention
         for b, seq in enumerate(streams):
             _replicate(
-                b, np.random.default_rng(seq), rows, sizes, Xn, texts, draws, overall, k, self_bleu_sample
+                b, np.random.default_rng(seq), rows, sizes, Xm, texts, draws, overall, k, self_bleu_sample
             )
     notes = []
     if len(emotions) == 1:
