@@ -30,7 +30,7 @@ import pandas as pd
 from personagen_core import paths
 from personagen_core.errors import StoreError
 from personagen_core.generation.vocabulary import FUNNEL_VERDICTS
-from personagen_core.store_batches import BATCH_SCHEMA, BatchTables
+from personagen_core.store_batches import BatchTables, migrate_batch_tables
 
 __all__ = [
     "HEARTBEAT_S",
@@ -327,7 +327,7 @@ class RunStore(BatchTables):
             self._ensure_text_counts(conn)
             if "endpoint" not in {r[1] for r in conn.execute("PRAGMA table_info(calls)")}:
                 conn.execute("ALTER TABLE calls ADD COLUMN endpoint TEXT")  # a store from before endpoint pools
-            conn.executescript(BATCH_SCHEMA)
+            migrate_batch_tables(conn)
         except StoreError:
             self.close()
             raise

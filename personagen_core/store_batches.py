@@ -18,7 +18,7 @@ import pandas as pd
 from personagen_core.errors import StoreError
 from personagen_core.generation.vocabulary import KEPT_VERDICTS
 
-__all__ = ["BATCH_JOB_COLUMNS", "BATCH_SCHEMA", "BatchTables"]
+__all__ = ["BATCH_JOB_COLUMNS", "BATCH_SCHEMA", "BatchTables", "migrate_batch_tables"]
 
 #: Batch API runs (generation/batch.py): per run its options, per remote batch (one wave step) its ids and
 #: status, per request what it carries (candidates or one text slot), and texts beyond a quota (surplus).
@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS batch_jobs (
     failed INTEGER NOT NULL DEFAULT 0,
     ingested INTEGER NOT NULL DEFAULT 0,
     message TEXT,
+    kept INTEGER NOT NULL DEFAULT 0,
+    judged INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -73,7 +75,20 @@ CREATE INDEX IF NOT EXISTS batch_surplus_run ON batch_surplus(run_id);
 BATCH_JOB_COLUMNS = (
     "job_id", "run_id", "wave", "step", "attempt", "status", "batch_id", "input_file_id", "output_file_id",
     "error_file_id", "requests", "completed", "failed", "ingested", "message", "created_at", "updated_at",
+    "kept", "judged",
 )
+#: Columns added to ``batch_jobs`` after it first shipped: what a job's answers kept of what they judged
+#: (candidates for a validation step, outputs for generation), for the wave sizing's recent rates.
+_ADDED_JOB_COLUMNS = ("kept", "judged")
+
+
+def migrate_batch_tables(conn: sqlite3.Connection) -> None:
+    """Create the batch tables, and add the columns a store from an older version lacks."""
+    conn.executescript(BATCH_SCHEMA)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(batch_jobs)")}
+    for col in _ADDED_JOB_COLUMNS:
+        if col not in have:
+            conn.execute(f"ALTER TABLE batch_jobs ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
 
 
 
@@ -142,7 +157,8 @@ class BatchTables:
         return job_id
 
     def update_batch_job(self, job_id: int, **fields: Any) -> None:
-        """Set columns of a batch job (``status``, ``batch_id``, file ids, counts, ``ingested``, ``message``)."""
+        """Set columns of a batch job (``status``, ``batch_id``, file ids, counts, ``ingested``, ``message``,
+        ``kept``, ``judged``)."""
         bad = set(fields) - set(BATCH_JOB_COLUMNS[2:])
         if bad:
             raise StoreError(f"unknown batch job field(s): {', '.join(sorted(bad))}")
@@ -163,14 +179,19 @@ class BatchTables:
         if not self._has_batch_tables():
             return pd.DataFrame(columns=list(BATCH_JOB_COLUMNS))
         rows = self._query(
-            f"SELECT {', '.join(BATCH_JOB_COLUMNS)} FROM batch_jobs WHERE run_id = ? ORDER BY job_id",
+            f"SELECT {self._job_columns()} FROM batch_jobs WHERE run_id = ? ORDER BY job_id",
             (run_id,),
         )
         return pd.DataFrame([dict(r) for r in rows], columns=list(BATCH_JOB_COLUMNS))
 
+    def _job_columns(self) -> str:
+        """The SELECT list of batch_jobs (0 for a column a read-only store from an older version lacks)."""
+        have = {r[1] for r in self._query("PRAGMA table_info(batch_jobs)")}
+        return ", ".join(c if c in have else f"0 AS {c}" for c in BATCH_JOB_COLUMNS)
+
     def batch_job(self, job_id: int) -> dict[str, Any]:
         """One batch job as a dict (StoreError if unknown)."""
-        rows = self._query(f"SELECT {', '.join(BATCH_JOB_COLUMNS)} FROM batch_jobs WHERE job_id = ?", (job_id,))
+        rows = self._query(f"SELECT {self._job_columns()} FROM batch_jobs WHERE job_id = ?", (job_id,))
         if not rows:
             raise StoreError(f"no batch job {job_id} in the run store {self.path}")
         return dict(rows[0])

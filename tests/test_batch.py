@@ -363,3 +363,93 @@ def test_hard_budgets_shrink_waves_and_never_overspend(tmp_path: Path) -> None:
         assert tiny.state == "stopped" and tiny.stop_reason == "token_budget"
         assert len(srv.batches.creates) == before and tiny.tokens == 0  # nothing was sent
         assert "token budget" in (tiny.message or "") and "needs up to" in (tiny.message or "")
+
+
+def test_wave_sizing_follows_the_latest_waves_rates(tmp_path: Path) -> None:
+    """Each ingested batch records what it kept of what it judged; the planner's rates weigh the latest wave
+    most, so a drop in acceptance shows at once (the cumulative rate would lag behind)."""
+    from personagen_core.generation.batch import PRIOR_RATE, PRIOR_WEIGHT, RECENCY, _session
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(_mixed(), batch_in_progress_s=0.02) as srv:
+        summary = run_batch_generation(load_pack("japan"), _config(srv, 8), store, options=FAST)
+    assert summary.state == "done"
+    jobs = store.batch_jobs(summary.run_id)
+    assert (jobs["judged"] > 0).all() and (jobs["kept"] <= jobs["judged"]).all()
+    gen = jobs[jobs["step"] == "generate"]
+    # generation: every answered output was judged; kept = delivered + surplus
+    assert int(gen["judged"].sum()) == int(gen["completed"].sum())
+    assert int(gen["kept"].sum()) == 24 + sum(store.surplus_counts(summary.run_id).values())
+    # a run whose acceptance fell from 90 % (wave 1) to 50 % (wave 2)
+    gid = [int(j) for j in gen["job_id"]]
+    assert len(gid) >= 2  # a top-up wave followed (one verdict in three implausible)
+    store.update_batch_job(gid[0], wave=1, kept=900, judged=1000)
+    for j in gid[1:]:
+        store.update_batch_job(j, wave=2, kept=500 // (len(gid) - 1), judged=1000 // (len(gid) - 1))
+    session = _session(store, summary.run_id)
+    try:
+        _, out = session._rates()
+    finally:
+        session.close()
+    k2, n2 = 500 // (len(gid) - 1) * (len(gid) - 1), 1000 // (len(gid) - 1) * (len(gid) - 1)
+    want = (RECENCY * 900 + k2 + PRIOR_RATE * PRIOR_WEIGHT) / (RECENCY * 1000 + n2 + PRIOR_WEIGHT)
+    assert out == pytest.approx(want)
+    assert out < (900 + k2) / (1000 + n2) - 0.05  # well below the cumulative rate
+
+
+def test_a_store_from_before_the_job_counts_gets_them(tmp_path: Path) -> None:
+    """batch_jobs.kept/judged were added later: an older store is migrated when opened for writing and reads
+    as 0 when opened read-only."""
+    from personagen_core.store_batches import BATCH_SCHEMA
+
+    old = BATCH_SCHEMA.replace("    kept INTEGER NOT NULL DEFAULT 0,\n    judged INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old != BATCH_SCHEMA
+    for name in ("ro", "rw"):
+        path = tmp_path / f"{name}.sqlite"
+        RunStore(path).close()
+        with sqlite3.connect(path) as conn:
+            conn.executescript("DROP TABLE batch_jobs;" + old)
+            conn.execute("INSERT INTO batch_jobs(run_id, wave, step, status, created_at, updated_at)"
+                         " VALUES ('r', 1, 'generate', 'completed', 0, 0)")
+        store = RunStore(path, read_only=name == "ro")
+        jobs = store.batch_jobs("r")
+        assert list(jobs[["kept", "judged"]].iloc[0]) == [0, 0]
+        if name == "rw":
+            store.update_batch_job(int(jobs["job_id"].iloc[0]), kept=3, judged=4)
+            assert store.batch_job(int(jobs["job_id"].iloc[0]))["judged"] == 4
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_cli_cancels_the_remote_batch_then_resume_completes(tmp_path: Path) -> None:
+    """`personagen generate --batch` stopped with SIGTERM: the batch in flight is cancelled at the endpoint
+    (`runs show` says so), the run is `cancelled` (exit 3) and `--resume` completes it exactly."""
+    db = tmp_path / "runs.sqlite"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    with FakeOpenAIServer(api_key=KEY, batch_validating_s=0.0, batch_in_progress_s=60.0) as srv:
+        cmd = [sys.executable, "-m", "personagen_core.cli", "generate", "--batch", "--poll-interval", "0.1",
+               "--pack", "japan", "--emotions", "joy,fear", "--per-emotion", "4", "--base-url", srv.base_url,
+               "--model", "gpt-4.1-mini", "--llm-validation", "--db", str(db)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not (
+            srv.batches.creates and srv.batches.batches[srv.batches.creates[0]]["status"] == "in_progress"
+        ):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode == 3, out
+        assert srv.batches.cancels == srv.batches.creates[:1], out
+        assert "cancelled at the endpoint" in out
+        store = RunStore(db)
+        run_id = store.list_runs()["run_id"].iloc[0]
+        assert store.run(run_id)["status"] == "cancelled"
+        shown = CliRunner().invoke(app, ["runs", "show", run_id, "--db", str(db)])
+        assert "cancelled by the user" in shown.output, shown.output
+        srv.batches.in_progress_s = 0.05
+        res = subprocess.run([sys.executable, "-m", "personagen_core.cli", "generate", "--resume", run_id,
+                              "--poll-interval", "0.1", "--db", str(db), "--base-url", srv.base_url],
+                             env=env, capture_output=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    assert store.accepted_counts(run_id) == {"joy": 4, "fear": 4}
+    assert srv.batches.creates.count(srv.batches.cancels[0]) == 1

@@ -1,7 +1,7 @@
 """Batch API runs: the same method as the async path, carried out in waves of provider batches.
 
-A wave samples candidates (over-provisioned from the acceptance rates measured so far in the run, starting
-from :data:`PRIOR_RATE`), then sends one batch per step: validation stage 1 -> 2 -> 3 (stages that are off
+A wave samples candidates (over-provisioned from the acceptance rates measured in the run, recency-weighted
+(:data:`RECENCY`), starting from :data:`PRIOR_RATE`, with a :data:`WAVE_Z` margin), then sends one batch per step: validation stage 1 -> 2 -> 3 (stages that are off
 are skipped; verdicts already in the cross-run cache are not asked again) and generation, whose texts go
 through the same output checks. Top-up waves follow until every per-emotion quota is met exactly; texts that
 pass every check after their emotion's quota was met are kept as *surplus* (``batch_surplus`` table), never
@@ -90,6 +90,10 @@ _log = logging.getLogger(__name__)
 #: (weighted like :data:`PRIOR_WEIGHT` observations, so the first waves' measurements take over quickly).
 PRIOR_RATE = 0.9
 PRIOR_WEIGHT = 10
+#: Weight of a wave's measured rates relative to the next wave's (see :meth:`BatchRun._rates`).
+RECENCY = 0.25
+#: Standard deviations of margin when a wave asks for the outputs its missing texts need (see ``_needed``).
+WAVE_Z = 2.5
 GENERATE = "generate"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _BAD_END = frozenset({"failed", "expired", "cancelled"})
@@ -196,7 +200,16 @@ class _Cand:
     uses: int = 0  # generation requests sent or answered (not failed)
 
 
-def _rate(kept: int, seen: int) -> float:
+def _needed(missing: int, rate: float) -> int:
+    """Outputs to ask for so that ``missing`` texts pass at acceptance ``rate`` with high probability: the
+    mean ``missing / rate`` would fall short about every second wave by chance alone (each shortfall costs
+    another wave, up to 24 h at a provider), so :data:`WAVE_Z` binomial standard deviations are added."""
+    if missing <= 0:
+        return 0
+    return math.ceil((missing + WAVE_Z * math.sqrt(missing * (1.0 - rate)) + 1.0) / rate)
+
+
+def _rate(kept: float, seen: float) -> float:
     """A measured rate pulled towards :data:`PRIOR_RATE` while few were seen (never below 0.05)."""
     return max(0.05, (kept + PRIOR_RATE * PRIOR_WEIGHT) / (seen + PRIOR_WEIGHT))
 
@@ -279,6 +292,7 @@ class BatchRun:
         self._carry: tuple[float, int] | None = None
         self._last_event = 0.0
         self._last_heartbeat = time.monotonic()
+        self._kept = self._judged = 0
 
     # -- state ---------------------------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -320,12 +334,32 @@ class BatchRun:
 
     # -- planning ------------------------------------------------------------------------------------------
     def _rates(self) -> tuple[dict[int, float], float]:
-        """Measured per-stage survival and output acceptance (pulled towards the prior while few were seen)."""
+        """Per-stage survival and output acceptance, recency-weighted over the run's batches (pulled towards
+        the prior while few were seen).
+
+        Each ingested batch recorded what its answers kept of what they judged; a wave's batches weigh
+        :data:`RECENCY` times the next wave's, so the estimate follows the latest wave when acceptance drifts
+        (near-duplicates pile up as a run grows: the cumulative rate over-estimates the next wave's and the
+        last waves come out as small top-ups) while a tiny top-up wave does not outweigh a large one. Runs
+        recorded before batches kept these counts use the run's cumulative counts."""
+        jobs = self.store.batch_jobs(self.run_id)
+        done = jobs[(jobs["ingested"] == 1) & (jobs["judged"] > 0)] if not jobs.empty else jobs
+
+        def recent(step: str) -> tuple[float, float] | None:
+            d = done[done["step"] == step] if not done.empty else done
+            if d.empty:
+                return None
+            w = RECENCY ** (int(d["wave"].max()) - d["wave"].astype(int))
+            return float((w * d["kept"]).sum()), float((w * d["judged"]).sum())
+
         surv = self.store.stage_survival(self.run_id)
-        stage = {s: _rate(*surv.get(s, (0, 0))) for s in self.stages}
-        rejected = sum(v for k, v in self.rejections.items() if not k.startswith("stage"))
-        kept = sum(self.accepted.values()) + self.surplus
-        return stage, _rate(kept, kept + rejected)
+        stage = {s: _rate(*(recent(f"stage{s}") or surv.get(s, (0, 0)))) for s in self.stages}
+        out = recent(GENERATE)
+        if out is None:
+            rejected = sum(v for k, v in self.rejections.items() if not k.startswith("stage"))
+            kept = sum(self.accepted.values()) + self.surplus
+            out = (kept, kept + rejected)
+        return stage, _rate(*out)
 
     def _sample(self, n: int) -> None:
         """Draw ``n`` new candidates (rendered and recorded; commits with the next job)."""
@@ -348,7 +382,7 @@ class BatchRun:
         """New candidates for a wave: what the missing texts need, at the measured rates, minus what the
         candidates already on their way are expected to give; at most one batch's worth."""
         stage_rate, out_rate = self._rates()
-        want = sum(math.ceil(m / out_rate) for m in self._missing().values())
+        want = sum(_needed(m, out_rate) for m in self._missing().values())
         supply = 0.0
         for c in self.cands.values():
             if c.status == self._ready_status():
@@ -563,7 +597,7 @@ class BatchRun:
         """Requests of the generation step: per missing text, over-provisioned by the measured output
         acceptance, one (candidate, emotion) slot from the validated stock, emotions taking turns."""
         _, out_rate = self._rates()
-        want = {e: math.ceil(m / out_rate) for e, m in self._missing().items() if m > 0}
+        want = {e: _needed(m, out_rate) for e, m in self._missing().items() if m > 0}
         stock = [c for c in self.cands.values() if c.status == self._ready_status() and c.uses < self.per]
         out: list[tuple[list[list[int]], int | None, str | None]] = []
         si = 0
@@ -669,6 +703,7 @@ class BatchRun:
         requests = {r["custom_id"]: r for r in self.store.batch_requests(int(job["job_id"]))}
         done: set[str] = set()
         ok = failed = 0
+        self._kept = self._judged = 0  # what this job's answers kept of what they judged (_rates)
         with self.store.write_behind():
             for line in lines:
                 cid = str(line.get("custom_id"))
@@ -701,7 +736,7 @@ class BatchRun:
                     self.cands[requests[cid]["persona_id"]].uses -= 1
             failed += len(missing)
             self.store.update_batch_job(int(job["job_id"]), status=status, ingested=1, completed=ok, failed=failed,
-                                        message=self._scrub(message))
+                                        message=self._scrub(message), kept=self._kept, judged=self._judged)
         if step == GENERATE:  # candidates whose every text is answered leave memory
             for pid in [p for p, c in self.cands.items() if c.status == self._ready_status() and c.uses >= self.per]:
                 del self.cands[pid]
@@ -736,6 +771,8 @@ class BatchRun:
                 if i in got and pids:
                     good[verdict_key(self.cands[pids[0]].attrs, cols)] = (got[i].verdict, got[i].reason)
                     self._apply(stage, k, pids, got[i], fresh=True)
+                    self._judged += len(pids)
+                    self._kept += len(pids) if got[i].verdict in KEPT_VERDICTS else 0
             if good:
                 self.store.cache_verdicts(stage, self.validator_model, good)
             return True
@@ -748,6 +785,7 @@ class BatchRun:
             persona_description=cand.persona_text if cand else None, index=self.index, level=self.checks,
             max_chars=gen.max_chars, max_words=gen.max_words, finish_reason=finish, identifier=self.language_id,
         )
+        self._judged += 1
         if not res.ok:
             self._reject(4, res.reason or "rejected", res.detail, emotion=emotion, persona_id=pid, text=res.text)
             return True
@@ -760,6 +798,7 @@ class BatchRun:
                                           text_norm=normalise(res.text), persona_id=pid,
                                           model=str(body.get("model") or model), quota=self.target[emotion],
                                           defer=True)
+        self._kept += outcome in ("accepted", "quota_full")  # surplus passed every check too
         if outcome == "accepted":
             self.accepted[emotion] += 1
             self.index.add(res.text)
