@@ -86,14 +86,21 @@ def test_failed_requests_inside_a_batch_are_sent_again(tmp_path: Path) -> None:
     jobs = store.batch_jobs(summary.run_id)
     assert jobs["failed"].sum() > 0
     with sqlite3.connect(store.path) as conn:
-        failed = conn.execute("SELECT job_id, groups_json FROM batch_requests WHERE run_id = ? AND status = 'failed'"
-                              " AND persona_id IS NULL", (summary.run_id,)).fetchall()
-        later = {pid for (g,) in conn.execute(
-            "SELECT groups_json FROM batch_requests WHERE run_id = ? AND status = 'ok'", (summary.run_id,))
-            for group in json.loads(g) for pid in group}
+        rows = conn.execute("SELECT job_id, groups_json, status FROM batch_requests WHERE run_id = ?"
+                            " AND persona_id IS NULL", (summary.run_id,)).fetchall()
+    failed = [(jid, g) for jid, g, st in rows if st == "failed"]
     assert failed, "some validation request failed"
-    for _, groups in failed:  # the candidates of a failed validation request were validated in a later wave
-        assert {p for grp in json.loads(groups) for p in grp} <= later
+    # the candidates of a failed validation request were sent again by a later batch of the same stage (the
+    # last batch's failures are not, once the quotas are met)
+    step = dict(zip(jobs["job_id"], jobs["step"]))
+
+    def sent_after(jid: int) -> set[int]:
+        return {p for j, g, _ in rows if j > jid and step[j] == step[jid] for grp in json.loads(g) for p in grp}
+
+    rechecked = [(jid, g) for jid, g in failed if any(j > jid and s == step[jid] for j, s in step.items())]
+    assert rechecked
+    for jid, groups in rechecked:
+        assert {p for grp in json.loads(groups) for p in grp} <= sent_after(jid)
     calls = store.usage(summary.run_id)
     assert calls["failed"].sum() == jobs["failed"].sum()
 
