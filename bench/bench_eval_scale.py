@@ -191,13 +191,13 @@ def phase_diversity(data_path: Path, resamples: int, max_size: int, random_vecto
     sizes = equal_sizes(counts, max_size=max_size)
     _log(f"equal size per emotion (cap {max_size}): {sizes}; {_load()}")
     for name, f in frames.items():
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         out = diversity_intervals(
             vectors[name], f["label"].astype(str).to_numpy(), f["text"].astype(str).tolist(), sizes,
             n_resamples=resamples,
         )
-        took = time.perf_counter() - t
-        _log(f"{name}: {len(f):,} texts, {resamples} replicates: {took:.1f} s; {_load()}")
+        took, cpu = time.perf_counter() - t, time.process_time() - cpu
+        _log(f"{name}: {len(f):,} texts, {resamples} replicates: {took:.1f} s wall, {cpu:.1f} s CPU; {_load()}")
         for m in INTERVAL_METRICS:
             s = out["overall"].get(m) or {}
             if s.get("value") is not None:
