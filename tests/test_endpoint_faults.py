@@ -204,7 +204,9 @@ def test_llama_cpp_python_server_gets_schema_in_json_object_and_the_grammar() ->
         bodies = [r.body or {} for r in srv.chat_requests]
     assert kind == "llama-cpp-python"
     assert verdict.mode == "json_object" and verdict.attempts == 1  # no 500 for json_schema first
-    assert bodies[0]["response_format"] == {"type": "json_object", "schema": SCHEMA}
+    # the schema, its free-text field capped as on the embedded backend (the answer is checked against SCHEMA)
+    capped = {**SCHEMA, "properties": {**SCHEMA["properties"], "reason": {"type": "string", "maxLength": 80}}}
+    assert bodies[0]["response_format"] == {"type": "json_object", "schema": capped}
     assert "grammar" not in bodies[0] and bodies[1]["grammar"].startswith("root ::=")
     assert verdict.data["verdict"] in ("natural", "implausible") and text.text
 
@@ -284,15 +286,17 @@ def test_request_bodies_per_server_kind() -> None:
     from personagen_core.generation.llm import _Call
 
     client = LLMClient(LLMSettings(base_url="http://127.0.0.1:9/v1", model="m"))
-    schema = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 2}},
-              "required": ["id"]}
+    schema = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 2},
+                                               "reason": {"type": "string"}},
+              "required": ["id", "reason"]}
     call = _Call(role="validator", model="m", schema=schema, validator=None, name="v", prompt_estimate=1,
                  timeout=1.0)
     body = {kind: client._request(GEN, call, "json_object", {"grammar": "root ::= x", "max_tokens": 9}, kind)
             for kind in ("openai", "llama-cpp-python", "llama.cpp", "vllm", "ollama")}
     assert body["openai"]["response_format"] == {"type": "json_object"}
-    sent = body["llama-cpp-python"]["response_format"]["schema"]["properties"]["id"]
-    assert sent == {"type": "integer", "enum": [0, 1, 2]}  # its grammar converter ignores minimum/maximum
+    sent = body["llama-cpp-python"]["response_format"]["schema"]["properties"]
+    assert sent["id"]["enum"] == [0, 1, 2]  # its grammar converter ignores minimum/maximum
+    assert sent["reason"] == {"type": "string", "maxLength": 80}  # as the embedded backend caps free text
     assert body["llama.cpp"]["response_format"]["schema"] == body["llama-cpp-python"]["response_format"]["schema"]
     assert body["vllm"]["guided_json"] == schema and body["ollama"]["format"] == schema
     assert all("grammar" not in b and b["max_tokens"] == 9 for b in body.values())  # the schema constrains
@@ -301,6 +305,9 @@ def test_request_bodies_per_server_kind() -> None:
     assert '"properties"' not in prompt["llama-cpp-python"]  # enforced as a grammar: not repeated in the prompt
     strict = client._request(GEN, call, "json_schema", {}, "vllm")["response_format"]
     assert strict["type"] == "json_schema" and strict["json_schema"]["schema"] == schema
+    # llama.cpp's C++ server takes json_schema too, and turns it into a grammar: the tightened copy
+    strict = client._request(GEN, call, "json_schema", {}, "llama.cpp")["response_format"]
+    assert strict["json_schema"]["schema"] == body["llama.cpp"]["response_format"]["schema"] != schema
 
 
 def test_adaptive_limit_hands_a_slot_on_when_a_woken_waiter_is_cancelled() -> None:

@@ -60,6 +60,7 @@ from personagen_core.generation.vocabulary import (
     StructuredChoice,
 )
 from personagen_core.local.models import DEFAULT_MODEL as DEFAULT_LOCAL_MODEL
+from personagen_core.local.schema_grammar import grammar_schema
 from personagen_core.local.transport import LOCAL_BASE_URL
 from personagen_core.redaction import redact_text, redact_url, url_secrets
 
@@ -93,6 +94,8 @@ TIMEOUT_REMOTE = 60.0
 TIMEOUT_LOCAL_SERVER = 300.0
 TIMEOUT_EMBEDDED = 600.0
 # Words in an error body that show the endpoint rejected the response_format itself, not the request.
+#: Server kinds built on llama.cpp: they take a GBNF ``grammar`` field and turn schemas into grammars.
+_LLAMA_KINDS = ("llama-cpp-python", "llama.cpp")
 _FORMAT_ERROR_RE = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.IGNORECASE)
 _KEY_LIKE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
 
@@ -664,25 +667,6 @@ def _error_body_text(exc: openai.APIStatusError) -> str:
     return str(body or exc.message)[:500]
 
 
-def _grammar_friendly(schema: Any) -> Any:
-    """``schema`` with small bounded integer ranges spelled out as enums.
-
-    llama.cpp's schema-to-grammar converters ignore ``minimum``/``maximum``, so a batch answer's ids would be
-    free (small models count from 1); an enum is enforced. The client still validates against the original.
-    """
-    if isinstance(schema, list):
-        return [_grammar_friendly(v) for v in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _grammar_friendly(v) for k, v in schema.items()}
-    low, high = out.get("minimum"), out.get("maximum")
-    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, int) and isinstance(high, int)
-            and 0 <= high - low < 256):
-        out = {k: v for k, v in out.items() if k not in ("minimum", "maximum")}
-        out["enum"] = list(range(low, high + 1))
-    return out
-
-
 def _looks_like_html(response: httpx.Response | Any) -> bool:
     """Is this response an HTML page (a web server or proxy, not the OpenAI API)?"""
     try:
@@ -910,7 +894,7 @@ class LLMClient:
         health = self._health.setdefault(endpoint, _Health())
         kind = await self._server_kind()
         options: dict[str, Any] = {"temperature": temperature, "seed": seed}
-        if grammar is not None and (self.settings.backend == "local" or kind in ("llama-cpp-python", "llama.cpp")):
+        if grammar is not None and (self.settings.backend == "local" or kind in _LLAMA_KINDS):
             # A GBNF grammar (llama.cpp's extension of the API) reaches llama.cpp-based servers and the embedded
             # model; other endpoints get the plain request and the pipeline's output checks instead.
             options["grammar"] = grammar
@@ -1023,10 +1007,12 @@ class LLMClient:
         if mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": call.name, "schema": schema, "strict": True},
+                # llama.cpp's server turns it into a grammar: the tightened copy (enums, capped free text).
+                "json_schema": {"name": call.name, "strict": True,
+                                "schema": grammar_schema(schema) if kind in _LLAMA_KINDS else schema},
             }
         elif mode in ("json_object", "prompt"):
-            if mode == "json_object" and kind in ("llama-cpp-python", "llama.cpp"):
+            if mode == "json_object" and kind in _LLAMA_KINDS:
                 # The server enforces the schema as a grammar: spelling it out in the prompt only adds ~150
                 # prompt tokens to every call, which a CPU server reads at tens of tokens a second.
                 body["messages"] = _with_instruction(messages, "\n\nRespond with only a JSON object.")
@@ -1034,9 +1020,11 @@ class LLMClient:
                 body["messages"] = _with_instruction(messages, _schema_instruction(schema))
             if mode == "json_object":
                 body["response_format"] = {"type": "json_object"}
-                # Each local server's own way to enforce the schema while decoding.
-                if kind in ("llama-cpp-python", "llama.cpp"):
-                    body["response_format"]["schema"] = _grammar_friendly(schema)
+                # Each local server's own way to enforce the schema while decoding. llama.cpp's get the copy
+                # the embedded backend uses (local/schema_grammar.py): integer ranges as enums, and free-text
+                # fields capped at 80 characters, so that a verdict's reason cannot run on to max_tokens.
+                if kind in _LLAMA_KINDS:
+                    body["response_format"]["schema"] = grammar_schema(schema)
                 elif kind == "vllm":
                     body["guided_json"] = schema
                 elif kind == "ollama":

@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personagen_core.errors import LocalModelError
 from personagen_core.local.models import MODELS, resolve_model_path, runtime_available
+from personagen_core.local.schema_grammar import DEFAULT_MAX_STRING_CHARS
+from personagen_core.local.schema_grammar import grammar_schema as _grammar_schema
 
 if TYPE_CHECKING:
     from personagen_core.local.transport import LocalTransport
@@ -152,12 +154,6 @@ def _schema_of(response_format: dict[str, Any] | None) -> tuple[str, dict[str, A
     raise _RequestError(400, f"response_format type {kind!r} is not supported", param="response_format.type")
 
 
-_MAX_INT_ENUM = 1000
-#: Longest string a grammar-constrained answer may hold when the schema sets no ``maxLength``. Small models
-#: at temperature 0 tend to loop inside a free-text field ("reason") until ``max_tokens`` cuts the JSON off;
-#: with the cap every answer closes its JSON. 80 characters is a short sentence: 15-40 tokens even when a
-#: looping model emits two-character tokens, inside the pipeline's budget of 60 tokens per verdict.
-DEFAULT_MAX_STRING_CHARS = 80
 #: llama.cpp's penalty on tokens repeated within the last 64; OpenAI's API has no such knob, and without it
 #: the small models loop ("1.1.1.1...") at temperature 0. See docs/LOCAL_LLM.md.
 DEFAULT_REPEAT_PENALTY = 1.1
@@ -174,29 +170,6 @@ def _temperature(req: _ChatRequest) -> float:
                   DEFAULT_TEMPERATURE)
         return DEFAULT_TEMPERATURE
     return req.temperature
-
-
-def _grammar_schema(schema: Any, max_string_chars: int | None) -> Any:
-    """Copy of ``schema`` tightened for llama.cpp's grammar converter; answers still validate against it.
-
-    * Small bounded integer ranges become enums: the converter ignores ``minimum``/``maximum`` but enforces
-      an enum, so a judge score declared 1-5 can only ever be 1, 2, 3, 4 or 5.
-    * Strings without ``maxLength`` (and without enum/const/pattern) get ``max_string_chars``.
-    """
-    if isinstance(schema, list):
-        return [_grammar_schema(s, max_string_chars) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _grammar_schema(v, max_string_chars) for k, v in schema.items()}
-    if out.get("type") == "integer" and "enum" not in out:
-        low = out.get("minimum", out["exclusiveMinimum"] + 1 if "exclusiveMinimum" in out else None)
-        high = out.get("maximum", out["exclusiveMaximum"] - 1 if "exclusiveMaximum" in out else None)
-        if isinstance(low, int) and isinstance(high, int) and 0 <= high - low < _MAX_INT_ENUM:
-            out["enum"] = list(range(low, high + 1))
-    if (out.get("type") == "string" and max_string_chars is not None
-            and not {"maxLength", "enum", "const", "pattern", "format"} & out.keys()):
-        out["maxLength"] = max_string_chars
-    return out
 
 
 class LocalModel:
