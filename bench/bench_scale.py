@@ -12,7 +12,8 @@ fraction of the ideal (``concurrency / latency`` calls/s divided by the calls pe
 ceiling of the bare client against the same server (``--ceiling-calls`` identical calls, no pipeline),
 and the machine's load average before and after.
 
-``--profile cprofile`` prints the top functions by cumulative time; ``--profile tracemalloc`` prints the
+``--profile cprofile`` prints the top functions by cumulative and by own CPU time (the profiler's clock is
+this process's CPU time, so the machine's load does not distort it); ``--profile tracemalloc`` prints the
 biggest allocation sites at the end (slow: use a small ``--texts``).
 
 Run: ``.venv/bin/python bench/bench_scale.py --texts 5000`` (then 20000, then the default 100000).
@@ -179,7 +180,9 @@ def main() -> None:
             if args.profile == "cprofile":
                 import cProfile
 
-                profiler = cProfile.Profile()
+                # process CPU time, not wall time: on a loaded machine wall time charges whatever ran when
+                # the process was descheduled (a socket send, a commit) with other processes' time
+                profiler = cProfile.Profile(time.process_time)
                 profiler.enable()
             elif args.profile == "tracemalloc":
                 import tracemalloc

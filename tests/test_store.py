@@ -162,6 +162,21 @@ def test_verdict_cache_is_shared_across_store_instances(tmp_path: Path) -> None:
     assert store.cached_verdicts(1, "other-model", [key]) == {}  # and by model
 
 
+def test_verdict_cache_lookup_reads_committed_rows_without_committing_deferred_writes(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    run_id = _run(store)
+    store.cache_verdicts(1, "m", {"k1": ("natural", "fine")})
+    reader = sqlite3.connect(path)
+    with store.write_behind():
+        store.add_calls(run_id, [CallRow(1, "validator", "m", 10, 1)])
+        store.cache_verdicts(1, "m", {"k2": ("implausible", "odd")})
+        assert store.cached_verdicts(1, "m", ["k1", "k2"]) == {"k1": ("natural", "fine")}
+        assert reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0  # still deferred
+        assert store.totals(run_id)["calls"] == 1  # other reads still see their own writes
+    assert store.cached_verdicts(1, "m", ["k1", "k2"]) == {"k1": ("natural", "fine"), "k2": ("implausible", "odd")}
+
+
 def test_funnel_usage_rejections_and_texts(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "r.sqlite")
     run_id = _run(store)
