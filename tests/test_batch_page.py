@@ -48,3 +48,31 @@ def test_generate_page_batch_api_choice_runs_through_batches(home: Path, monkeyp
         tables = [d.value for d in at.dataframe if "batch_id" in getattr(d.value, "columns", [])]
         assert tables and set(tables[0]["batch_id"]) == set(store.batch_jobs(run_id)["batch_id"])
         assert any("Surplus texts" in c.value for c in at.caption)
+
+
+def test_dashboard_resume_of_a_batch_run_takes_the_pages_limits(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resume on the dashboard raises a batch run's cost limit to the Generate page's, as for async runs."""
+    import ui.run_jobs as jobs
+    from personagen_core.generation.batch import BatchOptions, run_batch_generation
+    from personagen_core.generation.llm import LLMSettings
+    from personagen_core.generation.pipeline import GenerationConfig
+    from personagen_core.personas.spec import load_pack
+    from personagen_core.store import RunStore
+    from personagen_core.testing.fake_openai import FakeOpenAIServer
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    with FakeOpenAIServer(batch_in_progress_s=0.02) as srv:
+        llm = LLMSettings(backend="openai", base_url=srv.base_url, api_key="k", model="gpt-4.1-mini")
+        cfg = GenerationConfig(per_emotion=3, emotions=["joy", "anger"], validate=True, llm=llm, max_cost=1e-9)
+        stopped = run_batch_generation(load_pack("japan"), cfg, store, options=BatchOptions(poll_interval=0.02))
+        assert stopped.stop_reason == "max_cost"
+        started: dict[str, object] = {}
+        monkeypatch.setattr(jobs, "get_store", lambda: store)
+        monkeypatch.setattr(jobs, "kept", lambda key, default=None: {"max_cost": 5.0}.get(key, default))
+        monkeypatch.setattr(jobs, "_start", lambda run_id, call, settings, cancel: started.update(call=call)
+                            or run_id)
+        jobs.resume_run(stopped.run_id, llm)
+        summary = started["call"]()  # type: ignore[operator]
+    assert summary.state == "done", summary.message
+    assert store.accepted_counts(stopped.run_id) == {"joy": 3, "anger": 3}

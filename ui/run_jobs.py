@@ -150,8 +150,8 @@ def resume_run(run_id: str, settings: Any) -> str:
     if store.batch_run(run_id) is not None:  # a Batch API run: poll its batch in flight, then go on
         from personagen_core.generation.batch import resume_batch_generation
 
-        return _start(run_id, lambda: resume_batch_generation(store, run_id, llm=settings, cancel=cancel),
-                      settings, cancel)
+        return _start(run_id, lambda: resume_batch_generation(store, run_id, llm=settings, cancel=cancel,
+                                                              **resume_limits()), settings, cancel)
 
     def call() -> Any:
         return resume_generation(
