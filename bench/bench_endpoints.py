@@ -8,12 +8,15 @@ Measures, in one run:
    with validation off. Prints seconds to the stop, chat requests the server saw, and the message;
 2. accepted texts per minute with a bundled model (``--model``, default SmolLM2-135M) through
    llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``, started here on a free
-   loopback port, one thread) with the ``openai`` backend, and through the embedded in-process backend
-   with the same model and thread count, same spec, same settings (2 emotions x N texts, stage-1
-   validation in batches of 2 unless ``--no-validate``).
+   loopback port, one thread, with ``--cache true --logits_all false`` as the README recommends;
+   ``server-nocache``: the server's defaults)
+   with the ``openai`` backend, and through the embedded in-process backend with the same model and thread
+   count, same spec, same settings (2 emotions x N texts, stage-1 validation in batches of 2 unless
+   ``--no-validate``). Each run also prints its calls per stage and role (count, failures, mean latency,
+   time in all, tokens per call): latency includes time queued at a one-at-a-time server.
 
 Run: ``.venv/bin/python bench/bench_endpoints.py [--model KEY] [--per-emotion N] [--no-validate]
-[--skip-llm | --skip-hopeless]``.
+[--skip-llm | --skip-hopeless] [--backends server,embedded,...]``.
 The machine's load average is printed with the figures: on a shared machine it dominates part 2.
 """
 
@@ -50,8 +53,33 @@ def _hopeless(fault: str, validate: bool) -> dict[str, Any]:
     return {"state": summary.state, "seconds": seconds, "calls": calls, "message": summary.message}
 
 
-def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-135m") -> dict[str, Any]:
-    """One run with bundled ``model`` through ``backend`` ("server" or "embedded"); accepted texts per minute."""
+def _server_command(gguf: Path, model: str, port: int, cache: bool) -> list[str]:
+    """``python -m llama_cpp.server`` as the README's local-server section recommends, one thread."""
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1",
+           "--model_alias", model]
+    return cmd + (["--cache", "true", "--logits_all", "false"] if cache else [])
+
+
+def _per_call_type(store: Any, run_id: str) -> list[str]:
+    """Lines of the run's calls per role and stage: count, failures, mean latency, busy time and tokens."""
+    usage = store.usage(run_id)
+    lines = []
+    for (stage, role), g in usage.groupby(["stage", "role"], dropna=False):
+        calls = int(g["calls"].sum())
+        latency = float((g["mean_latency_s"].fillna(0) * g["calls"]).sum())
+        lines.append(f"      stage {stage} {role:9s} {calls:3d} calls ({int(g['failed'].sum())} failed), "
+                     f"{latency / calls:6.2f} s mean latency, {latency:7.1f} s in all, "
+                     f"{g['prompt_tokens'].sum() / calls:5.0f} prompt + {g['completion_tokens'].sum() / calls:5.1f}"
+                     " completion tokens per call")
+    return lines
+
+
+def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-135m",
+          cache: bool = True) -> dict[str, Any]:
+    """One run with bundled ``model`` through ``backend`` ("server" or "embedded"); accepted texts per minute.
+
+    ``cache``: start the server with ``--cache true --logits_all false`` (the README's options)."""
     import httpx
 
     from personagen_core.generation.llm import LLMSettings
@@ -67,12 +95,8 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
         if backend == "server":
             port = free_port()
             log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model_path(model)),
-                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-                 "--n_threads_batch", "1", "--model_alias", model],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+            proc = subprocess.Popen(_server_command(resolve_model_path(model), model, port, cache),
+                                    stdout=log, stderr=subprocess.STDOUT)
             base_url = f"http://127.0.0.1:{port}/v1"
             try:
                 wait_for_http(f"{base_url}/models", timeout=120, proc=proc, log=Path(tmp) / "server.log")
@@ -91,6 +115,8 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
             summary = run_generation(load_pack("japan"), config, store, http_client=http)
             seconds = time.monotonic() - started
             accepted = sum(store.accepted_counts(summary.run_id).values())
+            store.flush()
+            per_call = _per_call_type(store, summary.run_id)
             store.close()
         finally:
             if proc is not None:
@@ -101,7 +127,7 @@ def _rate(backend: str, per_emotion: int, validate: bool, model: str = "smollm2-
 
                 asyncio.run(http.aclose())
     return {"state": summary.state, "accepted": accepted, "seconds": seconds, "calls": summary.calls,
-            "per_min": 60 * accepted / seconds, "rejections": summary.rejections}
+            "per_min": 60 * accepted / seconds, "rejections": summary.rejections, "per_call": per_call}
 
 
 def main() -> None:
@@ -112,6 +138,9 @@ def main() -> None:
     parser.add_argument("--skip-llm", action="store_true", help="only part 1 (no model runs)")
     parser.add_argument("--skip-hopeless", action="store_true", help="only part 2 (server vs embedded)")
     parser.add_argument("--model", default="smollm2-135m", help="bundled model key for part 2 (default smollm2-135m)")
+    parser.add_argument("--backends", default="server,embedded",
+                        help="part 2's runs in order, comma-separated: server, server-nocache, embedded "
+                             "(repeat them to interleave, e.g. server,embedded,server,embedded)")
     args = parser.parse_args()
 
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -129,11 +158,16 @@ def main() -> None:
     validate = not args.no_validate
     print(f"2. {args.model}, 2 emotions x {args.per_emotion} texts, stage-1 validation {'on' if validate else 'off'}"
           ", one thread each")
-    for backend in ("server", "embedded"):
-        r = _rate(backend, args.per_emotion, validate, args.model)
-        print(f"   load average now: {os.getloadavg()[0]:.1f}")
-        print(f"   {backend:8s} {r['state']:7s} {r['accepted']:2d} accepted in {r['seconds']:7.1f} s = "
-              f"{r['per_min']:5.2f} texts/min, {r['calls']} calls, rejections {r['rejections']}")
+    for backend in args.backends.split(","):
+        if backend not in ("server", "server-nocache", "embedded"):
+            parser.error(f"--backends: unknown {backend!r} (server, server-nocache, embedded)")
+        load = os.getloadavg()[0]
+        r = _rate("embedded" if backend == "embedded" else "server", args.per_emotion, validate, args.model,
+                  cache=backend == "server")
+        print(f"   {backend:14s} {r['state']:7s} {r['accepted']:2d} accepted in {r['seconds']:7.1f} s = "
+              f"{r['per_min']:5.2f} texts/min, {r['calls']} calls, rejections {r['rejections']} "
+              f"(load average {load:.1f} -> {os.getloadavg()[0]:.1f})")
+        print("\n".join(r["per_call"]))
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

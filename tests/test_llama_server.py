@@ -59,7 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # llama.cpp down many times over (its default batch threads = all cores).
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port",
-         str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--model_alias", MODEL, "--seed", "1"],
+         str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1", "--model_alias", MODEL, "--seed", "1",
+         "--cache", "true", "--logits_all", "false"],  # the options the README recommends
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     base_url = f"http://127.0.0.1:{port}/v1"
