@@ -460,3 +460,33 @@ def test_sigterm_in_the_cli_cancels_the_remote_batch_then_resume_completes(tmp_p
         assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
     assert store.accepted_counts(run_id) == {"joy": 4, "fear": 4}
     assert srv.batches.creates.count(srv.batches.cancels[0]) == 1
+
+
+def test_cancel_during_the_upload_creates_no_batch(tmp_path: Path) -> None:
+    """A cancel that arrives while a batch file is being uploaded stops before the batch is created (nothing
+    runs or is paid at the endpoint); the resume creates it from the uploaded file and completes."""
+    import threading
+
+    from personagen_core.generation.batch import OpenAIBatches, resume_batch_generation
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    cancel = threading.Event()
+
+    class CancelOnUpload(OpenAIBatches):
+        def upload(self, name: str, data: object) -> str:  # type: ignore[override]
+            fid = super().upload(name, data)  # type: ignore[arg-type]
+            cancel.set()  # Ctrl-C while the file went up
+            return fid
+
+    with FakeOpenAIServer(batch_in_progress_s=0.02) as srv:
+        cfg = _config(srv, 3)
+        summary = run_batch_generation(load_pack("japan"), cfg, store, options=FAST, cancel=cancel,
+                                       remote=CancelOnUpload(cfg.llm))
+        assert summary.state == "cancelled" and srv.batches.creates == [] and srv.batches.cancels == []
+        job = store.batch_jobs(summary.run_id).iloc[0]
+        assert job["status"] == "uploaded" and job["input_file_id"] and not job["batch_id"]
+        again = resume_batch_generation(store, summary.run_id, llm=cfg.llm, poll_interval=0.02)
+        assert again.state == "done", again.message
+        first = store.batch_jobs(summary.run_id).iloc[0]
+        assert first["input_file_id"] == job["input_file_id"] and first["batch_id"] == srv.batches.creates[0]
+    assert store.accepted_counts(summary.run_id) == {"joy": 3, "fear": 3, "anger": 3}

@@ -883,6 +883,9 @@ class BatchRun:
                 tmp.seek(0)
                 job["input_file_id"] = remote.upload(f"personagen-{self.run_id}-{jid}.jsonl", tmp)
             self.store.update_batch_job(jid, input_file_id=job["input_file_id"], status="uploaded")
+        if not job["batch_id"] and self.cancel is not None and self.cancel.is_set():
+            self.stop_reason = "cancelled"  # cancelled during the upload: nothing to pay for yet, resume sends it
+            return False
         if not job["batch_id"]:
             # A create whose answer a crash lost carries our metadata: find it rather than send it twice.
             b = remote.find(self._meta(job)) or remote.create(
