@@ -6,6 +6,7 @@ the port and wait helpers too); this module is for the tests only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,3 +77,107 @@ def screenshot(page: Any, name: str) -> None:
     """Save a full-page screenshot as tests/artifacts/<name>.png (gitignored)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# Streamlit widgets, found by their label.
+
+
+def widget(page: Any, testid: str, label: str) -> Any:
+    return page.locator(f'[data-testid="{testid}"]').filter(
+        has=page.locator('[data-testid="stWidgetLabel"]', has_text=re.compile(f"^{re.escape(label)}"))
+    ).first
+
+
+def fill_number(page: Any, label: str, value: str) -> None:
+    box = widget(page, "stNumberInput", label).locator("input")
+    box.fill(value)
+    box.press("Enter")
+    settle(page)
+
+
+def fill_text(page: Any, label: str, value: str) -> None:
+    box = widget(page, "stTextInput", label).locator("input")
+    box.fill(value)
+    box.press("Enter")
+    settle(page)
+
+
+def choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in a selectbox: type its start to filter the list, then click it."""
+    field = widget(page, "stSelectbox", label).locator('input[role="combobox"]')
+    for attempt in range(3):
+        field.click()
+        field.press("Control+a")
+        field.press_sequentially(option[:4])
+        choice = page.get_by_role("option", name=option, exact=True).first
+        try:
+            choice.wait_for(timeout=5_000)
+        except Exception:
+            page.keyboard.press("Escape")
+            if attempt == 2:
+                raise
+            continue
+        choice.click()
+        break
+    settle(page)
+
+
+def selected(page: Any, label: str) -> str:
+    return widget(page, "stSelectbox", label).locator('input[role="combobox"]').input_value()
+
+
+def multiselect_values(page: Any, label: str) -> list[str]:
+    tags = widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox [data-tag]")
+    return [tags.nth(i).get_attribute("aria-label") for i in range(tags.count())]
+
+
+def unselect(page: Any, label: str, value: str) -> None:
+    box = widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox")
+    box.get_by_role("button", name=f"Remove {value}", exact=True).click()
+    settle(page)
+
+
+def number(page: Any, label: str) -> str:
+    return widget(page, "stNumberInput", label).locator("input").input_value()
+
+
+def text(page: Any, label: str) -> str:
+    return widget(page, "stTextInput", label).locator("input").input_value()
+
+
+def switch_on(page: Any, label: str) -> None:
+    """Turn a ``st.toggle`` on (its input is covered by the drawn switch: click the label) and wait for it."""
+    box = page.locator('[data-testid="stCheckbox"]', has_text=label).first
+    switch = box.get_by_role("switch")
+    for _ in range(3):
+        if switch.is_checked():
+            break
+        box.locator("label").first.click()
+        settle(page)
+    assert switch.is_checked(), f"the switch {label!r} did not turn on"
+
+
+def table_csv(page: Any, frame: Any) -> Any:
+    """A ``st.dataframe``/``st.data_editor`` as its toolbar's *Download as CSV* gives it (a pandas frame).
+
+    The grid is a canvas: this is how to read every cell as the user sees it. Needs a context made with
+    ``accept_downloads=True`` and :data:`NO_SAVE_PICKER`. A click that lands while the grid redraws is tried
+    again."""
+    import pandas as pd
+
+    for attempt in range(3):
+        try:
+            frame.hover()
+            with page.expect_download(timeout=10_000) as info:
+                frame.get_by_role("button", name="Download as CSV").click(timeout=10_000)
+            return pd.read_csv(info.value.path(), encoding="utf-8-sig")
+        except Exception:
+            if attempt == 2:
+                raise
+            settle(page)
+    raise AssertionError("unreachable")
+
+
+#: Init script for a context: Chromium has the File System Access API, with which Streamlit would open a
+#: save dialog for *Download as CSV*; without it Streamlit falls back to a download Playwright receives.
+NO_SAVE_PICKER = "delete window.showSaveFilePicker;"

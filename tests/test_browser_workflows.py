@@ -15,7 +15,21 @@ from typing import Any
 
 import pytest
 import yaml
-from _browser import ARTIFACTS, BROWSER_MARKS, chromium, no_exception, settle
+from _browser import (
+    ARTIFACTS,
+    BROWSER_MARKS,
+    choose,
+    chromium,
+    fill_number,
+    fill_text,
+    multiselect_values,
+    no_exception,
+    number,
+    selected,
+    settle,
+    text,
+    widget,
+)
 
 from personagen_core.testing.serving import served_dashboard
 
@@ -114,69 +128,6 @@ def _click_track(page: Any, label: str, fraction: float) -> None:
     settle(page)
 
 
-def _widget(page: Any, testid: str, label: str) -> Any:
-    return page.locator(f'[data-testid="{testid}"]').filter(
-        has=page.locator('[data-testid="stWidgetLabel"]', has_text=re.compile(f"^{re.escape(label)}"))
-    ).first
-
-
-def _fill_number(page: Any, label: str, value: str) -> None:
-    box = _widget(page, "stNumberInput", label).locator("input")
-    box.fill(value)
-    box.press("Enter")
-    settle(page)
-
-
-def _fill_text(page: Any, label: str, value: str) -> None:
-    box = _widget(page, "stTextInput", label).locator("input")
-    box.fill(value)
-    box.press("Enter")
-    settle(page)
-
-
-def _choose(page: Any, label: str, option: str) -> None:
-    """Pick ``option`` in a selectbox: type its start to filter the list, then click it."""
-    field = _widget(page, "stSelectbox", label).locator('input[role="combobox"]')
-    for attempt in range(3):
-        field.click()
-        field.press("Control+a")
-        field.press_sequentially(option[:4])
-        choice = page.get_by_role("option", name=option, exact=True).first
-        try:
-            choice.wait_for(timeout=5_000)
-        except Exception:
-            page.keyboard.press("Escape")
-            if attempt == 2:
-                raise
-            continue
-        choice.click()
-        break
-    settle(page)
-
-
-def _selected(page: Any, label: str) -> str:
-    return _widget(page, "stSelectbox", label).locator('input[role="combobox"]').input_value()
-
-
-def _multiselect_values(page: Any, label: str) -> list[str]:
-    tags = _widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox [data-tag]")
-    return [tags.nth(i).get_attribute("aria-label") for i in range(tags.count())]
-
-
-def _unselect(page: Any, label: str, value: str) -> None:
-    box = _widget(page, "stMultiSelect", label).locator(".react-aria-ComboBox")
-    box.get_by_role("button", name=f"Remove {value}", exact=True).click()
-    settle(page)
-
-
-def _number(page: Any, label: str) -> str:
-    return _widget(page, "stNumberInput", label).locator("input").input_value()
-
-
-def _text(page: Any, label: str) -> str:
-    return _widget(page, "stTextInput", label).locator("input").input_value()
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -217,7 +168,7 @@ def test_saved_spec_and_draft_reach_a_second_browser(page: Any, browser: Any, se
     _click_track(page, "13-17", 0.5)
     value = _slider_value(page, "13-17")
     page.get_by_text("Saved specs", exact=True).first.click()
-    _fill_text(page, "Save the working spec as", "workflow spec")
+    fill_text(page, "Save the working spec as", "workflow spec")
     page.get_by_role("button", name="Save", exact=True).click()
     page.get_by_text("Saved the working spec as 'workflow spec'").wait_for()
 
@@ -228,7 +179,7 @@ def test_saved_spec_and_draft_reach_a_second_browser(page: Any, browser: Any, se
         _open(second, served, "", "Distributions")
         assert _slider_value(second, "13-17") == pytest.approx(value)  # the draft
         second.get_by_text("Saved specs", exact=True).first.click()
-        assert _selected(second, "Saved specs").startswith("workflow spec")
+        assert selected(second, "Saved specs").startswith("workflow spec")
     finally:
         other.close()
     # The CLI reads it by name from the same home.
@@ -240,13 +191,13 @@ def test_saved_spec_and_draft_reach_a_second_browser(page: Any, browser: Any, se
 
 def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, served: Served) -> None:
     _open(page, served, "generate", "Generate")
-    assert _selected(page, "Method").startswith("PersonaGen")
-    _fill_text(page, "Model", "gpt-4.1-mini")
-    _fill_number(page, "Texts per emotion", "1")
-    _fill_number(page, "Seed", "11")
-    _fill_number(page, "Concurrency", "3")
-    _fill_number(page, "Max cost (USD, 0 = none)", "5.00")
-    thumb = _widget(page, "stSlider", "Temperature").locator('input[type="range"]')
+    assert selected(page, "Method").startswith("PersonaGen")
+    fill_text(page, "Model", "gpt-4.1-mini")
+    fill_number(page, "Texts per emotion", "1")
+    fill_number(page, "Seed", "11")
+    fill_number(page, "Concurrency", "3")
+    fill_number(page, "Max cost (USD, 0 = none)", "5.00")
+    thumb = widget(page, "stSlider", "Temperature").locator('input[type="range"]')
     before = float(thumb.get_attribute("value"))
     thumb.focus()
     for _ in range(2):
@@ -255,7 +206,7 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
     temperature = float(thumb.get_attribute("value"))
     assert temperature == pytest.approx(before + 0.1)
     # Keep two emotions: clear the selection, then pick them from the dropdown.
-    box = _widget(page, "stMultiSelect", "Emotions").locator(".react-aria-ComboBox")
+    box = widget(page, "stMultiSelect", "Emotions").locator(".react-aria-ComboBox")
     box.get_by_role("button", name=re.compile("clear", re.IGNORECASE)).first.click()
     settle(page)
     for name in ("anger", "fear"):
@@ -265,19 +216,19 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
         page.get_by_role("option", name=name, exact=True).first.click()
         settle(page)
         page.keyboard.press("Escape")
-    kept_emotions = _multiselect_values(page, "Emotions")
+    kept_emotions = multiselect_values(page, "Emotions")
     assert kept_emotions == ["anger", "fear"]
-    _choose(page, "Method", "AttrPrompt")
+    choose(page, "Method", "AttrPrompt")
     expected = {"Texts per emotion": "1", "Seed": "11", "Concurrency": "3", "Max cost (USD, 0 = none)": "5.00"}
 
     def check() -> None:
         for label, value in expected.items():
-            assert _number(page, label) == value, label
-        assert _text(page, "Model") == "gpt-4.1-mini"
-        assert float(_widget(page, "stSlider", "Temperature").locator('input[type="range"]')
+            assert number(page, label) == value, label
+        assert text(page, "Model") == "gpt-4.1-mini"
+        assert float(widget(page, "stSlider", "Temperature").locator('input[type="range"]')
                      .get_attribute("value")) == pytest.approx(temperature)
-        assert _multiselect_values(page, "Emotions") == kept_emotions
-        assert _selected(page, "Method") == "AttrPrompt"
+        assert multiselect_values(page, "Emotions") == kept_emotions
+        assert selected(page, "Method") == "AttrPrompt"
 
     _nav(page, "Explore") if len(served.runs()) else _nav(page, "Scenarios & emotions")
     _nav(page, "Distributions")
@@ -290,7 +241,7 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
 
     # Launch twice: the picker follows the newest launch, and the comparison shows what changed.
     for launched, per_emotion in enumerate(("1", "2"), start=len(served.runs()) + 1):
-        _fill_number(page, "Texts per emotion", per_emotion)
+        fill_number(page, "Texts per emotion", per_emotion)
         page.get_by_role("button", name="Launch").click()
         settle(page)
         deadline = time.monotonic() + 30
@@ -302,7 +253,7 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
             ".some(e => e.value.includes(id))",
             arg=[newest],
         )
-        assert _selected(page, "Run").startswith(newest)
+        assert selected(page, "Run").startswith(newest)
         done = page.get_by_text(re.compile(r"\d+ / \d+ texts · (done|failed|stopped|cancelled)")).first
         done.wait_for(timeout=120_000)
         n = int(per_emotion) * 2
@@ -333,8 +284,8 @@ def test_a_conditional_row_of_the_long_category_is_edited_in_its_table(page: Any
     from personagen_core.personas.spec import load_pack
 
     _open(page, served, "", "Distributions")
-    _choose(page, "Category", "Stage 1 · occupation")
-    _choose(page, "Edit P(occupation | age) when", "age = 25-34")
+    choose(page, "Category", "Stage 1 · occupation")
+    choose(page, "Edit P(occupation | age) when", "age = 25-34")
     settle(page)
     page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first.wait_for()
     chart = page.locator('[data-testid="stPlotlyChart"]').first

@@ -14,6 +14,7 @@ from tests.test_app_pages import _app, _button, _open, _texts, _wait_for_run, ho
 def test_generate_page_runs_on_two_endpoints_entered_in_the_table(
     home: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
+    from personagen_core.spec_library import SpecLibrary
     from personagen_core.store import RunStore
     from personagen_core.testing.fake_openai import FakeOpenAIServer
 
@@ -23,16 +24,15 @@ def test_generate_page_runs_on_two_endpoints_entered_in_the_table(
         at.radio(key="keep_backend").set_value("compatible").run()
         at.toggle(key="keep_several_endpoints").set_value(True).run()
         assert not at.exception
-        at.session_state["endpoints_editor:0"] = {  # what the browser's table sends: one edit, one new row
-            "edited_rows": {0: {"url": a.base_url, "weight": 0}},
-            "added_rows": [{"url": b.base_url, "weight": 3, "key_env": "GPU2_KEY", "max_concurrency": 4}],
-            "deleted_rows": [],
-        }
+        added = [{"url": b.base_url, "weight": 3, "key_env": "GPU2_KEY", "max_concurrency": 4}]
+        at.session_state["endpoints_editor"] = {  # what the browser's table sends: one edit, one new row
+            "edited_rows": {0: {"url": a.base_url, "weight": 0}}, "added_rows": added, "deleted_rows": []}
         at.run()
         assert not at.exception
         assert f"endpoints table: entry 1 ({a.base_url}): field 'weight'" in _texts(at)  # named row and field
-        at.session_state["endpoints_editor:1"] = {"edited_rows": {0: {"weight": 1}}, "added_rows": [],
-                                                  "deleted_rows": []}
+        # The table keeps its key: its state holds all edits since it was opened (the browser sends them all).
+        at.session_state["endpoints_editor"] = {
+            "edited_rows": {0: {"url": a.base_url, "weight": 1}}, "added_rows": added, "deleted_rows": []}
         at.run()
         at.text_input(key="keep_model").set_value("fake-model").run()
         at.number_input(key="keep_per_emotion").set_value(2)
@@ -47,6 +47,9 @@ def test_generate_page_runs_on_two_endpoints_entered_in_the_table(
         assert any("Estimated" in i.value for i in at.info), _texts(at)
         _button(at, "Launch").click().run()
         assert not at.exception
+        # The launch selected its run in the saved draft at once: a reload or another browser shows it.
+        with SpecLibrary(home / "specs.sqlite") as lib:
+            assert lib.load_draft().form["run"] == at.session_state["last_run_id"]
         run = _wait_for_run(home)
         assert run["status"] == "done", run
         used_a, used_b = len(a.chat_requests), len(b.chat_requests)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from personagen_core.generation import vocabulary
 from personagen_core.generation.vocabulary import DEFAULT_CONCURRENCY, DEFAULT_MODEL, ROLES
-from ui.state import keep, kept, set_kept
+from ui.state import autosave, keep, kept, set_kept
 
 __all__ = [
     "BACKENDS",
@@ -220,23 +220,34 @@ def endpoints_from_rows(rows: Sequence[dict[str, Any]]) -> list[Any] | None:
     return parse_endpoints(entries, source="endpoints table") if entries else None
 
 
+#: Widget key of the endpoints table; ``_ENDPOINTS_BASE`` holds the rows it was opened with.
+ENDPOINTS_EDITOR_KEY, _ENDPOINTS_BASE = "endpoints_editor", "_endpoint_rows_base"
+
+
 def endpoints_editor() -> None:
     """A small editable table of endpoints (URL, model, key variable, weight, max concurrency), kept across
-    pages and reloads. It holds no keys: *Key variable* names the environment variable holding a key."""
+    pages and reloads. It holds no keys: *Key variable* names the environment variable holding a key.
+
+    The table keeps one key and the rows it was opened with, and its edits are saved as they come. Opening
+    a fresh table over the saved rows after every edit (a new key) re-created the grid in the browser and
+    dropped what the user was typing: a URL typed right after *Add row*, the next cell after Tab. A table
+    Streamlit no longer holds (a new session, back from another page) opens over the kept rows.
+    """
     import pandas as pd
 
     rows = kept("endpoint_rows") or [
         {"url": kept("base_url") or os.environ.get("OPENAI_BASE_URL", ""), "model": None, "key_env": None,
          "weight": 1.0, "max_concurrency": None}
     ]
-    rev = int(st.session_state.get("endpoint_rows_rev", 0))
+    if ENDPOINTS_EDITOR_KEY not in st.session_state or _ENDPOINTS_BASE not in st.session_state:
+        st.session_state[_ENDPOINTS_BASE] = rows
     edited = st.data_editor(
-        pd.DataFrame(rows, columns=list(ENDPOINT_COLUMNS)).astype({"url": "object", "model": "object",
-                                                                   "key_env": "object"}),
+        pd.DataFrame(st.session_state[_ENDPOINTS_BASE], columns=list(ENDPOINT_COLUMNS)).astype(
+            {"url": "object", "model": "object", "key_env": "object"}),
         num_rows="dynamic",
         hide_index=True,
         width="stretch",
-        key=f"endpoints_editor:{rev}",
+        key=ENDPOINTS_EDITOR_KEY,
         column_config={
             "url": st.column_config.TextColumn("URL", help="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1"),
             "model": st.column_config.TextColumn("Model", help="Empty: the model below."),
@@ -251,7 +262,6 @@ def endpoints_editor() -> None:
     )
     records = [{k: _clean(v) for k, v in r.items()} for r in edited.to_dict("records")]
     if records != [{k: _clean(r.get(k)) for k in ENDPOINT_COLUMNS} for r in rows]:
-        set_kept("endpoint_rows", records)
-        st.session_state["endpoint_rows_rev"] = rev + 1  # a fresh editor over the kept rows
-        st.rerun()
+        set_kept("endpoint_rows", records)  # read below by llm_settings() in this same run
+        autosave()  # and in the draft now (a page saves it when it starts, i.e. only on the next rerun)
     st.caption("Each endpoint keeps its own adaptive concurrency and server kind; usage is recorded per endpoint.")

@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from ui.probabilities import redact
-from ui.state import get_store, home_dir, kept, set_kept
+from ui.state import autosave, get_store, home_dir, kept, set_kept
 
 __all__ = [
     "RunHandle",
@@ -52,9 +52,12 @@ def run_registry() -> dict[str, RunHandle]:
 
 
 def select_run(run_id: str) -> None:
-    """Make ``run_id`` the run shown by every single-run picker (e.g. right after launching it)."""
+    """Make ``run_id`` the run shown by every single-run picker (e.g. right after launching it), also after a
+    reload and in another browser: the draft is saved now, since a page saves it only when it starts (the
+    next full rerun, which may never come: the run view refreshes as a fragment)."""
     st.session_state["last_run_id"] = run_id
     set_kept("run", run_id)
+    autosave()
 
 
 @st.cache_resource(show_spinner=False)
