@@ -131,17 +131,26 @@ def test_max_attempts_counts_validation_candidates(tmp_path: Path, spec: Spec) -
     assert n_calls < 20
 
 
+@pytest.mark.slow
 def test_slow_serial_server_completes_and_is_sent_one_request_at_a_time(tmp_path: Path, spec: Spec) -> None:
     # Each request takes 0.4 s and the server serves one at a time, so four queued requests take 1.6 s,
     # longer than the 1.2 s timeout: a fixed concurrency of 8 would time out and pile up retries.
+    # Every call has the same size (one candidate per validation call, one text per generation call): the
+    # client recognises queueing by a call's latency against the fastest seen for its size (the square root
+    # of its tokens), while this fake answers every call in the same 0.4 s whatever its size. With mixed
+    # sizes (validation batches ramped 1, 2, 4, 8), a large call queued behind another looked no slower than
+    # a small one and became the new baseline, so detection depended on which call the thread timing happened
+    # to queue first: under CPU load the client went on at 2-3 in flight until calls timed out.
     store = RunStore(tmp_path / "runs.sqlite")
     with FakeOpenAIServer(serial=True, latency=0.4) as srv:
-        summary = run_generation(spec, _config(srv, llm=_settings(srv, timeout=1.2), per_emotion=4), store)
+        config = _config(srv, llm=_settings(srv, timeout=1.2), per_emotion=4, validation_batch=1)
+        summary = run_generation(spec, config, store)
         arrivals = [r.concurrent for r in srv.chat_requests]
         abandoned = srv.abandoned
     assert summary.state == "done"
     _exact(store, summary.run_id, 4)
-    # One probe of two requests at once (a few calls until the latency shows queueing), then one at a time.
+    # One probe of two requests at once (until the latency shows queueing), then one at a time: the client
+    # probes the level that was too high again only after 32 successes, more than this run has left.
     assert sum(1 for n in arrivals if n and n > 1) <= 4, arrivals
     assert set(arrivals[-5:]) == {1}, arrivals
     store.flush()
