@@ -51,6 +51,33 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+def new_page(browser: Any, height: int = 1000) -> Any:
+    """A page in a new browser context (a new Streamlit session, no shared cookies) that takes downloads,
+    also a table's *Download as CSV* (:data:`NO_SAVE_PICKER`)."""
+    context = browser.new_context(viewport={"width": 1400, "height": height}, accept_downloads=True)
+    context.add_init_script(NO_SAVE_PICKER)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    return page
+
+
+@contextmanager
+def recorded_page(browser: Any, name: str, log: Path, height: int = 1000) -> Iterator[Any]:
+    """:func:`new_page` for one test: on exit its last view is saved as tests/artifacts/<name>.png, its text
+    and the server's ``log`` are printed (pytest shows them when the test fails) and every context of
+    ``browser`` (also a second session the test opened) is closed."""
+    page = new_page(browser, height)
+    try:
+        yield page
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        print("--- page text ---\n" + page.locator("body").inner_text()[-3000:])
+        print("--- streamlit log ---\n" + log.read_text(errors="replace")[-3000:])
+        for context in list(browser.contexts):
+            context.close()
+
+
 def no_exception(page: Any) -> None:
     """Fail when the page shows a Streamlit exception box (a traceback)."""
     assert page.locator('[data-testid="stException"]').count() == 0, "the page shows a traceback"

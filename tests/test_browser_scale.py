@@ -22,13 +22,13 @@ from typing import Any
 import pandas as pd
 import pytest
 from _browser import (
-    ARTIFACTS,
     BROWSER_MARKS,
-    NO_SAVE_PICKER,
     chromium,
     fill_number,
     multiselect_values,
+    new_page,
     no_exception,
+    recorded_page,
     selected,
     settle,
     switch_on,
@@ -90,29 +90,11 @@ def browser(served: Served) -> Iterator[Any]:
         yield b
 
 
-def _new_page(browser: Any) -> Any:
-    """A page in a new browser context: a new Streamlit session, no shared cookies."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-    context.add_init_script(NO_SAVE_PICKER)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    return page
-
-
 @pytest.fixture()
 def page(browser: Any, served: Served, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh session; its last view is saved as a screenshot and its text and the server log are printed
-    (pytest shows them when the test fails)."""
-    p = _new_page(browser)
-    try:
+    """A fresh session, recorded (:func:`_browser.recorded_page`)."""
+    with recorded_page(browser, f"scale_{request.node.name}", served.log, height=1100) as p:
         yield p
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        p.screenshot(path=str(ARTIFACTS / f"scale_{request.node.name}.png"), full_page=True)
-        print("--- page text ---\n" + p.locator("body").inner_text()[-3000:])
-        print("--- streamlit log ---\n" + served.log.read_text(errors="replace")[-3000:])
-        for context in list(browser.contexts):
-            context.close()
 
 
 def _open_generate(page: Any, served: Served) -> None:
@@ -173,6 +155,7 @@ def test_batch_api_switch_runs_through_batches_live_and_after_reload(page: Any, 
     switch_on(page, "Batch API")
     fill_number(page, "Batch poll interval (s)", "1")
     run_id = _launch(page, served, served.newest_run())
+    laps = {"form": time.monotonic() - started}
 
     # Live: the batch table appears while the run works, and its caption follows the batches' states.
     captions: list[str] = []
@@ -187,6 +170,7 @@ def test_batch_api_switch_runs_through_batches_live_and_after_reload(page: Any, 
 
     wait_until(finished, timeout=120, interval=0.25, what="the batch run to finish in the page")
     settle(page)
+    laps["run"] = time.monotonic() - started - sum(laps.values())
     assert page.get_by_text("4 / 4 texts · done").count(), page.locator("body").inner_text()[-2000:]
     live = [c for c in captions if " · " in c]  # "Batches (Batch API) · <what the run does now>"
     assert len(set(live)) >= 2, captions  # the view changed while the batches were worked on
@@ -222,7 +206,7 @@ def test_batch_api_switch_runs_through_batches_live_and_after_reload(page: Any, 
     same_as_store(shown_batches(page))
 
     # A second browser (no shared cookies) opens the same run and batch table.
-    second = _new_page(browser)
+    second = new_page(browser, 1100)
     _open_generate(second, served)
     _picked(second, run_id)
     second.get_by_text(FINISHED).first.wait_for(timeout=60_000)
@@ -241,7 +225,9 @@ def test_batch_api_switch_runs_through_batches_live_and_after_reload(page: Any, 
     assert len(exported) == 4 and exported["emotion"].value_counts().to_dict() == {"joy": 2, "anger": 2}
     assert KEY.encode() not in raw
     assert KEY not in served.log.read_text(errors="replace")
-    print(f"batch walk: {time.monotonic() - started:.1f} s, {len(jobs)} batches, captions seen: {len(live)}")
+    laps["checks"] = time.monotonic() - started - sum(laps.values())
+    print(f"batch walk: {time.monotonic() - started:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in laps.items())}), "
+          f"{len(jobs)} batches, captions seen: {len(live)}")
 
 
 def test_several_endpoints_table_splits_usage_and_survives_a_reload(page: Any, served: Served) -> None:
@@ -290,8 +276,10 @@ def test_several_endpoints_table_splits_usage_and_survives_a_reload(page: Any, s
     before = served.newest_run()
     healthy_before, failing_before = len(served.fake.chat_requests), len(served.failing.chat_requests)
     run_id = _launch(page, served, before)
+    laps = {"form": time.monotonic() - started}
     page.get_by_text(FINISHED).first.wait_for(timeout=120_000)
     settle(page)
+    laps["run"] = time.monotonic() - started - sum(laps.values())
     assert page.get_by_text("4 / 4 texts · done").count(), page.locator("body").inner_text()[-2000:]
 
     with served.store() as store:
@@ -321,4 +309,6 @@ def test_several_endpoints_table_splits_usage_and_survives_a_reload(page: Any, s
     table = table_csv(page, page.locator('[data-testid="stDataFrame"]').first)
     assert list(table["url"]) == [served.fake.base_url, served.failing.base_url], table
     assert KEY not in served.log.read_text(errors="replace")
-    print(f"endpoints walk: {time.monotonic() - started:.1f} s; calls healthy {healthy}, failing {failing}")
+    laps["checks"] = time.monotonic() - started - sum(laps.values())
+    print(f"endpoints walk: {time.monotonic() - started:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in laps.items())}); "
+          f"calls healthy {healthy}, failing {failing}")

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 from _browser import (
-    ARTIFACTS,
     BROWSER_MARKS,
     choose,
     chromium,
@@ -25,6 +24,7 @@ from _browser import (
     multiselect_values,
     no_exception,
     number,
+    recorded_page,
     selected,
     settle,
     text,
@@ -71,19 +71,9 @@ def browser(served: Served) -> Iterator[Any]:
 
 @pytest.fixture()
 def page(browser: Any, served: Served, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context (no shared cookies or session); its last view is saved as a screenshot and
-    the page text and server log are printed (pytest shows them when the test fails)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    p = context.new_page()
-    p.set_default_timeout(30_000)
-    try:
+    """A fresh browser context (no shared cookies or session), recorded (:func:`_browser.recorded_page`)."""
+    with recorded_page(browser, f"workflow_{request.node.name}", served.log) as p:
         yield p
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        p.screenshot(path=str(ARTIFACTS / f"workflow_{request.node.name}.png"), full_page=True)
-        print("--- page text ---\n" + p.locator("body").inner_text()[-3000:])
-        print("--- streamlit log ---\n" + served.log.read_text(errors="replace")[-3000:])
-        context.close()
 
 
 def _open(page: Any, served: Served, path: str, title: str) -> None:
