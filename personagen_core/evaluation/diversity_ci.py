@@ -239,17 +239,18 @@ def _block(diversity: Mapping[str, Any], dataset: str) -> Mapping[str, Any] | No
 def interval_overall_table(diversity: Mapping[str, Any], metrics: Sequence[str] | None = None) -> Any:
     """DataFrame (rows = dataset, columns = metric) of the overall equal-size values with intervals.
 
-    Datasets without intervals (too few texts; a stored evaluation from before intervals) are absent;
-    :func:`interval_notes` says why. Empty DataFrame when no dataset has any.
+    A dataset without intervals (too few texts) has "–" in its row; :func:`interval_notes` says why.
+    Empty DataFrame when no dataset has any (e.g. a stored evaluation from before the intervals).
     """
     import pandas as pd
 
     metrics = list(metrics or INTERVAL_METRICS)
     rows = {}
     for name in diversity.get("datasets") or {}:
-        block = _block(diversity, name)
-        if block and block.get("overall"):
-            rows[name] = {m: format_interval(block["overall"].get(m)) for m in metrics}
+        overall = (_block(diversity, name) or {}).get("overall") or {}
+        rows[name] = {m: format_interval(overall.get(m)) for m in metrics}
+    if all(v == "–" for row in rows.values() for v in row.values()):
+        rows = {}  # nothing computed anywhere (e.g. stored before the intervals): no table of dashes
     return pd.DataFrame.from_dict(rows, orient="index", columns=metrics)
 
 

@@ -429,10 +429,22 @@ def _diversity_intervals(div: Mapping[str, Any]) -> str:
     overall = interval_overall_table(div).rename(columns=figures.DIVERSITY_METRICS)
     if not overall.empty:
         out.insert(0, _table(overall, "Table IV (c). Diversity at equal size per emotion: median [interval]"))
-    for name in div.get("datasets") or {}:
-        per = interval_emotion_table(div, name).rename(columns=figures.DIVERSITY_METRICS)
-        if not per.empty and div.get("equal_size"):
-            out.append(_table(per, f"Table IV (c), {name}: per emotion at equal size, median [interval]"))
+    if not div.get("equal_size"):
+        return "\n".join(out)
+    paper = ["mean_cosine_distance", "cluster_entropy", "centroid_distance"]
+    beyond = [m for m in figures.DIVERSITY_METRICS if m not in paper]
+    for caption, metrics in (("per emotion", paper), ("per emotion, beyond the paper", beyond)):
+        # Datasets side by side, as in Table IV: columns (dataset, metric), one row per emotion.
+        per = {
+            name: interval_emotion_table(div, name, metrics).rename(columns=figures.DIVERSITY_METRICS)
+            for name in div.get("datasets") or {}
+        }
+        per = {name: f for name, f in per.items() if not f.empty}
+        if per:
+            frame = pd.concat(per, axis=1)
+            rows = sorted(r for r in frame.index if r != "overall")
+            rows += ["overall"] if "overall" in frame.index else []
+            out.append(_table(frame.loc[rows], f"Table IV (c), {caption}, at equal size: median [interval]"))
     return "\n".join(out)
 
 
