@@ -75,6 +75,14 @@ _DEFAULT_COMPLETION = 1024
 _POLL_S = 0.5  # an attempt waiting for budget re-checks at least this often
 
 
+def worst_case_tokens(body: Mapping[str, Any]) -> tuple[int, int]:
+    """Worst case of one chat request, as budgets reserve it: prompt tokens (estimated from the messages'
+    characters, with :data:`_PROMPT_MARGIN`) and the request's ``max_tokens``."""
+    text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
+    prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
+    return prompt, int(body.get("max_tokens") or body.get("max_completion_tokens") or _DEFAULT_COMPLETION)
+
+
 class _Refused(Exception):
     """The budget gate refused an HTTP attempt because the run is stopping (never retried, never an error)."""
 
@@ -276,9 +284,7 @@ class RunSession:
         batch to texts (:meth:`_carry_worst`): late in a budget, the money goes to candidates already under
         way rather than to fresh batches that could never become texts.
         """
-        text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
-        prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
-        completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or _DEFAULT_COMPLETION)
+        prompt, completion = worst_case_tokens(body)
         cost = pricing.cost(str(body.get("model")), prompt, completion) or 0.0
         tokens = prompt + completion
         need: tuple[float, int] | None = None

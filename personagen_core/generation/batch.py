@@ -47,10 +47,10 @@ from personagen_core.errors import (
     StoreError,
 )
 from personagen_core.generation import pricing
-from personagen_core.generation._scheduler import _DEFAULT_COMPLETION, _PROMPT_MARGIN, ProgressEvent, RunSummary
+from personagen_core.generation._scheduler import ProgressEvent, RunSummary, worst_case_tokens
 from personagen_core.generation._validation import Verdict, parse_batch_verdicts, verdict_max_tokens
 from personagen_core.generation.checks import LanguageIdentifier, NearDuplicateIndex, check_output, normalise
-from personagen_core.generation.llm import LLMSettings, estimate_tokens, parse_json_text
+from personagen_core.generation.llm import LLMSettings, parse_json_text
 from personagen_core.generation.prompts import (
     KEPT_VERDICTS,
     batch_verdict_schema,
@@ -457,9 +457,7 @@ class BatchRun:
     def _worst(self, body: Mapping[str, Any]) -> tuple[float, int]:
         """Worst case of one request, as the async path reserves per call: prompt tokens (estimated from
         characters, with a margin) plus ``max_tokens``, at batch prices."""
-        text = " ".join(str(m.get("content", "")) for m in body.get("messages") or [] if isinstance(m, Mapping))
-        prompt = math.ceil(estimate_tokens(text) * _PROMPT_MARGIN)
-        completion = int(body.get("max_tokens") or _DEFAULT_COMPLETION)
+        prompt, completion = worst_case_tokens(body)
         return pricing.batch_cost(str(body.get("model")), prompt, completion) or 0.0, prompt + completion
 
     def _room(self) -> tuple[float, float]:

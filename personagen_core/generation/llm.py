@@ -93,9 +93,9 @@ _MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "prompt")
 TIMEOUT_REMOTE = 60.0
 TIMEOUT_LOCAL_SERVER = 300.0
 TIMEOUT_EMBEDDED = 600.0
-# Words in an error body that show the endpoint rejected the response_format itself, not the request.
 #: Server kinds built on llama.cpp: they take a GBNF ``grammar`` field and turn schemas into grammars.
 _LLAMA_KINDS = ("llama-cpp-python", "llama.cpp")
+# Words in an error body that show the endpoint rejected the response_format itself, not the request.
 _FORMAT_ERROR_RE = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.IGNORECASE)
 _KEY_LIKE_RE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,})")
 
