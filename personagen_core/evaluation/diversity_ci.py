@@ -17,7 +17,6 @@ generator by about the factor ``sqrt(1 - m_L / n_L)``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,14 +26,8 @@ from personagen_core.errors import DataError
 from personagen_core.evaluation.metrics import (
     DIVERSITY_COLUMNS,
     _as_matrix,
-    _normalise,
     _one_thread,
-    cluster_entropy,
-    compression_ratio,
-    distinct_n,
-    mean_cosine_distance,
-    self_bleu,
-    vendi_score,
+    diversity_table,
 )
 
 __all__ = [
@@ -103,36 +96,23 @@ def _replicate(
     k: int,
     self_bleu_sample: int,
 ) -> None:
-    """Fill column ``b`` of ``draws`` / ``overall`` with the metrics of one seeded equal-size subsample."""
+    """Fill column ``b`` of ``draws`` / ``overall`` with :func:`diversity_table` of one seeded equal-size
+    subsample (``sizes[e]`` texts of every emotion ``e``; its ``average`` row is the overall value)."""
     emotions = list(rows)
-    centroids = []
-    for e in emotions:
-        m = int(sizes[e])
-        pick = np.sort(rng.choice(rows[e], size=m, replace=False))
-        Xe = _normalise(_as_matrix(X[pick], f"the embeddings of {e!r}"), f"the embeddings of {e!r}")
-        te = [texts[i] for i in pick]
-        d = draws[e]
-        d["mean_cosine_distance"][b] = mean_cosine_distance(Xe)
-        d["cluster_entropy"][b] = cluster_entropy(Xe, k=k, random_state=int(rng.integers(2**31 - 1)))
-        d["vendi_score"][b] = vendi_score(Xe)
-        for n in (1, 2, 3):
-            d[f"distinct_{n}"][b] = distinct_n(te, n)
-        d["self_bleu_4"][b] = self_bleu(
-            te, n=4, sample_size=self_bleu_sample, random_state=int(rng.integers(2**31 - 1))
-        )
-        d["compression_ratio"][b] = compression_ratio(te)
-        centroids.append(Xe.mean(axis=0))
-    if len(centroids) >= 2:
-        C = _normalise(np.stack(centroids), "centroids")
-        D = np.clip(1.0 - C @ C.T, 0.0, 2.0)
-        np.fill_diagonal(D, 0.0)
-        per = D.sum(axis=1) / (len(C) - 1)
-        for i, e in enumerate(emotions):
-            draws[e]["centroid_distance"][b] = per[i]
+    pick = np.concatenate([np.sort(rng.choice(rows[e], size=int(sizes[e]), replace=False)) for e in emotions])
+    labels = np.repeat(emotions, [int(sizes[e]) for e in emotions])
+    table = diversity_table(
+        _as_matrix(X[pick], "the subsampled embeddings"),
+        labels,
+        [texts[i] for i in pick],
+        k=k,
+        random_state=int(rng.integers(2**31 - 1)),
+        self_bleu_sample=self_bleu_sample,
+    )
     for name in INTERVAL_METRICS:
-        vals = [draws[e][name][b] for e in emotions if math.isfinite(draws[e][name][b])]
-        if vals:
-            overall[name][b] = float(np.mean(vals))
+        for e in emotions:
+            draws[e][name][b] = table.at[e, name]
+        overall[name][b] = table.at["average", name]
 
 
 def diversity_intervals(
