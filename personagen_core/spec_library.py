@@ -59,6 +59,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,79}$")
 _SECRET_FIELD = re.compile(r"(api_?key|secret|token(?!_budget)|password)", re.IGNORECASE)
 
 
+def _refuse_secrets(form: Mapping[str, Any]) -> None:
+    bad = [k for k in form if _SECRET_FIELD.search(str(k))]
+    if bad:
+        raise PersonaGenError(f"refusing to save secret form field(s) {', '.join(sorted(bad))} to disk")
+
+
 def default_library_path() -> Path:
     """``$PERSONAGEN_HOME/specs.sqlite``."""
     from personagen_core import paths
@@ -234,9 +240,7 @@ class SpecLibrary:
         spec_json = spec.model_dump_json() if spec is not None else None
         form_json = None
         if form is not None:
-            bad = [k for k in form if _SECRET_FIELD.search(str(k))]
-            if bad:
-                raise PersonaGenError(f"refusing to save secret form field(s) {', '.join(sorted(bad))} to disk")
+            _refuse_secrets(form)
             try:
                 form_json = json.dumps(dict(form), sort_keys=True)
             except (TypeError, ValueError) as exc:
@@ -249,6 +253,41 @@ class SpecLibrary:
             " updated_at = excluded.updated_at",
             (draft, spec_json, form_json or "{}", time.time(), form_json is not None),
         )
+
+    def update_draft_form(self, changes: Mapping[str, Any], *, draft: str = "default") -> None:
+        """Set the form values in ``changes`` in the draft, keeping every other value it holds.
+
+        Each dashboard session saves only the values it changed: with several sessions open (two tabs, two
+        people), saving a session's whole form would put back the values it loaded long ago over what the
+        others changed since. Read, merge and write are one transaction, also against other processes.
+        """
+        _refuse_secrets(changes)
+        try:
+            update = json.loads(json.dumps(dict(changes), sort_keys=True))
+        except (TypeError, ValueError) as exc:
+            raise PersonaGenError(f"draft form values are not JSON-serialisable: {exc}") from exc
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute("SELECT form_json FROM drafts WHERE draft = ?", (draft,)).fetchone()
+                    try:
+                        form = json.loads(row[0]) if row and row[0] else {}
+                    except ValueError:  # an unreadable form: start again from the changes
+                        form = {}
+                    form = {**(form if isinstance(form, dict) else {}), **update}
+                    self._db.execute(
+                        "INSERT INTO drafts(draft, spec_json, form_json, updated_at) VALUES (?, NULL, ?, ?)"
+                        " ON CONFLICT(draft) DO UPDATE SET form_json = excluded.form_json,"
+                        " updated_at = excluded.updated_at",
+                        (draft, json.dumps(form, sort_keys=True), time.time()),
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise PersonaGenError(f"spec library {self.path}: {exc}") from exc
 
     def load_draft(self, *, draft: str = "default") -> Draft | None:
         """The saved draft, or None. A draft whose spec no longer validates comes back without its spec."""

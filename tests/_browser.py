@@ -184,6 +184,21 @@ def switch_on(page: Any, label: str) -> None:
     assert switch.is_checked(), f"the switch {label!r} did not turn on"
 
 
+def edit_cell(page: Any, value: str, then: str = "Tab") -> None:
+    """Type ``value`` into the selected cell of a ``st.data_editor`` grid, then press ``then`` (Tab: commit and
+    move right; Enter: commit).
+
+    Enter opens the cell's editor, and the value is typed once that editor is there: typed straight onto the
+    selected cell, the keys that arrive while the grid mounts its editor are lost ("http://..." became
+    "tp://..." in Chromium 156)."""
+    page.keyboard.press("Enter")
+    editor = page.locator("textarea.gdg-input").first
+    editor.wait_for(timeout=10_000)
+    editor.fill(value)
+    page.keyboard.press(then)
+    settle(page)
+
+
 def table_csv(page: Any, frame: Any) -> Any:
     """A ``st.dataframe``/``st.data_editor`` as its toolbar's *Download as CSV* gives it (a pandas frame).
 

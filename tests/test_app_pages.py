@@ -514,6 +514,24 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
             assert b"sk-never-on-disk-123" not in path.read_bytes(), path
 
 
+def test_two_open_sessions_do_not_undo_each_others_settings(home: Path) -> None:
+    """Two tabs open at once: each one's changes reach the draft, and neither puts back the values it loaded
+    over what the other changed since (a session saves the values it changed, not its whole form)."""
+    first = _open(_app().run(), "app_pages/4_generate.py")
+    first.radio(key="keep_backend").set_value("compatible").run()
+    second = _open(_app().run(), "app_pages/4_generate.py")  # opened now: it loaded the same draft
+    first.text_input(key="keep_model").set_value("model-from-tab-1").run()
+    second.number_input(key="keep_gen_seed").set_value(42).run()  # tab 2 still holds the old model
+    first.number_input(key="keep_concurrency").set_value(3).run()
+    second.text_input(key="keep_model").set_value("model-from-tab-2").run()
+    second.number_input(key="keep_per_emotion").set_value(4).run()
+    fresh = _open(_app().run(), "app_pages/4_generate.py")
+    assert fresh.text_input(key="keep_model").value == "model-from-tab-2"  # the last change wins
+    assert fresh.number_input(key="keep_gen_seed").value == 42
+    assert fresh.number_input(key="keep_concurrency").value == 3  # tab 2's later saves kept tab 1's change
+    assert fresh.number_input(key="keep_per_emotion").value == 4
+
+
 def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
     at = _open(_app().run(), "app_pages/1_distributions.py")
     key = next(s.key for s in at.slider if s.key.startswith("p:") and s.key.endswith("attributes.age:0"))

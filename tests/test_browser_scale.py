@@ -24,6 +24,7 @@ import pytest
 from _browser import (
     BROWSER_MARKS,
     chromium,
+    edit_cell,
     fill_number,
     multiselect_values,
     new_page,
@@ -253,12 +254,8 @@ def test_several_endpoints_table_splits_usage_and_survives_a_reload(page: Any, s
         box = page.locator('[data-testid="stDataFrame"]').first.locator("canvas").first.bounding_box()
         assert box is not None
         page.mouse.click(box["x"] + 100, box["y"] + 36 + 35 + 17)  # row 2, column URL (header 36 px, rows 35)
-        page.keyboard.type(served.failing.base_url)
-        page.keyboard.press("Tab")
-        settle(page)
-        page.keyboard.type("fake-model")
-        page.keyboard.press("Enter")
-        settle(page)
+        edit_cell(page, served.failing.base_url, then="Tab")
+        edit_cell(page, "fake-model", then="Enter")
         try:
             wait_until(lambda: [(r.get("url"), r.get("model")) for r in rows()] == [
                 (served.fake.base_url, None), (served.failing.base_url, "fake-model")],

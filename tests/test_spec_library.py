@@ -116,6 +116,41 @@ def test_one_library_shared_by_many_threads(lib: SpecLibrary) -> None:
     assert draft.form["round"] == 4 and draft.spec is not None  # the last write of some thread, whole
 
 
+def test_draft_form_updates_merge_keys_from_many_threads_and_two_processes(tmp_path: Path) -> None:
+    """Sessions save only what they changed: concurrent updates of different keys all survive, through one
+    shared library (threads) and through a second connection to the same file (another process)."""
+    path = tmp_path / "specs.sqlite"
+    with SpecLibrary(path) as lib, SpecLibrary(path) as other:
+        lib.save_draft(load_pack("japan"), {"model": "m", "seed": 0})
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def work(i: int) -> None:
+            try:
+                barrier.wait()
+                for j in range(10):
+                    (lib if i % 2 else other).update_draft_form({f"key_{i}": j, "seed": i})
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        form = lib.load_draft().form
+        assert {k: form[k] for k in form if k.startswith("key_")} == {f"key_{i}": 9 for i in range(8)}
+        assert form["model"] == "m" and form["seed"] in range(8)
+        assert lib.load_draft().spec is not None  # a form update keeps the spec
+        with pytest.raises(PersonaGenError, match="api_key"):
+            lib.update_draft_form({"api_key": "sk-secret"})
+        with pytest.raises(PersonaGenError, match="JSON"):
+            lib.update_draft_form({"x": object()})
+        assert lib.load_draft().form == form  # a refused update changes nothing
+    assert "sk-secret" not in path.read_bytes().decode("latin-1")
+
+
 def test_resolve_spec_reads_a_file_or_a_saved_name(tmp_path: Path, lib: SpecLibrary) -> None:
     spec = _tuned(load_pack("japan"), p0=0.3)
     lib.save("mine", spec)

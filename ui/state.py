@@ -14,6 +14,7 @@ kept with ``session_only=True`` in a separate dict that is never saved.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,10 +163,15 @@ def autosave() -> None:
     if state == saved:
         return
     try:
-        spec_library().save_draft(
-            spec if state[0] != saved[0] else None,
-            {k: v for k, v in form.items()} if state[1] != saved[1] else None,
-        )
+        if state[0] != saved[0]:
+            spec_library().save_draft(spec)
+        if state[1] != saved[1]:
+            # Only the values this session changed: the draft keeps what other sessions changed meanwhile.
+            before = json.loads(saved[1]) if saved[1] else {}
+            now = json.loads(state[1])
+            changes = {k: form[k] for k, v in now.items() if k not in before or before[k] != v}
+            if changes:
+                spec_library().update_draft_form(changes)
     except Exception as exc:  # shown once on the page; the session keeps working from memory
         st.session_state["_draft_error"] = str(exc)
         return
