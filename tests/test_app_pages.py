@@ -514,9 +514,11 @@ def test_generate_settings_survive_page_switches_and_a_new_session(home: Path) -
             assert b"sk-never-on-disk-123" not in path.read_bytes(), path
 
 
-def test_two_open_sessions_do_not_undo_each_others_settings(home: Path) -> None:
-    """Two tabs open at once: each one's changes reach the draft, and neither puts back the values it loaded
-    over what the other changed since (a session saves the values it changed, not its whole form)."""
+def test_open_tabs_do_not_undo_each_others_settings(home: Path) -> None:
+    """Three tabs open at once: each one's changes reach the draft, and none puts back the values it loaded
+    (or its widgets' defaults) over what the others changed since: a session saves the values it changed,
+    not its whole form."""
+    third = _open(_app().run(), "app_pages/1_distributions.py")  # a tab on another page, open before it all
     first = _open(_app().run(), "app_pages/4_generate.py")
     first.radio(key="keep_backend").set_value("compatible").run()
     second = _open(_app().run(), "app_pages/4_generate.py")  # opened now: it loaded the same draft
@@ -525,11 +527,17 @@ def test_two_open_sessions_do_not_undo_each_others_settings(home: Path) -> None:
     first.number_input(key="keep_concurrency").set_value(3).run()
     second.text_input(key="keep_model").set_value("model-from-tab-2").run()
     second.number_input(key="keep_per_emotion").set_value(4).run()
+    # The third tab draws the Generate page for the first time (its widgets' defaults, as it loaded the draft
+    # before any of this: the embedded backend) and changes one value: only that value is saved.
+    first.text_input(key="keep_model").set_value("model-from-tab-1-again").run()
+    _open(third, "app_pages/4_generate.py")
+    third.number_input(key="keep_max_cost").set_value(1.5).run()
     fresh = _open(_app().run(), "app_pages/4_generate.py")
-    assert fresh.text_input(key="keep_model").value == "model-from-tab-2"  # the last change wins
+    assert fresh.text_input(key="keep_model").value == "model-from-tab-1-again"  # the last change wins
     assert fresh.number_input(key="keep_gen_seed").value == 42
     assert fresh.number_input(key="keep_concurrency").value == 3  # tab 2's later saves kept tab 1's change
     assert fresh.number_input(key="keep_per_emotion").value == 4
+    assert fresh.number_input(key="keep_max_cost").value == 1.5
 
 
 def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:

@@ -201,6 +201,22 @@ def test_adaptive_limit_backs_off_when_latency_grows_with_load() -> None:
     assert limit.current < 4 and limit.ceiling is not None
 
 
+def test_adaptive_limit_is_not_fooled_by_calls_of_mixed_sizes() -> None:
+    """Validation batches of 1 and 8 candidates against a server whose latency does not grow with size: no
+    queueing is seen (a big call's time per unit is no baseline for a small one); when both sizes slow down
+    threefold, it is."""
+    limit = _AdaptiveLimit(16, start=8, slow_start=False)
+    # (prompt, completion) tokens of 8- and 1-candidate verdict calls: a big batch, then the small rest
+    sizes = ([(800, 160)] + [(200, 20)] * 3) * 20
+    for prompt, completion in sizes:
+        limit.on_success("validator", 1.0, prompt, completion)
+    assert limit.decreases == 0 and limit.current > 8  # grew additively, never halved
+    grown = limit.current
+    for prompt, completion in sizes[:8]:
+        limit.on_success("validator", 3.0, prompt, completion)
+    assert limit.decreases >= 1 and limit.current < grown and limit.ceiling is not None
+
+
 def test_llama_cpp_python_server_gets_schema_in_json_object_and_the_grammar() -> None:
     async def main(srv: FakeOpenAIServer) -> tuple[Any, Any, str | None]:
         async with LLMClient(_settings(srv)) as client:

@@ -47,3 +47,35 @@ def test_stored_rate_is_used_and_large_inputs_warn(tmp_path: Path) -> None:
     assert plan.seconds == 496_000 / 200.0 and plan.warn
     assert "about 41 min at 200 texts/s" in plan.lines()[0]
     assert "--max-texts N" in plan.lines()[-1] and "big is the largest input" in plan.lines()[-1]
+
+
+def test_texts_in_the_embedding_cache_are_left_out_of_the_estimate(tmp_path: Path) -> None:
+    """A re-evaluation of embedded texts is not announced as hours of embedding: the plan asks the cache."""
+    import numpy as np
+
+    from personagen_core.evaluation.embeddings import Embedder, _text_key
+
+    embedder = Embedder(cache_dir=tmp_path / "cache")
+    big = _frame(40_000)
+    assert embedder.cached_fraction(big["text"].tolist()) == 0.0
+    vec = np.ones(4, dtype=np.float32).tobytes()
+    # three quarters of the big input's texts are cached (written as an earlier evaluation would)
+    embedder._get_store().put(embedder.model_id, [(_text_key(t), vec) for t in big["text"][:30_000]])
+    assert embedder.cached_fraction(big["text"].tolist() * 2) == 0.75  # distinct texts count once
+    sizing.record_rate("m", 1000, 10.0, home=tmp_path)  # 100 texts/s
+    settings = EvaluationSettings()
+    cold = sizing.embedding_plan({"big": big}, None, None, settings, model_id="m", home=tmp_path)
+    assert cold.seconds == 400.0 and not cold.cached
+    other, test = _frame(100), _frame(2_000)
+    other["text"], test["text"] = "other " + other["text"], "test " + test["text"]
+    plan = sizing.embedding_plan({"big": big, "gold": other}, None, test, settings, model_id="m",
+                                 home=tmp_path, cached_fraction=embedder.cached_fraction)
+    assert plan.cached == {"big": 30_000, "gold": 0, "gold test": 0}
+    assert plan.to_embed == 12_100 and plan.seconds == 121.0 and not plan.warn
+    assert "12,100 not in the embedding cache: about 2 min at 100 texts/s" in plan.lines()[0]
+    embedder._get_store().put(embedder.model_id, [(_text_key(t), vec) for t in big["text"][30_000:]])
+    warm = sizing.embedding_plan({"big": big}, None, None, settings, model_id="m", home=tmp_path,
+                                 cached_fraction=embedder.cached_fraction)
+    assert warm.to_embed == 0 and warm.lines() == [
+        "embedding up to 40,000 texts (big 40,000): all of them are in the embedding cache"]
+    embedder.close()

@@ -107,8 +107,8 @@ def spec_library() -> SpecLibrary:
 
 
 #: Session keys: the kept widget values (saved with the draft), the session-only ones (never saved),
-#: and what was last saved, so an unchanged draft is not written again.
-_KEPT, _SESSION_ONLY, _SAVED = "_kept", "_kept_session", "_draft_saved"
+#: what was last saved, so an unchanged draft is not written again, and the names the user set since.
+_KEPT, _SESSION_ONLY, _SAVED, _SET = "_kept", "_kept_session", "_draft_saved", "_kept_set"
 
 
 def _restore_draft() -> None:
@@ -160,22 +160,26 @@ def autosave() -> None:
     spec, form = st.session_state["spec"], st.session_state.get(_KEPT, {})
     state = (_digest(spec), _form_json(form))
     saved = st.session_state.get(_SAVED, (None, None))
-    if state == saved:
+    user_set = st.session_state.get(_SET, set())
+    if state == saved and not user_set:
         return
     try:
         if state[0] != saved[0]:
             spec_library().save_draft(spec)
-        if state[1] != saved[1]:
-            # Only the values this session changed: the draft keeps what other sessions changed meanwhile.
+        if state[1] != saved[1] or user_set:
+            # Only the values this session changed (set by the user, or changed since the last save): the
+            # draft keeps what other sessions changed meanwhile. A widget's default, filled in when a page
+            # first draws it, is not a change: saved, it would undo another tab's setting.
             before = json.loads(saved[1]) if saved[1] else {}
             now = json.loads(state[1])
-            changes = {k: form[k] for k, v in now.items() if k not in before or before[k] != v}
+            changes = {k: form[k] for k, v in now.items() if k in user_set or (k in before and before[k] != v)}
             if changes:
                 spec_library().update_draft_form(changes)
     except Exception as exc:  # shown once on the page; the session keeps working from memory
         st.session_state["_draft_error"] = str(exc)
         return
     st.session_state[_SAVED] = state
+    st.session_state[_SET] = set()
 
 
 def kept(name: str, default: Any = None) -> Any:
@@ -190,10 +194,14 @@ def kept(name: str, default: Any = None) -> Any:
 def set_kept(name: str, value: Any, *, session_only: bool = False) -> None:
     """Set a kept value; its widget shows it the next time it is drawn."""
     st.session_state.setdefault(_SESSION_ONLY if session_only else _KEPT, {})[name] = value
+    if not session_only:
+        st.session_state.setdefault(_SET, set()).add(name)
 
 
 def _on_kept_change(name: str, store: str, key: str) -> None:
     st.session_state.setdefault(store, {})[name] = st.session_state.get(key)
+    if store == _KEPT:
+        st.session_state.setdefault(_SET, set()).add(name)
 
 
 def keep(

@@ -218,7 +218,8 @@ def run_evaluate(
     train = _load_input(str(gold_train), gold_defaults, gold_file=True) if gold_train else None
     test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
     mapping = gold.load_label_map(label_map) if label_map else None
-    plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id)
+    plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id,
+                                 cached_fraction=embedder.cached_fraction)
     for line in plan.lines():
         notice(line)
     llm_settings = None

@@ -152,6 +152,18 @@ class _VectorStore:
                 found.update(rows)
         return found
 
+    def known(self, model: str, keys: Sequence[bytes]) -> int:
+        """How many of ``keys`` have a vector (the keys only: no vector is read)."""
+        n = 0
+        with self._lock:
+            for start in range(0, len(keys), _SQL_CHUNK):
+                chunk = list(keys[start : start + _SQL_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                n += self._conn.execute(
+                    f"SELECT COUNT(*) FROM vectors WHERE model = ? AND key IN ({marks})", [model, *chunk]
+                ).fetchone()[0]
+        return int(n)
+
     def put(self, model: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         with self._lock, self._conn:
             self._conn.executemany(
@@ -260,6 +272,14 @@ class Embedder:
         vecs = np.asarray(vecs, dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return vecs / np.where(norms == 0, 1, norms)
+
+    def cached_fraction(self, texts: Sequence[str]) -> float:
+        """The share of the distinct ``texts`` whose vectors are in the cache (0 without a cache or texts):
+        what an estimate of the embedding time can leave out."""
+        unique = {_text_key(str(t)) for t in texts}
+        if not self.use_cache or not unique:
+            return 0.0
+        return self._get_store().known(self.model_id, list(unique)) / len(unique)
 
     def encode(
         self, texts: Sequence[str], *, on_progress: Callable[[int, int], None] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,8 @@ class EmbeddingPlan:
     sampled: dict[str, tuple[int, int]] = field(default_factory=dict)  # input -> (kept, of)
     rate: float = FALLBACK_RATE
     rate_source: str = ""
+    #: input -> texts of it estimated to be in the embedding cache already (only inputs that were checked)
+    cached: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -103,9 +105,14 @@ class EmbeddingPlan:
         return sum(self.counts.values())
 
     @property
+    def to_embed(self) -> int:
+        """Texts expected to need the model: the total less those found in the cache."""
+        return max(0, self.total - sum(self.cached.values()))
+
+    @property
     def seconds(self) -> float:
-        """Estimated seconds at the stored rate."""
-        return self.total / self.rate
+        """Estimated seconds at the stored rate (cached texts left out)."""
+        return self.to_embed / self.rate
 
     @property
     def warn(self) -> bool:
@@ -115,10 +122,16 @@ class EmbeddingPlan:
     def lines(self) -> list[str]:
         """What to tell the user before embedding."""
         per = ", ".join(f"{name} {n:,}" for name, n in self.counts.items())
-        out = [
-            f"embedding up to {self.total:,} texts ({per}): about {_duration(self.seconds)} at "
-            f"{self.rate:.0f} texts/s ({self.rate_source}); cached texts are faster"
-        ]
+        if self.cached and not self.to_embed:
+            out = [f"embedding up to {self.total:,} texts ({per}): all of them are in the embedding cache"]
+        elif self.cached:
+            out = [f"embedding up to {self.total:,} texts ({per}), {self.to_embed:,} not in the embedding "
+                   f"cache: about {_duration(self.seconds)} at {self.rate:.0f} texts/s ({self.rate_source})"]
+        else:
+            out = [
+                f"embedding up to {self.total:,} texts ({per}): about {_duration(self.seconds)} at "
+                f"{self.rate:.0f} texts/s ({self.rate_source}); cached texts are faster"
+            ]
         for name, (kept, of) in self.sampled.items():
             out.append(f"  {name}: a seeded stratified sample of {kept:,} of {of:,} texts")
         if self.warn:
@@ -147,19 +160,34 @@ def embedding_plan(
     *,
     model_id: str = "",
     home: Path | None = None,
+    cached_fraction: Callable[[Sequence[str]], float] | None = None,
 ) -> EmbeddingPlan:
-    """Count what :func:`suite.evaluate` will embed with ``settings`` (caps, the balanced gold sample)."""
+    """Count what :func:`suite.evaluate` will embed with ``settings`` (caps, the balanced gold sample).
+
+    ``cached_fraction`` (e.g. :meth:`Embedder.cached_fraction`) tells which share of an input's texts is in
+    the embedding cache; each input with a ``text`` column is then counted as that share of its embedded
+    texts (a sample of an input is assumed to be cached like the whole), and the time covers the rest only.
+    """
     counts: dict[str, int] = {}
     sampled: dict[str, tuple[int, int]] = {}
+    frames: dict[str, pd.DataFrame] = {}
     for name, frame in datasets.items():
         counts[name] = _capped(name, len(frame), settings.max_texts, sampled)
+        frames[name] = frame
     if gold_test is not None:
         counts["gold test"] = _capped("gold test", len(gold_test), settings.max_gold, sampled)
+        frames["gold test"] = gold_test
     if gold_train is not None:
         per_label = gold_train["label"].astype(str).value_counts()
         counts["gold train (balanced sample)"] = int(per_label.clip(upper=settings.gold_per_class).sum())
+        frames["gold train (balanced sample)"] = gold_train
+    cached: dict[str, int] = {}
+    if cached_fraction is not None:
+        for name, frame in frames.items():
+            if "text" in frame.columns and len(frame):
+                cached[name] = round(counts[name] * cached_fraction(frame["text"].astype(str).tolist()))
     rate, source = rate_for(model_id, home=home)
-    return EmbeddingPlan(counts=counts, sampled=sampled, rate=rate, rate_source=source)
+    return EmbeddingPlan(counts=counts, sampled=sampled, rate=rate, rate_source=source, cached=cached)
 
 
 def _capped(name: str, n: int, cap: int | None, sampled: dict[str, tuple[int, int]]) -> int:

@@ -435,7 +435,7 @@ class _AdaptiveLimit:
         self.slow_start = slow_start
         self.ceiling: float | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._baseline: dict[str, float] = {}  # seconds per unit of work, per role
+        self._baseline: dict[tuple[str, int], float] = {}  # seconds per unit of work, per role and size class
         self._slow_hits = 0  # calls in a row that looked queued
         self._since_decrease = 0
         self._at_level = 0
@@ -484,14 +484,18 @@ class _AdaptiveLimit:
         """Grow the limit, unless the latency says calls are queueing at the server; ``busy``: every slot
         was in use when the call ended (else the limit is not what holds the calls back, and stays)."""
         # Latency grows with the tokens written (prompt tokens are read much faster) on top of a fixed cost:
-        # the square root is between the two, so calls of different sizes compare without fitting a model.
+        # the square root is between the two, so calls of similar sizes compare without fitting a model.
+        # Each size class (a factor of 2 of work) keeps its own baseline: where latency hardly grows with
+        # size, a big call's low time per unit made every small call look queued (and a queued big call
+        # set a baseline that hid queueing of small ones).
         work = math.sqrt(completion_tokens + prompt_tokens / 8 + 1)
         per_unit = latency / work
-        base = self._baseline.get(role)
+        size = (role, int(math.log2(work)))
+        base = self._baseline.get(size)
         if base is None or per_unit < base:
-            self._baseline[role] = base = per_unit
+            self._baseline[size] = base = per_unit
         else:
-            self._baseline[role] = base + 0.01 * (per_unit - base)  # let a baseline outlive a lucky call
+            self._baseline[size] = base + 0.01 * (per_unit - base)  # let a baseline outlive a lucky call
         self._since_decrease += 1
         if per_unit / base > self.LATENCY_RATIO and latency - base * work > self.LATENCY_MARGIN:
             # Queueing: more calls in flight do not help. Never grow now; shrink on the first sign during
