@@ -4,6 +4,7 @@ the CLI reading a saved spec by name."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,23 +123,15 @@ def test_draft_form_updates_merge_keys_from_many_threads_and_two_processes(tmp_p
     path = tmp_path / "specs.sqlite"
     with SpecLibrary(path) as lib, SpecLibrary(path) as other:
         lib.save_draft(load_pack("japan"), {"model": "m", "seed": 0})
-        errors: list[BaseException] = []
         barrier = threading.Barrier(8)
 
         def work(i: int) -> None:
-            try:
-                barrier.wait()
-                for j in range(10):
-                    (lib if i % 2 else other).update_draft_form({f"key_{i}": j, "seed": i})
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            barrier.wait()  # start together so that the updates really overlap
+            for j in range(10):
+                (lib if i % 2 else other).update_draft_form({f"key_{i}": j, "seed": i})
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(8)))  # re-raises what a thread raised
         form = lib.load_draft().form
         assert {k: form[k] for k in form if k.startswith("key_")} == {f"key_{i}": 9 for i in range(8)}
         assert form["model"] == "m" and form["seed"] in range(8)
