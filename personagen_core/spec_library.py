@@ -13,12 +13,13 @@ writers of several processes (dashboard and CLI).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,48 @@ def _refuse_secrets(form: Mapping[str, Any]) -> None:
     bad = [k for k in form if _SECRET_FIELD.search(str(k))]
     if bad:
         raise PersonaGenError(f"refusing to save secret form field(s) {', '.join(sorted(bad))} to disk")
+
+
+#: A key deleted between two specs (:func:`_changes`).
+_DELETED = object()
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    """A stored JSON object, or {} for none or an unreadable one."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _changes(old: Any, new: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, new value) of what differs from ``old`` to ``new``: dictionaries key by key, anything else whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() | new.keys():
+            if key not in new:
+                yield (*path, key), _DELETED
+            elif key not in old or old[key] != new[key]:
+                yield from _changes(old.get(key, _DELETED), new[key], (*path, key))
+    elif old != new:
+        yield path, new
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """``data`` with ``value`` at ``path`` (dictionaries created as needed; ``_DELETED`` removes the key)."""
+    if not path:
+        return value if isinstance(value, dict) else data
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    if value is _DELETED:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+    return data
 
 
 def default_library_path() -> Path:
@@ -254,6 +297,22 @@ class SpecLibrary:
             (draft, spec_json, form_json or "{}", time.time(), form_json is not None),
         )
 
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction taken at once (``BEGIN IMMEDIATE``: no other writer, in any process, between
+        its reads and writes), under the lock; sqlite errors become :class:`PersonaGenError`."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise PersonaGenError(f"spec library {self.path}: {exc}") from exc
+
     def update_draft_form(self, changes: Mapping[str, Any], *, draft: str = "default") -> None:
         """Set the form values in ``changes`` in the draft, keeping every other value it holds.
 
@@ -266,28 +325,42 @@ class SpecLibrary:
             update = json.loads(json.dumps(dict(changes), sort_keys=True))
         except (TypeError, ValueError) as exc:
             raise PersonaGenError(f"draft form values are not JSON-serialisable: {exc}") from exc
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+        with self._immediate() as db:
+            row = db.execute("SELECT form_json FROM drafts WHERE draft = ?", (draft,)).fetchone()
+            form = _json_object(row[0] if row else None)
+            db.execute(
+                "INSERT INTO drafts(draft, spec_json, form_json, updated_at) VALUES (?, NULL, ?, ?)"
+                " ON CONFLICT(draft) DO UPDATE SET form_json = excluded.form_json, updated_at = excluded.updated_at",
+                (draft, json.dumps({**form, **update}, sort_keys=True), time.time()),
+            )
+
+    def update_draft_spec(self, base: Spec | None, spec: Spec, *, draft: str = "default") -> Spec:
+        """Save the parts of ``spec`` that differ from ``base`` into the draft's spec; returns what was saved.
+
+        ``base`` is the spec the session last loaded or saved. Only the fields it changed since (an
+        attribute's items, a conditional row, the rules, ...: dictionaries are compared key by key, lists
+        whole) are written over the stored spec, so a tab tuning one distribution does not put back the
+        others as it loaded them over another tab's changes. When the merge is not a valid spec (the two
+        tabs' edits contradict each other), or there is no ``base`` or stored spec, ``spec`` is saved whole.
+        """
+        with self._immediate() as db:
+            row = db.execute("SELECT spec_json FROM drafts WHERE draft = ?", (draft,)).fetchone()
+            stored = _json_object(row[0] if row else None)
+            merged = spec
+            if base is not None and stored:
+                data = stored
+                for path, value in _changes(base.model_dump(mode="json"), spec.model_dump(mode="json")):
+                    data = _set_path(data, path, value)
                 try:
-                    row = self._db.execute("SELECT form_json FROM drafts WHERE draft = ?", (draft,)).fetchone()
-                    try:
-                        form = json.loads(row[0]) if row and row[0] else {}
-                    except ValueError:  # an unreadable form: start again from the changes
-                        form = {}
-                    form = {**(form if isinstance(form, dict) else {}), **update}
-                    self._db.execute(
-                        "INSERT INTO drafts(draft, spec_json, form_json, updated_at) VALUES (?, NULL, ?, ?)"
-                        " ON CONFLICT(draft) DO UPDATE SET form_json = excluded.form_json,"
-                        " updated_at = excluded.updated_at",
-                        (draft, json.dumps(form, sort_keys=True), time.time()),
-                    )
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise PersonaGenError(f"spec library {self.path}: {exc}") from exc
+                    merged = Spec.model_validate(data)
+                except ValueError:  # contradicting edits: this session's spec, whole
+                    merged = spec
+            db.execute(
+                "INSERT INTO drafts(draft, spec_json, form_json, updated_at) VALUES (?, ?, '{}', ?)"
+                " ON CONFLICT(draft) DO UPDATE SET spec_json = excluded.spec_json, updated_at = excluded.updated_at",
+                (draft, merged.model_dump_json(), time.time()),
+            )
+        return merged
 
     def load_draft(self, *, draft: str = "default") -> Draft | None:
         """The saved draft, or None. A draft whose spec no longer validates comes back without its spec."""

@@ -552,6 +552,28 @@ def test_tuned_spec_is_kept_across_pages_and_sessions(home: Path) -> None:
     assert fresh.slider(key=key).value == pytest.approx(0.55)
 
 
+def test_tabs_tuning_different_distributions_keep_both_changes(home: Path) -> None:
+    """Two tabs on the Distributions page tune different categories: the draft keeps both (a tab saves what it
+    changed in the spec, not its whole spec as it loaded it)."""
+    first = _open(_app().run(), "app_pages/1_distributions.py")
+    second = _open(_app().run(), "app_pages/1_distributions.py")
+    first.slider(key="p:0:attributes.age:0").set_value(0.41).run()
+    second.selectbox(key="keep_dist_category").set_value("attributes.gender").run()
+    second.slider(key="p:0:attributes.gender:0").set_value(0.37).run()
+    for tab in (first, second):
+        assert not tab.exception and not tab.error, [e.value for e in tab.error]
+    fresh = _open(_app().run(), "app_pages/1_distributions.py")
+    spec = fresh.session_state["spec"]
+    assert spec.attributes["age"].items[0].p == pytest.approx(0.41)  # the first tab's change survived
+    assert spec.attributes["gender"].items[0].p == pytest.approx(0.37)
+    assert sum(i.p for i in spec.attributes["age"].items) == pytest.approx(1.0)
+    # A conflicting edit of the same category: the later one wins whole (no blend of the two tabs).
+    first.selectbox(key="keep_dist_category").set_value("attributes.gender").run()
+    first.slider(key="p:0:attributes.gender:1").set_value(0.5).run()
+    gender = _open(_app().run(), "app_pages/1_distributions.py").session_state["spec"].attributes["gender"]
+    assert gender == first.session_state["spec"].attributes["gender"]
+
+
 def test_conditional_rows_are_edited_where_they_act(home: Path) -> None:
     """Education is conditioned on age: a row is picked, its sliders change that row of the table, and the
     sampled marginal follows (the category's own items would have no effect)."""

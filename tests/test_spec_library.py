@@ -144,6 +144,24 @@ def test_draft_form_updates_merge_keys_from_many_threads_and_two_processes(tmp_p
     assert "sk-secret" not in path.read_bytes().decode("latin-1")
 
 
+def test_draft_spec_updates_write_only_what_a_session_changed(tmp_path: Path) -> None:
+    """Two sessions loaded the same spec; each tunes another category and saves: the draft keeps both. Without
+    a base (or a stored spec that no longer validates) the session's spec is saved whole."""
+    base = load_pack("japan")
+    with SpecLibrary(tmp_path / "specs.sqlite") as lib:
+        assert lib.update_draft_spec(base, _tuned(base, "age", 0.3)) == _tuned(base, "age", 0.3)  # none stored
+        lib.update_draft_spec(base, _tuned(base, "gender", 0.6))  # the other tab, from the same base
+        stored = lib.load_draft().spec
+        assert stored.attributes["age"].items[0].p == pytest.approx(0.3)
+        assert stored.attributes["gender"].items[0].p == pytest.approx(0.6)
+        assert stored.attributes["occupation"] == base.attributes["occupation"]
+        assert lib.update_draft_spec(None, base) == base  # no base: whole
+        assert lib.load_draft().spec == base
+        lib._run("UPDATE drafts SET spec_json = ?", ('{"version": 99, "attributes": "old layout"}',))
+        assert lib.update_draft_spec(base, _tuned(base, "age", 0.2)) == _tuned(base, "age", 0.2)
+        assert lib.load_draft().spec == _tuned(base, "age", 0.2)
+
+
 def test_resolve_spec_reads_a_file_or_a_saved_name(tmp_path: Path, lib: SpecLibrary) -> None:
     spec = _tuned(load_pack("japan"), p0=0.3)
     lib.save("mine", spec)

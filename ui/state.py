@@ -109,6 +109,8 @@ def spec_library() -> SpecLibrary:
 #: Session keys: the kept widget values (saved with the draft), the session-only ones (never saved),
 #: what was last saved, so an unchanged draft is not written again, and the names the user set since.
 _KEPT, _SESSION_ONLY, _SAVED, _SET = "_kept", "_kept_session", "_draft_saved", "_kept_set"
+#: The spec as this session last loaded or saved it: what its own changes are measured from.
+_SPEC_BASE = "_draft_spec_base"
 
 
 def _restore_draft() -> None:
@@ -120,6 +122,7 @@ def _restore_draft() -> None:
         st.session_state["_draft_error"] = str(exc)
     spec = draft.spec if draft is not None and draft.spec is not None else load_pack(DEFAULT_PACK)
     st.session_state["spec"] = spec
+    st.session_state[_SPEC_BASE] = spec.model_copy(deep=True)
     st.session_state["spec_rev"] = 0
     st.session_state[_KEPT] = dict(draft.form) if draft is not None else {}
     st.session_state[_SAVED] = (_digest(spec), _form_json(st.session_state[_KEPT]))
@@ -165,7 +168,10 @@ def autosave() -> None:
         return
     try:
         if state[0] != saved[0]:
-            spec_library().save_draft(spec)
+            # Only what this session changed in the spec goes over the stored one (another tab may have
+            # tuned other distributions meanwhile).
+            spec_library().update_draft_spec(st.session_state.get(_SPEC_BASE), spec)
+            st.session_state[_SPEC_BASE] = spec.model_copy(deep=True)
         if state[1] != saved[1] or user_set:
             # Only the values this session changed (set by the user, or changed since the last save): the
             # draft keeps what other sessions changed meanwhile. A widget's default, filled in when a page
