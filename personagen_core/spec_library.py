@@ -306,10 +306,11 @@ class SpecLibrary:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # also when COMMIT itself failed: never leave it open
+                        self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise PersonaGenError(f"spec library {self.path}: {exc}") from exc
 
