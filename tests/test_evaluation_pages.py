@@ -93,6 +93,27 @@ def test_a_new_session_reopens_the_stored_evaluation_with_its_warnings(home: dic
     assert home["eval_id"] in _texts(report) and "warning(s) about small samples" in _texts(report)
 
 
+def test_the_time_estimate_leaves_out_texts_already_embedded(home: dict[str, Any]) -> None:
+    """Before the Evaluate button: the run's texts not in the embedding cache are what the estimate counts;
+    once they are cached (here written as another process would), a new look says so."""
+    from personagen_core.evaluation.embeddings import Embedder, _text_key
+    from personagen_core.store import RunStore
+
+    at = _open("app_pages/6_evaluate.py")
+    assert "embedding up to 9 texts" in _texts(at) and "9 not in the embedding cache" in _texts(at)
+    with RunStore(home["path"] / "runs.sqlite") as store:
+        texts = store.accepted_texts(home["run_id"])
+    cache = Embedder(None)  # the dashboard's embedder: same cache folder (PERSONAGEN_HOME) and model id
+    vec = np.ones(4, dtype=np.float32).tobytes()
+    cache._get_store().put(cache.model_id, [(_text_key(t), vec) for t in texts[:6]])
+    at.run()
+    assert "3 not in the embedding cache" in _texts(at)
+    cache._get_store().put(cache.model_id, [(_text_key(t), vec) for t in texts[6:]])
+    at.run()
+    assert "all of them are in the embedding cache" in _texts(at)
+    cache.close()
+
+
 def test_evaluate_settings_are_kept_across_pages(home: dict[str, Any]) -> None:
     at = _open("app_pages/6_evaluate.py")
     at.multiselect(key="keep_eval_methods").set_value(["tsne", "umap"]).run()

@@ -6,6 +6,7 @@ inputs, the label map editor and Tables VI-VII live in :mod:`ui.gold_view`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -72,10 +73,17 @@ def embedding_estimate(
     if not run_ids:
         return None
     counts = get_store().list_runs().set_index("run_id")["accepted"]
-    # The plan only counts rows: the runs' sizes from the run list, without loading their texts.
+    # The plan counts rows: the runs' sizes from the run list, without loading their texts; which share of a
+    # run is already embedded is asked once per run size and state of the embedding cache.
     runs = {r: pd.DataFrame(index=range(int(counts.get(r, 0)))) for r in run_ids}
     train, test = gold if gold is not None else (None, None)
-    plan = sizing.embedding_plan(runs, train, test, settings, model_id=embedder().model_id)
+    emb = embedder()
+    plan = sizing.embedding_plan(runs, train, test, settings, model_id=emb.model_id,
+                                 cached_fraction=emb.cached_fraction)  # the gold frames carry their texts
+    for r in run_ids:
+        if plan.counts.get(r):
+            share = _run_cached_share(str(store_path()), r, int(counts.get(r, 0)), emb.model_id, _cache_state(emb))
+            plan.cached[r] = round(plan.counts[r] * share)
     st.caption(" · ".join(line.strip() for line in plan.lines() if not line.startswith("warning:")))
     if plan.warn:
         biggest = max(plan.counts, key=plan.counts.__getitem__)
@@ -85,6 +93,21 @@ def embedding_estimate(
             icon=":material/hourglass_top:",
         )
     return plan
+
+
+def _cache_state(emb: Any) -> tuple[tuple[int, int], ...]:
+    """Modification time and size of the embedding cache's files: they change with every write to it, by this
+    process or another (the CLI)."""
+    db = Path(emb.cache_dir) / "embeddings.sqlite"
+    files = (db, db.with_name(db.name + "-wal"))
+    return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else (0, 0) for f in files)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _run_cached_share(store: str, run_id: str, n_texts: int, model_id: str, cache: tuple[Any, ...]) -> float:
+    """The share of a run's texts in the embedding cache, asked again when the run grew or the cache changed
+    (the arguments are the cache key)."""
+    return embedder().cached_fraction(get_store().accepted_texts(run_id)) if n_texts else 0.0
 
 
 def _inputs_key(
