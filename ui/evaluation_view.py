@@ -78,10 +78,11 @@ def embedding_estimate(
     runs = {r: pd.DataFrame(index=range(int(counts.get(r, 0)))) for r in run_ids}
     train, test = gold if gold is not None else (None, None)
     emb = embedder()
+    cached_fraction = getattr(emb, "cached_fraction", None)  # an encoder without a disk cache has none
     plan = sizing.embedding_plan(runs, train, test, settings, model_id=emb.model_id,
-                                 cached_fraction=emb.cached_fraction)  # the gold frames carry their texts
+                                 cached_fraction=cached_fraction)  # the gold frames carry their texts
     for r in run_ids:
-        if plan.counts.get(r):
+        if cached_fraction is not None and plan.counts.get(r):
             share = _run_cached_share(str(store_path()), r, int(counts.get(r, 0)), emb.model_id, _cache_state(emb))
             plan.cached[r] = round(plan.counts[r] * share)
     st.caption(" · ".join(line.strip() for line in plan.lines() if not line.startswith("warning:")))

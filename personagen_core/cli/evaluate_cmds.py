@@ -219,7 +219,7 @@ def run_evaluate(
     test = _load_input(str(gold_test), gold_defaults, gold_file=True) if gold_test else None
     mapping = gold.load_label_map(label_map) if label_map else None
     plan = sizing.embedding_plan(datasets, train, test, settings, model_id=embedder.model_id,
-                                 cached_fraction=embedder.cached_fraction)
+                                 cached_fraction=getattr(embedder, "cached_fraction", None))  # any encoder works
     for line in plan.lines():
         notice(line)
     llm_settings = None
