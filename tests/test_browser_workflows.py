@@ -23,11 +23,9 @@ from _browser import (
     fill_text,
     multiselect_values,
     no_exception,
-    number,
     recorded_page,
     selected,
     settle,
-    text,
     widget,
 )
 
@@ -219,11 +217,16 @@ def test_generate_settings_are_kept_and_a_launch_selects_its_run(page: Any, serv
     choose(page, "Method", "AttrPrompt")
     expected = {"Texts per emotion": "1", "Seed": "11", "Concurrency": "3", "Max cost (USD, 0 = none)": "5.00"}
 
+    from playwright.sync_api import expect
+
     def check() -> None:
+        # Wait for each value as a user would look at it: right after a reload the page may still be drawing
+        # (CI read '' in the Model field once, then the teardown screenshot showed gpt-4.1-mini); a value that
+        # never comes still fails, with the saved draft in the message.
         for label, value in expected.items():
-            assert number(page, label) == value, label
-        # (CI once read '' here, not reproduced in 13 runs with and without CPU stress: the draft is in the message.)
-        assert text(page, "Model") == "gpt-4.1-mini", _draft_form(served)
+            expect(widget(page, "stNumberInput", label).locator("input"), label).to_have_value(value)
+        expect(widget(page, "stTextInput", "Model").locator("input"), str(_draft_form(served))).to_have_value(
+            "gpt-4.1-mini")
         assert float(widget(page, "stSlider", "Temperature").locator('input[type="range"]')
                      .get_attribute("value")) == pytest.approx(temperature)
         assert multiselect_values(page, "Emotions") == kept_emotions
